@@ -1,0 +1,46 @@
+"""The one place that holds kinepy's settings and their defaults.
+
+`cli.py` fills a `Config` from flags and the environment; library users build one directly.
+Nothing else in kinepy reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:2379"
+DEFAULT_SQLITE_PATH = "./db/state.db"
+# etcd's DefaultMaxRequestBytes; gRPC itself accepts this plus 512 KiB of overhead.
+DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+GRPC_OVERHEAD_BYTES = 512 * 1024
+DEFAULT_MAX_TXN_OPS = 128
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Everything that configures one kinepy server."""
+
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
+    """`host:port` or `unix://path`; loopback unless told otherwise."""
+
+    datastore_endpoint: str = ""
+    """Kept as written; `kinepy.endpoint` parses it (empty = SQLite at ./db/state.db)."""
+
+    log_level: str = "info"
+    log_format: str = "text"
+
+    unsafe_no_fsync: bool = False
+    """Acknowledge writes without waiting for them to reach the disk (SQLite synchronous=NORMAL)."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+
+    write_batch_max: int = 1000
+    """Most write requests committed in one database transaction (group commit)."""
+
+    read_threads: int = 4
+    """SQLite: reader threads, each with its own connection (WAL lets them read while the writer writes)."""
+
+    def __post_init__(self) -> None:
+        if self.max_request_bytes <= 0:
+            raise ValueError("max_request_bytes must be positive")
