@@ -1,0 +1,358 @@
+"""Parse `--datastore-endpoint` into a backend spec (pure parsing: no I/O, no driver imports).
+
+The accepted forms follow kine/k3s, so an endpoint that works there means the same here:
+
+    ""                                          SQLite at ./db/state.db
+    sqlite://PATH[?OPTS]                        relative PATH is relative to the working directory;
+                                                sqlite:///abs.db is absolute; sqlite://:memory:;
+                                                a go-sqlite3 "file:" prefix is dropped
+    postgres://[USER[:PASS]@]HOST[:PORT][/DB][?OPTS]   also postgresql://; defaults postgres@localhost:5432
+                                                /kubernetes; USER, PASS and DB are percent-decoded
+    mysql://[USER[:PASS]@]HOST[:PORT][/DB][?OPTS]      URL form, percent-decoded
+    mysql://[USER[:PASS]@]tcp(HOST[:PORT])/[DB][?OPTS] Go DSN form (go-sql-driver): USER and PASS
+    mysql://[USER[:PASS]@]unix(SOCKET)/[DB][?OPTS]      are taken literally, as kine does; defaults
+                                                root@127.0.0.1:3306/kubernetes
+    http(s)://HOST:2379[,http(s)://HOST:2379...]   a real etcd, passed through
+
+Query options (`sslmode`, `tls`, `_busy_timeout`, ...) are kept, percent-decoded, for the backend to
+interpret; of a repeated option the last wins.
+A password never appears in `str()`, `repr()` or a `ConfigError`: they show `***`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from kinepy.config import DEFAULT_SQLITE_PATH
+from kinepy.errors import ConfigError
+
+__all__ = [
+    "ACCEPTED_FORMS",
+    "DEFAULT_DATABASE",
+    "DEFAULT_MYSQL_PORT",
+    "DEFAULT_POSTGRES_PORT",
+    "ETCD_PORT",
+    "BackendSpec",
+    "EtcdSpec",
+    "MySQLSpec",
+    "PostgresSpec",
+    "SQLiteSpec",
+    "parse_endpoint",
+    "redact",
+]
+
+DEFAULT_DATABASE = "kubernetes"
+DEFAULT_POSTGRES_PORT = 5432
+DEFAULT_POSTGRES_HOST = "localhost"
+DEFAULT_POSTGRES_USER = "postgres"
+DEFAULT_MYSQL_PORT = 3306
+DEFAULT_MYSQL_HOST = "127.0.0.1"  # go-sql-driver's default address
+DEFAULT_MYSQL_USER = "root"
+ETCD_PORT = 2379
+ACCEPTED_FORMS = (
+    f"empty (SQLite at {DEFAULT_SQLITE_PATH}), sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB, "
+    "mysql://USER:PASS@tcp(HOST:PORT)/DB, http(s)://HOST:2379[,…] (etcd passthrough)"
+)
+REDACTED = "***"
+
+# Query options whose value is a secret (libpq accepts ?password=...).
+_SECRET_OPTIONS = frozenset({"password", "sslpassword"})
+_SECRET_OPTION_RE = re.compile(r"(?i)([?&](?:ssl)?password=)[^&]*")
+_GO_DSN_RE = re.compile(
+    r"^(?:(?P<userinfo>.*)@)?(?P<proto>tcp|unix)\((?P<addr>[^)]*)\)(?:/(?P<db>[^?]*))?(?:\?(?P<query>.*))?$",
+    re.DOTALL,
+)
+_HOST_RE = re.compile(r"[\w.\-:%]+")  # a name, IPv4 or IPv6 (brackets already removed)
+_GO_DSN_ADDR_RE = re.compile(r"(?:^|@)(?:tcp|unix)\(")
+
+
+def _redact_options(options: dict[str, str]) -> dict[str, str]:
+    return {k: REDACTED if k.lower() in _SECRET_OPTIONS else v for k, v in options.items()}
+
+
+def _query(options: dict[str, str]) -> str:
+    if not options:
+        return ""
+    return "?" + "&".join(f"{k}={v}" for k, v in _redact_options(options).items())
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _userinfo(user: str, password: str | None) -> str:
+    return f"{user}:{REDACTED}@" if password is not None else f"{user}@"
+
+
+@dataclass(frozen=True, slots=True)
+class SQLiteSpec:
+    """A SQLite database file (or ":memory:"); `path` is as written, relative to the working directory."""
+
+    path: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The endpoint in canonical form."""
+        return f"sqlite://{self.path}{_query(self.options)}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSpec:
+    """A PostgreSQL database; `options` (sslmode, sslrootcert, ...) go to the driver unchanged."""
+
+    host: str = DEFAULT_POSTGRES_HOST
+    port: int | None = DEFAULT_POSTGRES_PORT
+    user: str = DEFAULT_POSTGRES_USER
+    password: str | None = field(default=None, repr=False)
+    database: str = DEFAULT_DATABASE
+    options: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The endpoint in canonical form, password shown as ***."""
+        port = f":{self.port}" if self.port is not None else ""
+        return (
+            f"postgres://{_userinfo(self.user, self.password)}{_host(self.host)}{port}/{self.database}"
+            f"{_query(self.options)}"
+        )
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def __repr__(self) -> str:
+        password = None if self.password is None else REDACTED
+        return (
+            f"PostgresSpec(host={self.host!r}, port={self.port!r}, user={self.user!r}, "
+            f"password={password!r}, database={self.database!r}, options={_redact_options(self.options)!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLSpec:
+    """A MySQL/MariaDB database over TCP (`host`, `port`) or a Unix socket (`unix_socket`; host is None)."""
+
+    host: str | None = DEFAULT_MYSQL_HOST
+    port: int | None = DEFAULT_MYSQL_PORT
+    user: str = DEFAULT_MYSQL_USER
+    password: str | None = field(default=None, repr=False)
+    database: str = DEFAULT_DATABASE
+    options: dict[str, str] = field(default_factory=dict)
+    unix_socket: str | None = None
+
+    def describe(self) -> str:
+        """The endpoint in Go DSN form, password shown as ***."""
+        if self.unix_socket is not None:
+            address = f"unix({self.unix_socket})"
+        else:
+            port = f":{self.port}" if self.port is not None else ""
+            address = f"tcp({_host(self.host or DEFAULT_MYSQL_HOST)}{port})"
+        userinfo = _userinfo(self.user, self.password)
+        return f"mysql://{userinfo}{address}/{self.database}{_query(self.options)}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def __repr__(self) -> str:
+        password = None if self.password is None else REDACTED
+        return (
+            f"MySQLSpec(host={self.host!r}, port={self.port!r}, user={self.user!r}, "
+            f"password={password!r}, database={self.database!r}, "
+            f"options={_redact_options(self.options)!r}, unix_socket={self.unix_socket!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSpec:
+    """A real etcd cluster: `endpoints` are `scheme://host:2379` URLs; `options` come from their queries."""
+
+    endpoints: tuple[str, ...]
+    options: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The endpoint list, comma-separated, options appended."""
+        return ",".join(self.endpoints) + _query(self.options)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+BackendSpec = SQLiteSpec | PostgresSpec | MySQLSpec | EtcdSpec
+
+
+def redact(endpoint: str) -> str:
+    """`endpoint` with any password replaced by `***`; unparseable input is redacted conservatively.
+
+    Everything between `://` and the last `@` counts as user information, so a password is hidden
+    even when it holds unencoded `@`, `/` or `?` (at worst more than the password is hidden).
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if sep and scheme.lower() == "sqlite":
+        return endpoint  # no credentials; a path may legitimately contain ':' and '@'
+    if not sep:
+        scheme, rest = "", endpoint
+    if scheme.lower() in ("http", "https") and "," in rest:
+        items = endpoint.split(",")
+        if all(re.match(r"(?i)https?://", item) for item in items):
+            return ",".join(redact(item) for item in items)
+    prefix = f"{scheme}://" if sep else ""
+    at = _userinfo_end(rest)
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:{REDACTED}{rest[at:]}"
+    return prefix + _SECRET_OPTION_RE.sub(rf"\1{REDACTED}", rest)
+
+
+def _userinfo_end(rest: str) -> int:
+    """Index of the `@` ending the user information in `rest` (after `scheme://`), or -1."""
+    last_go_addr = None
+    for m in re.finditer(r"@(?:tcp|unix)\(", rest):
+        last_go_addr = m.start()
+    return last_go_addr if last_go_addr is not None else rest.rfind("@")
+
+
+def parse_endpoint(endpoint: str) -> BackendSpec:
+    """Parse a datastore endpoint; raise `ConfigError` naming the accepted forms if it is not one."""
+    text = endpoint.strip()
+    if not text:
+        return SQLiteSpec(DEFAULT_SQLITE_PATH, {})
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise _invalid(endpoint, "missing '://' after the scheme")
+    if scheme == "sqlite":
+        return _parse_sqlite(endpoint, rest)
+    if scheme in ("postgres", "postgresql"):
+        return _parse_postgres(endpoint, rest)
+    if scheme == "mysql":
+        return _parse_mysql(endpoint, rest)
+    if scheme in ("http", "https"):
+        return _parse_etcd(endpoint, text)
+    raise _invalid(endpoint, f"unknown scheme {scheme!r}")
+
+
+def _invalid(endpoint: str, reason: str) -> ConfigError:
+    return ConfigError(
+        f"invalid datastore endpoint {redact(endpoint)!r}: {reason}; expected one of: {ACCEPTED_FORMS}"
+    )
+
+
+def _options(query: str) -> dict[str, str]:
+    """Query options as a dict; of a repeated key the last wins."""
+    return dict(parse_qsl(query, keep_blank_values=True))
+
+
+def _parse_sqlite(endpoint: str, rest: str) -> SQLiteSpec:
+    path, _, query = rest.partition("?")
+    path = path.removeprefix("file:")
+    return SQLiteSpec(path or DEFAULT_SQLITE_PATH, _options(query))
+
+
+def _split_url(endpoint: str, url: str) -> tuple[str, int | None, str | None, str | None, str, str]:
+    """`url` as (host, port, user, password, database, query); user, password, database decoded."""
+    if "#" in url:
+        raise _invalid(endpoint, "unexpected '#' (percent-encode special characters in the user or password)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _invalid(
+            endpoint, "bad host or port (percent-encode special characters in the user or password)"
+        ) from None
+    host = parts.hostname or ""
+    if host and not _HOST_RE.fullmatch(host):
+        raise _invalid(endpoint, "bad host")
+    if port == 0:
+        raise _invalid(endpoint, "bad port")
+    path = parts.path.removeprefix("/")
+    if "/" in path:
+        raise _invalid(endpoint, "the path must be a single database name")
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return host, port, user, password, unquote(path), parts.query
+
+
+def _parse_postgres(endpoint: str, rest: str) -> PostgresSpec:
+    host, port, user, password, database, query = _split_url(endpoint, "postgres://" + rest)
+    return PostgresSpec(
+        host=host or DEFAULT_POSTGRES_HOST,
+        port=port if port is not None else DEFAULT_POSTGRES_PORT,
+        user=user or DEFAULT_POSTGRES_USER,
+        password=password,
+        database=database or DEFAULT_DATABASE,
+        options=_options(query),
+    )
+
+
+def _parse_mysql(endpoint: str, rest: str) -> MySQLSpec:
+    if not _GO_DSN_ADDR_RE.search(rest):
+        host, port, user, password, database, query = _split_url(endpoint, "mysql://" + rest)
+        return MySQLSpec(
+            host=host or DEFAULT_MYSQL_HOST,
+            port=port if port is not None else DEFAULT_MYSQL_PORT,
+            user=user or DEFAULT_MYSQL_USER,
+            password=password,
+            database=database or DEFAULT_DATABASE,
+            options=_options(query),
+        )
+    m = _GO_DSN_RE.match(rest)
+    if m is None:
+        raise _invalid(endpoint, "malformed Go DSN (expected USER:PASS@tcp(HOST:PORT)/DB)")
+    # go-sql-driver takes USER and PASS literally (split at the first ':'); only DB is unescaped.
+    user, colon, password = (m["userinfo"] or "").partition(":")
+    database = unquote(m["db"] or "")
+    if "/" in database:
+        raise _invalid(endpoint, "the path must be a single database name")
+    user = user or DEFAULT_MYSQL_USER
+    secret = password if colon else None
+    database = database or DEFAULT_DATABASE
+    options = _options(m["query"] or "")
+    if m["proto"] == "unix":
+        if not m["addr"]:
+            raise _invalid(endpoint, "unix() needs a socket path")
+        return MySQLSpec(None, None, user, secret, database, options, unix_socket=m["addr"])
+    host, port = _split_host_port(endpoint, m["addr"])
+    return MySQLSpec(host or DEFAULT_MYSQL_HOST, port or DEFAULT_MYSQL_PORT, user, secret, database, options)
+
+
+def _split_host_port(endpoint: str, addr: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` → (host without brackets, port or None)."""
+    m = re.fullmatch(r"\[(?P<v6>[\w:.%]+)\](?::(?P<p1>[^:]*))?|(?P<h>[^:\[\]/ ]*)(?::(?P<p2>[^:]*))?", addr)
+    if m is None:
+        raise _invalid(endpoint, "bad host or port")
+    host = m["v6"] or m["h"] or ""
+    port_text = m["p1"] if m["v6"] else m["p2"]
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise _invalid(endpoint, "bad port")
+    return host, int(port_text)
+
+
+def _parse_etcd(endpoint: str, text: str) -> EtcdSpec:
+    urls: list[str] = []
+    options: dict[str, str] = {}
+    for item in text.split(","):
+        scheme, sep, _ = item.strip().partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise _invalid(endpoint, "every item of an etcd list must be an http(s):// URL")
+        try:
+            parts = urlsplit(item.strip())
+            port = parts.port
+        except ValueError:
+            raise _invalid(endpoint, "bad host or port") from None
+        if parts.username is not None or parts.password is not None:
+            raise _invalid(endpoint, "credentials in etcd URLs are not supported")
+        if not parts.hostname or parts.fragment or parts.path not in ("", "/"):
+            raise _invalid(endpoint, "an etcd URL is scheme://HOST:2379 with no path")
+        if port != ETCD_PORT:
+            raise _invalid(endpoint, f"an http(s) endpoint means etcd and must use port {ETCD_PORT}")
+        for key, value in _options(parts.query).items():
+            if options.setdefault(key, value) != value:
+                raise _invalid(endpoint, f"conflicting values for option {key!r}")
+        urls.append(f"{scheme.lower()}://{_host(parts.hostname)}:{port}")
+    return EtcdSpec(tuple(urls), options)

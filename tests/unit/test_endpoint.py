@@ -1,0 +1,202 @@
+"""Parsing `--datastore-endpoint`: every accepted form, its defaults, and passwords that never leak."""
+
+from __future__ import annotations
+
+import pytest
+
+from kinepy.config import DEFAULT_SQLITE_PATH
+from kinepy.endpoint import (
+    ACCEPTED_FORMS,
+    BackendSpec,
+    EtcdSpec,
+    MySQLSpec,
+    PostgresSpec,
+    SQLiteSpec,
+    parse_endpoint,
+    redact,
+)
+from kinepy.errors import ConfigError
+
+SECRET = "s3cr3t"
+
+VALID: list[tuple[str, BackendSpec]] = [
+    # SQLite: kine strips "sqlite://" and hands the rest to the driver; relative paths are relative to cwd.
+    ("", SQLiteSpec(DEFAULT_SQLITE_PATH, {})),
+    ("   ", SQLiteSpec(DEFAULT_SQLITE_PATH, {})),
+    ("sqlite://", SQLiteSpec(DEFAULT_SQLITE_PATH, {})),
+    ("sqlite://./db/x.db", SQLiteSpec("./db/x.db", {})),
+    ("sqlite:///abs/path.db", SQLiteSpec("/abs/path.db", {})),
+    ("sqlite://relative/path.db", SQLiteSpec("relative/path.db", {})),
+    (
+        "sqlite://file.db?_busy_timeout=30000&_journal=WAL",
+        SQLiteSpec("file.db", {"_busy_timeout": "30000", "_journal": "WAL"}),
+    ),
+    ("sqlite://?_busy_timeout=5", SQLiteSpec(DEFAULT_SQLITE_PATH, {"_busy_timeout": "5"})),
+    ("sqlite://:memory:", SQLiteSpec(":memory:", {})),
+    ("sqlite://file:kine.db?cache=shared", SQLiteSpec("kine.db", {"cache": "shared"})),
+    ("SQLite://a.db\n", SQLiteSpec("a.db", {})),
+    # PostgreSQL
+    (
+        f"postgres://user:{SECRET}@host:5432/db?sslmode=disable",
+        PostgresSpec("host", 5432, "user", SECRET, "db", {"sslmode": "disable"}),
+    ),
+    (f"postgresql://user:{SECRET}@host/db", PostgresSpec("host", 5432, "user", SECRET, "db", {})),
+    ("postgres://", PostgresSpec("localhost", 5432, "postgres", None, "kubernetes", {})),
+    ("postgres://db.example.com", PostgresSpec("db.example.com", 5432, "postgres", None, "kubernetes", {})),
+    ("postgres://u@h:6543/", PostgresSpec("h", 6543, "u", None, "kubernetes", {})),
+    ("postgres://u:@h/db", PostgresSpec("h", 5432, "u", "", "db", {})),
+    ("postgres://u:p%40s%2Fs%3Aw%23d@h/db", PostgresSpec("h", 5432, "u", "p@s/s:w#d", "db", {})),
+    ("postgres://us%65r:pw@h/my%2Ddb", PostgresSpec("h", 5432, "user", "pw", "my-db", {})),
+    ("postgres://u:pw@[::1]:5433/db", PostgresSpec("::1", 5433, "u", "pw", "db", {})),
+    ("postgres://[::1]/db", PostgresSpec("::1", 5432, "postgres", None, "db", {})),
+    (
+        "postgres://u:pw@h/db?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=/c.pem&sslkey=/k.pem",
+        PostgresSpec(
+            "h",
+            5432,
+            "u",
+            "pw",
+            "db",
+            {"sslmode": "verify-full", "sslrootcert": "/ca.pem", "sslcert": "/c.pem", "sslkey": "/k.pem"},
+        ),
+    ),
+    # MySQL, URL form (percent-decoded)
+    (f"mysql://user:{SECRET}@host:3306/db", MySQLSpec("host", 3306, "user", SECRET, "db", {})),
+    ("mysql://u:p%40ss@host/db?tls=true", MySQLSpec("host", 3306, "u", "p@ss", "db", {"tls": "true"})),
+    ("mysql://", MySQLSpec("127.0.0.1", 3306, "root", None, "kubernetes", {})),
+    ("mysql://u:pw@[::1]:3307/db", MySQLSpec("::1", 3307, "u", "pw", "db", {})),
+    # MySQL, Go DSN form (literal user and password, as go-sql-driver reads them)
+    (f"mysql://user:{SECRET}@tcp(host:3306)/db", MySQLSpec("host", 3306, "user", SECRET, "db", {})),
+    ("mysql://user:p@ss:w%40rd@tcp(host)/db", MySQLSpec("host", 3306, "user", "p@ss:w%40rd", "db", {})),
+    ("mysql://root@tcp(127.0.0.1:3306)/k3s", MySQLSpec("127.0.0.1", 3306, "root", None, "k3s", {})),
+    ("mysql://tcp(h)/", MySQLSpec("h", 3306, "root", None, "kubernetes", {})),
+    ("mysql://u:pw@tcp([::1]:3307)/db", MySQLSpec("::1", 3307, "u", "pw", "db", {})),
+    ("mysql://u:pw@tcp(h:3306)/db?tls=true", MySQLSpec("h", 3306, "u", "pw", "db", {"tls": "true"})),
+    (
+        "mysql://user:pw@unix(/path/mysqld.sock)/db",
+        MySQLSpec(None, None, "user", "pw", "db", {}, unix_socket="/path/mysqld.sock"),
+    ),
+    # etcd passthrough
+    ("http://h:2379", EtcdSpec(("http://h:2379",), {})),
+    ("https://h:2379/", EtcdSpec(("https://h:2379",), {})),
+    ("http://a:2379,http://b:2379", EtcdSpec(("http://a:2379", "http://b:2379"), {})),
+    ("https://a:2379, https://b:2379", EtcdSpec(("https://a:2379", "https://b:2379"), {})),
+    ("http://[::1]:2379", EtcdSpec(("http://[::1]:2379",), {})),
+    ("https://h:2379?cacert=/ca.pem", EtcdSpec(("https://h:2379",), {"cacert": "/ca.pem"})),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "expected"), VALID, ids=[e or "empty" for e, _ in VALID])
+def test_parse_accepted_forms(endpoint: str, expected: BackendSpec) -> None:
+    assert parse_endpoint(endpoint) == expected
+
+
+def test_default_endpoint_is_the_configured_sqlite_path() -> None:
+    assert DEFAULT_SQLITE_PATH == "./db/state.db"
+    assert parse_endpoint("") == SQLiteSpec("./db/state.db", {})
+
+
+# describe() hides a password, so only specs without one can round-trip.
+NO_PASSWORD = [(e, spec) for e, spec in VALID if getattr(spec, "password", None) is None]
+
+
+@pytest.mark.parametrize(("endpoint", "expected"), NO_PASSWORD, ids=[e or "empty" for e, _ in NO_PASSWORD])
+def test_describe_round_trips_without_a_password(endpoint: str, expected: BackendSpec) -> None:
+    assert parse_endpoint(expected.describe()) == expected
+    assert str(expected) == expected.describe()
+
+
+LEAKY = [
+    f"postgres://user:{SECRET}@host:5432/db?sslmode=disable",
+    f"postgresql://user:{SECRET}@[::1]/db",
+    f"postgres://user@host/db?password={SECRET}",
+    f"mysql://user:{SECRET}@host:3306/db",
+    f"mysql://user:{SECRET}@tcp(host:3306)/db",
+    f"mysql://user:{SECRET}@unix(/run/mysqld.sock)/db",
+    f"mysql://user:{SECRET}@tcp(host)/db?tls=a@b",
+]
+
+
+@pytest.mark.parametrize("endpoint", LEAKY)
+def test_password_never_in_str_or_repr(endpoint: str) -> None:
+    spec = parse_endpoint(endpoint)
+    for shown in (str(spec), repr(spec), spec.describe(), redact(endpoint)):
+        assert SECRET not in shown
+        assert "***" in shown
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "redacted"),
+    [
+        ("", ""),
+        ("sqlite:///a@b:c.db", "sqlite:///a@b:c.db"),
+        ("postgres://host/db", "postgres://host/db"),
+        ("postgres://user@host/db", "postgres://user@host/db"),
+        (f"postgres://user:{SECRET}@host/db", "postgres://user:***@host/db"),
+        (f"postgres://user:{SECRET}@host/db?password={SECRET}", "postgres://user:***@host/db?password=***"),
+        (f"mysql://user:{SECRET}@tcp(h:1)/db", "mysql://user:***@tcp(h:1)/db"),
+        (f"mysql://user:p@{SECRET}@tcp(h:1)/db?x=a@b", "mysql://user:***@tcp(h:1)/db?x=a@b"),
+        # unencoded special characters: hide everything up to the last '@'
+        (f"postgres://user:a/{SECRET}?#@host/db", "postgres://user:***@host/db"),
+        (f"http://u:{SECRET}@a:2379,http://b:2379", "http://u:***@a:2379,http://b:2379"),
+        (f"foo://u:{SECRET}@h", "foo://u:***@h"),
+        (f"u:{SECRET}@h", "u:***@h"),
+    ],
+)
+def test_redact(endpoint: str, redacted: str) -> None:
+    assert redact(endpoint) == redacted
+
+
+BAD = [
+    "foo://u:PASSWORD@h/db",
+    "nourl",
+    "u:PASSWORD@host/db",
+    "sqlite:a.db",
+    "postgres://u:PASSWORD@h:99999/db",
+    "postgres://u:PASSWORD@h:0/db",
+    "postgres://u:PASSWORD@h:abc/db",
+    "postgres://u:PASSWORD@[::1/db",
+    "postgres://u:PASSWORD@h/a/b",
+    "postgres://u:PASS#WORD@h/db",
+    "postgres://u:PASS/WORD@h/db",
+    "postgres://u:PASSWORD@h1,h2/db",
+    "mysql://u:PASSWORD@tcp(h:x)/db",
+    "mysql://u:PASSWORD@tcp(h:70000)/db",
+    "mysql://u:PASSWORD@tcp(::1)/db",
+    "mysql://u:PASSWORD@tcp(h)x/db",
+    "mysql://u:PASSWORD@udp(h)/db",
+    "mysql://u:PASSWORD@unix()/db",
+    "mysql://u:PASSWORD@tcp(h)/a/b",
+    "http://h:80",
+    "https://h",
+    "http://h:2380",
+    "http://:2379",
+    "http://h:2379/v3",
+    "http://h:2379,foo",
+    "http://h:2379,postgres://u:PASSWORD@h/db",
+    "http://u:PASSWORD@h:2379",
+    "https://a:2379?ca=1,https://b:2379?ca=2",
+]
+
+
+@pytest.mark.parametrize("endpoint", BAD)
+def test_bad_endpoint_names_accepted_forms_without_the_password(endpoint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_endpoint(endpoint)
+    message = str(info.value)
+    assert message.startswith("invalid datastore endpoint '")
+    assert message.endswith(f"expected one of: {ACCEPTED_FORMS}")
+    for form in ("sqlite://PATH", "postgres://", "mysql://", "http(s)://HOST:2379", "./db/state.db"):
+        assert form in message
+    assert "PASSWORD" not in message and "WORD" not in message
+
+
+def test_http_on_another_port_says_why() -> None:
+    with pytest.raises(ConfigError, match="must use port 2379"):
+        parse_endpoint("http://h:8080")
+
+
+def test_specs_are_frozen() -> None:
+    spec = parse_endpoint("postgres://h/db")
+    with pytest.raises(AttributeError):
+        spec.host = "other"  # type: ignore[misc, union-attr]
