@@ -1,0 +1,390 @@
+"""Shared fixtures: real servers on free loopback ports, and the etcdctl runner.
+
+Servers
+    ``make_etcd_server()`` starts ``/usr/bin/etcd`` (Debian ``etcd-server``) in a fresh data directory and
+    ``make_kinepy_server()`` starts ``python -m kinepy`` on a fresh SQLite file; both return a handle with
+    ``.endpoint`` (``"127.0.0.1:PORT"``) and ``.stop()``, and both are stopped at teardown. ``etcd_server``
+    and ``kinepy_server`` are one of each. Every server is fresh, so revisions start at 1 in every test.
+
+    Without ``/usr/bin/etcd`` the etcd tests are skipped with a loud reason, unless ``CI`` is set: then they
+    fail, so CI cannot go green by skipping the parity suite.
+
+etcdctl
+    ``etcdctl(endpoint, *args, input=None)`` runs ``/usr/bin/etcdctl`` (API v3) and returns the
+    ``CompletedProcess``; ``etcdctl_json(endpoint, *args)`` adds ``-w json``, insists on exit code 0 and
+    returns the parsed object.
+
+Markers added here: ``kinepy`` marks tests that need the kinepy server, so ``-m "not kinepy"`` runs the
+etcd-only half while the server is being written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ETCD_BIN = "/usr/bin/etcd"
+ETCDCTL_BIN = "/usr/bin/etcdctl"
+READY_TIMEOUT = 20.0  # seconds to wait for a server to accept requests
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+ETCDCTL_TIMEOUT = 30.0  # seconds for one etcdctl run (its own --command-timeout is 5 s)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kinepy: needs the kinepy server (python -m kinepy)")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"sqlite3: {sqlite3.sqlite_version} (Python {sys.version.split()[0]})",
+        f"etcd: {_tool_version([ETCD_BIN, '--version'])}",
+        f"etcdctl: {_tool_version([ETCDCTL_BIN, 'version'])}",
+        "python packages: "
+        + ", ".join(f"{name} {_package_version(name)}" for name in ("grpcio", "protobuf", "etcd3")),
+    ]
+
+
+def _tool_version(argv: list[str]) -> str:
+    if not Path(argv[0]).exists():
+        return f"MISSING ({argv[0]} not found)"
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    first = out.splitlines()[0] if out else "unknown"
+    return first.split(":", 1)[-1].strip()
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+# --------------------------------------------------------------------------------------------------
+# Failure reports: attach server logs to the failing test.
+
+
+_SERVERS = pytest.StashKey[list["_Server"]]()
+
+
+def _track(request: pytest.FixtureRequest, server: _Server) -> None:
+    request.node.stash.setdefault(_SERVERS, []).append(server)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and report.when == "call":  # a failed start already put the log in its message
+        for server in item.stash.get(_SERVERS, []):
+            report.sections.append((f"{server.kind} log ({server.endpoint})", server.log_tail()))
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Ports and processes.
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def _terminate(proc: subprocess.Popen[bytes], *, timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM, wait, then SIGKILL; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    return proc.returncode
+
+
+@dataclass
+class _Server:
+    """A server subprocess on 127.0.0.1; ``endpoint`` is what etcdctl's ``--endpoints`` takes."""
+
+    kind: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def log_tail(self, max_chars: int = 8_000) -> str:
+        """The end of the server's log; runs of lines that differ only in their timestamp are collapsed."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            return f"(no log: {exc})"
+        text = "\n".join(_collapse_repeats(lines))
+        return text if len(text) <= max_chars else "…\n" + text[-max_chars:]
+
+    def stop(self) -> int | None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s); idempotent; returns its exit code."""
+        if self.proc is None:
+            return None
+        code = _terminate(self.proc)
+        self.proc = None
+        return code
+
+    def _start(self, argv: list[str], ready: Callable[[], bool]) -> None:
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== start: {' '.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                self.proc = None
+                pytest.fail(f"{self.kind} exited with {code} before it was ready:\n{self.log_tail()}")
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(
+                    f"{self.kind} not ready on {self.endpoint} after {READY_TIMEOUT} s:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+
+@dataclass
+class EtcdServer(_Server):
+    data_dir: Path = Path()
+
+
+@dataclass
+class KinepyServer(_Server):
+    db_path: Path = Path()
+    log_level: str = "debug"
+
+    def start(self) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "kinepy",
+            "--listen-address",
+            self.endpoint,
+            "--datastore-endpoint",
+            f"sqlite:///{self.db_path}",
+            "--log-level",
+            self.log_level,
+        ]
+        self._start(argv, lambda: _port_accepts(self.port))
+
+    def restart(self) -> None:
+        """SIGTERM the server (if running), insist it exits cleanly, start it again: same port, same DB."""
+        code = self.stop()
+        assert code in (None, 0), f"kinepy exited with {code} on SIGTERM:\n{self.log_tail()}"
+        self.start()
+
+
+_TIMESTAMP = re.compile(r"^\S*\d\d:\d\d:\d\d[.,]?\d*\S*\s*|\"ts\":\"[^\"]*\",?")
+
+
+def _collapse_repeats(lines: list[str]) -> list[str]:
+    out: list[str] = []
+    previous, repeats = None, 0
+    for line in lines:
+        message = _TIMESTAMP.sub("", line)
+        if message == previous:
+            repeats += 1
+            continue
+        if repeats:
+            out.append(f"    (last line repeated {repeats} more times)")
+        out.append(line)
+        previous, repeats = message, 0
+    if repeats:
+        out.append(f"    (last line repeated {repeats} more times)")
+    return out
+
+
+def _require_etcd() -> None:
+    missing = [path for path in (ETCD_BIN, ETCDCTL_BIN) if not Path(path).exists()]
+    if not missing:
+        return
+    reason = (
+        f"!!! {', '.join(missing)} not installed: the etcd parity tests did NOT run. "
+        "Install them with `apt-get install -y etcd-server etcd-client`. !!!"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures.
+
+
+@pytest.fixture
+def make_etcd_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], EtcdServer]]:
+    """Factory: each call starts a fresh single-member etcd on free loopback ports and waits until healthy."""
+    servers: list[EtcdServer] = []
+
+    def make() -> EtcdServer:
+        _require_etcd()
+        root = tmp_path_factory.mktemp("etcd")
+        server = EtcdServer(kind="etcd", port=free_port(), log_path=root / "etcd.log", data_dir=root / "data")
+        peer = f"http://127.0.0.1:{free_port()}"
+        name = f"etcd-{server.port}"
+        argv = [
+            ETCD_BIN,
+            f"--name={name}",
+            f"--data-dir={server.data_dir}",
+            f"--listen-client-urls={server.url}",
+            f"--advertise-client-urls={server.url}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={name}={peer}",
+            "--logger=zap",
+            "--log-outputs=stderr",
+        ]
+        servers.append(server)
+        _track(request, server)
+        server._start(argv, lambda: _etcd_healthy(server.endpoint))
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def etcd_server(make_etcd_server: Callable[[], EtcdServer]) -> EtcdServer:
+    """A fresh real etcd 3.4 (revision 1, no keys)."""
+    return make_etcd_server()
+
+
+@pytest.fixture
+def make_kinepy_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., KinepyServer]]:
+    """Factory: each call starts ``python -m kinepy`` on a free port and a fresh SQLite file.
+
+    Keyword arguments override ``KinepyServer`` fields (``log_level``, ``db_path`` to reuse a database).
+    The server's log is attached to the report of a failing test.
+    """
+    servers: list[KinepyServer] = []
+
+    def make(**overrides: Any) -> KinepyServer:
+        root = tmp_path_factory.mktemp("kinepy")
+        fields: dict[str, Any] = {
+            "kind": "kinepy",
+            "port": free_port(),
+            "log_path": root / "kinepy.log",
+            "db_path": root / "state.db",
+        }
+        server = KinepyServer(**(fields | overrides))
+        servers.append(server)
+        _track(request, server)
+        server.start()
+        return server
+
+    yield make
+    unclean = [(server, server.stop()) for server in servers]
+    unclean = [(server, code) for server, code in unclean if code not in (None, 0)]
+    if unclean:  # SIGTERM must stop kinepy cleanly; a crash during the test shows up here too
+        pytest.fail(
+            "\n".join(
+                f"kinepy exited with {code} on SIGTERM:\n{server.log_tail()}" for server, code in unclean
+            )
+        )
+
+
+@pytest.fixture
+def kinepy_server(make_kinepy_server: Callable[..., KinepyServer]) -> KinepyServer:
+    """A fresh kinepy on SQLite (revision 1, no keys); has ``.db_path``, ``.restart()`` and ``.stop()``."""
+    return make_kinepy_server()
+
+
+# --------------------------------------------------------------------------------------------------
+# etcdctl.
+
+
+def run_etcdctl(
+    endpoint: str,
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = ETCDCTL_TIMEOUT,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``etcdctl --endpoints=ENDPOINT ARGS...`` with API v3; never raises on a non-zero exit code."""
+    full_env = {**os.environ, "ETCDCTL_API": "3", **(env or {})}
+    return subprocess.run(
+        [ETCDCTL_BIN, f"--endpoints={endpoint}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_etcdctl_json(endpoint: str, *args: str, input: str | None = None) -> Any:
+    """Run etcdctl with ``-w json``; fail the test unless it exits 0; return the parsed JSON.
+
+    Text before the JSON (``txn -i`` prints its prompts to stdout) is skipped.
+    """
+    proc = run_etcdctl(endpoint, "-w", "json", *args, input=input)
+    assert proc.returncode == 0, f"etcdctl {' '.join(args)} exited {proc.returncode}: {proc.stderr}"
+    start = proc.stdout.find("{")
+    assert start >= 0, f"no JSON in etcdctl output: {proc.stdout!r}"
+    return json.loads(proc.stdout[start:])
+
+
+def _etcd_healthy(endpoint: str) -> bool:
+    proc = run_etcdctl(
+        endpoint, "--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health", timeout=10
+    )
+    return proc.returncode == 0
+
+
+@pytest.fixture
+def etcdctl() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``etcdctl(endpoint, *args, input=None, env=None)`` → ``CompletedProcess`` (see ``run_etcdctl``)."""
+    return run_etcdctl
+
+
+@pytest.fixture
+def etcdctl_json() -> Callable[..., Any]:
+    """``etcdctl_json(endpoint, *args, input=None)`` → parsed ``-w json`` output (``run_etcdctl_json``)."""
+    return run_etcdctl_json
