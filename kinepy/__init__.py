@@ -1,0 +1,3 @@
+"""kinepy: the etcd v3 API over SQL databases."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""`App`: one kinepy server (backend + store + gRPC), the library entry point.
+
+    async with App(Config(datastore_endpoint="sqlite:///tmp/state.db", listen_address="127.0.0.1:0")) as app:
+        print(app.endpoint)   # "127.0.0.1:PORT", ready for any etcd v3 client
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from kinepy.backends.base import Backend
+from kinepy.backends.factory import create_backend
+from kinepy.config import GRPC_OVERHEAD_BYTES, Config
+from kinepy.endpoint import parse_endpoint
+from kinepy.proto import rpc_pb2_grpc
+from kinepy.server import convert
+from kinepy.server.kv import KVServicer
+from kinepy.server.maintenance import ClusterServicer, MaintenanceServicer
+from kinepy.store.kv import KVStore
+
+log = logging.getLogger(__name__)
+
+
+def grpc_address(listen_address: str) -> str:
+    """`host:port` stays; `unix://path` becomes grpc's `unix:path`."""
+    if listen_address.startswith("unix://"):
+        return "unix:" + listen_address[len("unix://") :]
+    return listen_address
+
+
+def server_options(config: Config) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_request_bytes + GRPC_OVERHEAD_BYTES),
+        ("grpc.max_send_message_length", 2**31 - 1),
+        # kube-apiserver pings every 30 s even on idle watch streams; grpc-core's default policy
+        # (5 min, 2 strikes) would answer with GOAWAY too_many_pings. Accept what etcd accepts.
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+class App:
+    """A kinepy server: start it, use `endpoint`, close it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.backend: Backend | None = None
+        self.store: KVStore | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        """Where clients connect: `host:port`, or `unix://path`."""
+        if self.config.listen_address.startswith("unix://"):
+            return self.config.listen_address
+        host = self.config.listen_address.rsplit(":", 1)[0] or "127.0.0.1"
+        if host in ("0.0.0.0", "[::]", "::"):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        spec = parse_endpoint(self.config.datastore_endpoint)
+        log.info("datastore: %s", spec.describe())
+        backend = create_backend(spec, self.config)
+        await backend.start()
+        self.backend = backend
+        store = KVStore(
+            backend,
+            max_txn_ops=self.config.max_txn_ops,
+            write_batch_max=self.config.write_batch_max,
+        )
+        store.start()
+        self.store = store
+        headers = convert.Headers(getattr(backend, "cluster_id", 0), getattr(backend, "member_id", 0))
+
+        server = grpc.aio.server(options=server_options(self.config))
+        rpc_pb2_grpc.add_KVServicer_to_server(
+            KVServicer(store, headers, max_request_bytes=self.config.max_request_bytes), server
+        )
+        rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(store, headers), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.port = server.add_insecure_port(grpc_address(self.config.listen_address))
+        rpc_pb2_grpc.add_ClusterServicer_to_server(
+            ClusterServicer(store, headers, name="kinepy", client_urls=[f"http://{self.endpoint}"]), server
+        )
+        await server.start()
+        self._server = server
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving the etcd v3 API on %s", self.endpoint)
+
+    async def aclose(self, *, grace: float = 2.0) -> None:
+        """Refuse new calls, let in-flight ones finish (up to `grace` s), drain writes, close."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self.store is not None:
+            await self.store.aclose()
+            self.store = None
+        if self.backend is not None:
+            await self.backend.aclose()
+            self.backend = None
+
+    async def __aenter__(self) -> App:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None
+    ) -> None:
+        await self.aclose()

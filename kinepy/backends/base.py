@@ -1,0 +1,133 @@
+"""The narrow interface the store needs from a database.
+
+A backend knows rows, revisions and ranges of bytes; it never knows what a Txn is. The store asks
+for a *read set* (single keys, key ranges, leases), gets a `Snapshot`, evaluates etcd's rules in
+memory, and hands back a `WriteSet` to be committed in the same database transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kinepy.types import KeyValue
+
+
+@dataclass(slots=True, frozen=True)
+class KeyRange:
+    """`[start, end)` in bytewise order; `end=None` means "to the end of the keyspace"."""
+
+    start: bytes
+    end: bytes | None
+
+    def __contains__(self, key: bytes) -> bool:
+        return key >= self.start and (self.end is None or key < self.end)
+
+
+@dataclass(slots=True)
+class ReadSet:
+    """What one batch of writes needs to read before it decides anything."""
+
+    keys: set[bytes] = field(default_factory=set)
+    ranges: list[KeyRange] = field(default_factory=list)
+    leases: set[int] = field(default_factory=set)
+    # Ranges read at an older revision inside a txn: (range, revision).
+    historic: list[tuple[KeyRange, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The database as one write transaction sees it, limited to a read set."""
+
+    revision: int
+    compact_revision: int
+    rows: dict[bytes, KeyValue]
+    leases: set[int]
+    historic: dict[tuple[KeyRange, int], list[KeyValue]]
+
+
+@dataclass(slots=True, frozen=True)
+class LogRow:
+    """One row of history: a put (`tombstone=False`) or a delete of `key` at `(revision, sub)`."""
+
+    revision: int
+    sub: int
+    key: bytes
+    create_revision: int
+    version: int
+    lease: int
+    value: bytes
+    tombstone: bool
+
+
+@dataclass(slots=True)
+class WriteSet:
+    """What a batch commits: history rows, the final current state of each touched key, and meta."""
+
+    revision: int
+    log: list[LogRow] = field(default_factory=list)
+    # Final state per touched key: a KeyValue to upsert, or None to delete.
+    current: dict[bytes, KeyValue | None] = field(default_factory=dict)
+    compact_revision: int | None = None
+    lease_grants: list[tuple[int, int, float]] = field(default_factory=list)  # (id, ttl, expires_at)
+    lease_revokes: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RangeRows:
+    """A read of `[start, end)` at `revision` (0 = latest), in key order."""
+
+    revision: int  # the store's current revision when read
+    compact_revision: int
+    kvs: list[KeyValue]
+    count: int
+
+
+@dataclass(slots=True, frozen=True)
+class BackendStatus:
+    revision: int
+    compact_revision: int
+    db_size: int
+    db_size_in_use: int
+
+
+Evaluate = Callable[[Snapshot], WriteSet | None]
+
+
+class Backend(Protocol):
+    """A database holding kv_log, kv_current, meta and leases."""
+
+    async def start(self) -> None:
+        """Connect, create or migrate the schema."""
+
+    async def aclose(self) -> None:
+        """Release every connection; idempotent."""
+
+    async def read_range(
+        self,
+        key_range: KeyRange,
+        *,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+    ) -> RangeRows:
+        """Read at most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest) and
+        count the keys in the range.
+
+        When `revision` is above the current revision or below the compaction point, no rows
+        are read: the caller sees both revisions in the result and decides.
+        """
+
+    async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
+        """In one transaction that serialises with every other writer: read `read_set`,
+        call `evaluate` (pure, no I/O) on it, write what it returns, commit."""
+
+    async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
+        """Delete history superseded at `compact_revision` among revisions `(after, upto]`.
+
+        Returns the number of rows deleted."""
+
+    async def status(self) -> BackendStatus:
+        """Revisions and database size."""

@@ -1,0 +1,20 @@
+"""Backend spec -> backend instance. Drivers are imported only when their scheme is used."""
+
+from __future__ import annotations
+
+from kinepy.backends.base import Backend
+from kinepy.config import Config
+from kinepy.endpoint import BackendSpec, EtcdSpec, MySQLSpec, PostgresSpec, SQLiteSpec
+from kinepy.errors import ConfigError
+
+
+def create_backend(spec: BackendSpec, config: Config) -> Backend:
+    if isinstance(spec, SQLiteSpec):
+        from kinepy.backends.sql.sqlite import SQLiteBackend
+
+        return SQLiteBackend(spec.path, synchronous_full=not config.unsafe_no_fsync, read_threads=config.read_threads)
+    if isinstance(spec, PostgresSpec | MySQLSpec):
+        raise ConfigError(f"datastore {spec.describe()}: PostgreSQL and MySQL backends are not available yet")
+    if isinstance(spec, EtcdSpec):
+        raise ConfigError(f"datastore {spec.describe()}: etcd passthrough is not available yet")
+    raise ConfigError(f"unsupported datastore {spec!r}")

@@ -1,0 +1,116 @@
+"""SQL text shared by every dialect, written with `?` placeholders.
+
+Only column and table names are spliced into statements; every value is a parameter.
+Dialects convert the placeholders to their own style (`$1`, `%s`).
+"""
+
+from __future__ import annotations
+
+from kinepy.backends.base import KeyRange
+
+SCHEMA_VERSION = 1
+
+KV_COLUMNS = "key, create_revision, mod_revision, version, lease, value"
+KV_COLUMNS_KEYS_ONLY = "key, create_revision, mod_revision, version, lease, x''"
+
+SELECT_META = "SELECT revision, compact_revision FROM meta WHERE id = 1"
+
+
+def range_condition(key_range: KeyRange, column: str = "key") -> tuple[str, list[bytes]]:
+    """`column` restricted to `key_range`, as SQL and parameters."""
+    start, end = key_range.start, key_range.end
+    if end is not None and end == start + b"\x00":
+        return f"{column} = ?", [start]
+    if end is None:
+        return f"{column} >= ?", [start]
+    return f"{column} >= ? AND {column} < ?", [start, end]
+
+
+def select_current(key_range: KeyRange, *, keys_only: bool, limit: int) -> tuple[str, list[object]]:
+    """Rows of `kv_current` in `key_range`, in key order."""
+    cond, params = range_condition(key_range)
+    cols = KV_COLUMNS_KEYS_ONLY if keys_only else KV_COLUMNS
+    sql = f"SELECT {cols} FROM kv_current WHERE {cond} ORDER BY key"
+    args: list[object] = list(params)
+    if limit > 0:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return sql, args
+
+
+def count_current(key_range: KeyRange) -> tuple[str, list[object]]:
+    cond, params = range_condition(key_range)
+    return f"SELECT count(*) FROM kv_current WHERE {cond}", list(params)
+
+
+def _at_revision_parts(key_range: KeyRange, revision: int, cols_log: str, cols_cur: str) -> tuple[str, list[object]]:
+    """The keys of `key_range` as they were at `revision`.
+
+    Keys not changed since `revision` are read from kv_current; for keys changed since, the newest
+    history row at or below `revision` (unless it is a tombstone). The cost is the matching current
+    rows plus the changes since `revision`, not the whole history.
+    """
+    cond_cur, p_cur = range_condition(key_range, "key")
+    cond_chg, p_chg = range_condition(key_range, "c.key")
+    sql = (
+        f"SELECT {cols_cur} FROM kv_current WHERE {cond_cur} AND mod_revision <= ? "
+        "UNION ALL "
+        f"SELECT {cols_log} FROM kv_log l "
+        "WHERE l.key IN (SELECT DISTINCT c.key FROM kv_log c WHERE c.revision > ? AND "
+        f"{cond_chg}) "
+        "AND l.revision = (SELECT max(m.revision) FROM kv_log m WHERE m.key = l.key AND m.revision <= ?) "
+        "AND l.tombstone = 0"
+    )
+    return sql, [*p_cur, revision, revision, *p_chg, revision]
+
+
+_LOG_COLS = "l.key, l.create_revision, l.revision, l.version, l.lease, l.value"
+_LOG_COLS_KEYS_ONLY = "l.key, l.create_revision, l.revision, l.version, l.lease, x''"
+
+
+def select_at_revision(
+    key_range: KeyRange, revision: int, *, keys_only: bool, limit: int
+) -> tuple[str, list[object]]:
+    cols_cur = KV_COLUMNS_KEYS_ONLY if keys_only else KV_COLUMNS
+    cols_log = _LOG_COLS_KEYS_ONLY if keys_only else _LOG_COLS
+    inner, args = _at_revision_parts(key_range, revision, cols_log, cols_cur)
+    sql = f"SELECT * FROM ({inner}) AS r ORDER BY 1"
+    if limit > 0:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return sql, args
+
+
+def count_at_revision(key_range: KeyRange, revision: int) -> tuple[str, list[object]]:
+    inner, args = _at_revision_parts(key_range, revision, "l.key", "key")
+    return f"SELECT count(*) FROM ({inner}) AS r", args
+
+
+INSERT_LOG = (
+    "INSERT INTO kv_log (revision, sub, key, create_revision, version, lease, value, tombstone) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+DELETE_CURRENT = "DELETE FROM kv_current WHERE key = ?"
+UPDATE_META = "UPDATE meta SET revision = ?, compact_revision = ? WHERE id = 1"
+INSERT_LEASE = "INSERT INTO leases (id, ttl, expires_at) VALUES (?, ?, ?)"
+DELETE_LEASE = "DELETE FROM leases WHERE id = ?"
+
+
+def compact_log(compact_revision: int, after: int, upto: int) -> list[tuple[str, list[object]]]:
+    """Statements deleting history that no read at or above `compact_revision` can see, driven by
+    the rows in `(after, upto]` (`upto <= compact_revision`): every older row of a key written in
+    that window (it is superseded), and the window's tombstones below the compaction revision.
+
+    The cost follows the changes in the window. A tombstone exactly at the compaction revision is
+    kept, so a watch opened there still sees it; the next compaction re-reads that revision."""
+    return [
+        (
+            "DELETE FROM kv_log WHERE rowid IN (SELECT o.rowid FROM kv_log n JOIN kv_log o "
+            "ON o.key = n.key AND o.revision < n.revision WHERE n.revision > ? AND n.revision <= ?)",
+            [after, upto],
+        ),
+        (
+            "DELETE FROM kv_log WHERE revision > ? AND revision <= ? AND tombstone = 1 AND revision < ?",
+            [after, upto, compact_revision],
+        ),
+    ]

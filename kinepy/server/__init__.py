@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf <-> domain types, domain errors -> etcd status codes. No SQL here."""

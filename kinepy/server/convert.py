@@ -1,0 +1,150 @@
+"""Protobuf <-> domain types, converted once at the edge."""
+
+from __future__ import annotations
+
+from kinepy.proto import kv_pb2, rpc_pb2
+from kinepy.types import (
+    Compare,
+    CompareTarget,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    KeyValue,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    RequestOp,
+    ResponseOp,
+    TxnRequest,
+    TxnResponse,
+)
+
+_OPERAND_FIELD = {
+    CompareTarget.VERSION: "version",
+    CompareTarget.CREATE: "create_revision",
+    CompareTarget.MOD: "mod_revision",
+    CompareTarget.VALUE: "value",
+    CompareTarget.LEASE: "lease",
+}
+
+
+class Headers:
+    """Builds response headers for one member."""
+
+    __slots__ = ("cluster_id", "member_id", "raft_term")
+
+    def __init__(self, cluster_id: int, member_id: int, raft_term: int = 1) -> None:
+        self.cluster_id = cluster_id
+        self.member_id = member_id
+        self.raft_term = raft_term
+
+    def __call__(self, revision: int) -> rpc_pb2.ResponseHeader:
+        return rpc_pb2.ResponseHeader(
+            cluster_id=self.cluster_id, member_id=self.member_id, revision=revision, raft_term=self.raft_term
+        )
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def range_request(r: rpc_pb2.RangeRequest) -> RangeRequest:
+    return RangeRequest(
+        r.key,
+        r.range_end,
+        r.limit,
+        r.revision,
+        r.sort_order,
+        r.sort_target,
+        r.serializable,
+        r.keys_only,
+        r.count_only,
+        r.min_mod_revision,
+        r.max_mod_revision,
+        r.min_create_revision,
+        r.max_create_revision,
+    )
+
+
+def put_request(r: rpc_pb2.PutRequest) -> PutRequest:
+    return PutRequest(r.key, r.value, r.lease, r.prev_kv, r.ignore_value, r.ignore_lease)
+
+
+def delete_range_request(r: rpc_pb2.DeleteRangeRequest) -> DeleteRangeRequest:
+    return DeleteRangeRequest(r.key, r.range_end, r.prev_kv)
+
+
+def compare(c: rpc_pb2.Compare) -> Compare:
+    target = c.target
+    field = _OPERAND_FIELD.get(CompareTarget(target)) if target in _OPERAND_FIELD else None
+    operand: int | bytes = b"" if target == CompareTarget.VALUE else 0
+    if field is not None and c.WhichOneof("target_union") == field:
+        operand = getattr(c, field)
+    return Compare(c.result, target, c.key, c.range_end, operand)
+
+
+def request_op(op: rpc_pb2.RequestOp) -> RequestOp:
+    which = op.WhichOneof("request")
+    if which == "request_range":
+        return range_request(op.request_range)
+    if which == "request_put":
+        return put_request(op.request_put)
+    if which == "request_delete_range":
+        return delete_range_request(op.request_delete_range)
+    if which == "request_txn":
+        return txn_request(op.request_txn)
+    return None
+
+
+def txn_request(r: rpc_pb2.TxnRequest) -> TxnRequest:
+    return TxnRequest(
+        [compare(c) for c in r.compare],
+        [request_op(op) for op in r.success],
+        [request_op(op) for op in r.failure],
+    )
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+def kv(k: KeyValue) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        key=k.key,
+        create_revision=k.create_revision,
+        mod_revision=k.mod_revision,
+        version=k.version,
+        value=k.value,
+        lease=k.lease,
+    )
+
+
+def range_response(resp: RangeResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.RangeResponse:
+    return rpc_pb2.RangeResponse(header=header, kvs=[kv(k) for k in resp.kvs], more=resp.more, count=resp.count)
+
+
+def put_response(resp: PutResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.PutResponse:
+    out = rpc_pb2.PutResponse(header=header)
+    if resp.prev_kv is not None:
+        out.prev_kv.CopyFrom(kv(resp.prev_kv))
+    return out
+
+
+def delete_range_response(resp: DeleteRangeResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.DeleteRangeResponse:
+    return rpc_pb2.DeleteRangeResponse(header=header, deleted=resp.deleted, prev_kvs=[kv(k) for k in resp.prev_kvs])
+
+
+def txn_response(resp: TxnResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.TxnResponse:
+    return rpc_pb2.TxnResponse(
+        header=header, succeeded=resp.succeeded, responses=[_response_op(r) for r in resp.responses]
+    )
+
+
+def _response_op(resp: ResponseOp) -> rpc_pb2.ResponseOp:
+    # Sub-responses carry a header with only the revision set, as etcd's do.
+    header = rpc_pb2.ResponseHeader(revision=resp.revision)
+    if isinstance(resp, RangeResponse):
+        return rpc_pb2.ResponseOp(response_range=range_response(resp, header))
+    if isinstance(resp, PutResponse):
+        return rpc_pb2.ResponseOp(response_put=put_response(resp, header))
+    if isinstance(resp, DeleteRangeResponse):
+        return rpc_pb2.ResponseOp(response_delete_range=delete_range_response(resp, header))
+    return rpc_pb2.ResponseOp(response_txn=txn_response(resp, header))

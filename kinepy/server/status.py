@@ -1,0 +1,38 @@
+"""Domain errors -> gRPC status, in one wrapper shared by every servicer."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from kinepy.errors import BackendError, BackendUnavailable, EtcdError
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def status_code(name: str) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)  # type: ignore[no-any-return]
+
+
+def etcd_errors(method: F) -> F:
+    """Turn kinepy errors raised by a unary handler into etcd's status codes and texts."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except EtcdError as exc:
+            await context.abort(status_code(exc.code), exc.message)
+        except BackendUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore unavailable: {exc}")
+        except BackendError as exc:
+            log.error("%s failed in the datastore: %s", method.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore error: {exc}")
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""etcd semantics over any backend: validation, evaluation, group commit, watches, leases."""

@@ -1,0 +1,87 @@
+"""Physical compaction: deletes superseded history in small batches.
+
+The logical part (the new compaction revision) commits through the writer like any write; the
+rows themselves are removed here in windows of `batch_revisions` revisions, each its own short
+transaction, so a write never waits behind more than one window. An error backs off and retries;
+it never stops compaction for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from kinepy.backends.base import Backend
+
+log = logging.getLogger(__name__)
+
+
+class Compactor:
+    def __init__(self, backend: Backend, *, batch_revisions: int = 1000) -> None:
+        self._backend = backend
+        self._batch_revisions = batch_revisions
+        self._done_upto = 0  # every revision <= this has been compacted physically
+        self._target = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kinepy-compactor")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def request(self, compact_revision: int) -> None:
+        """Compact physically up to `compact_revision` (already committed logically)."""
+        if compact_revision > self._target:
+            self._target = compact_revision
+            self._idle.clear()
+            self._wakeup.set()
+
+    async def wait(self, compact_revision: int) -> None:
+        """Return once history up to `compact_revision` is physically gone."""
+        while self._done_upto < compact_revision:
+            await self._idle.wait()
+            if self._done_upto < compact_revision and self._target < compact_revision:
+                self.request(compact_revision)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            target = self._target
+            started = time.monotonic()
+            deleted = 0
+            try:
+                # Start one revision early: a tombstone kept at the previous compaction
+                # revision is deleted now.
+                after = max(0, self._done_upto - 1)
+                while after < target:
+                    upto = min(target, after + self._batch_revisions)
+                    deleted += await self._backend.compact_batch(target, after, upto)
+                    after = upto
+                self._done_upto = target
+                backoff = 0.1
+            except Exception as exc:
+                log.warning("compaction to %d failed at %d, retrying in %.1fs: %s", target, self._done_upto, backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._wakeup.set()
+                continue
+            log.info(
+                "compacted history up to revision %d: %d rows in %.3fs", target, deleted, time.monotonic() - started
+            )
+            if self._target == target:
+                self._idle.set()
+            else:
+                self._wakeup.set()
