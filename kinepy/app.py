@@ -19,7 +19,9 @@ from kinepy.endpoint import parse_endpoint
 from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.kv import KVServicer
+from kinepy.server.lease import LeaseServicer
 from kinepy.server.maintenance import ClusterServicer, MaintenanceServicer
+from kinepy.server.watch import WatchServicer
 from kinepy.store.kv import KVStore
 
 log = logging.getLogger(__name__)
@@ -71,12 +73,18 @@ class App:
         backend = create_backend(spec, self.config)
         await backend.start()
         self.backend = backend
+        config = self.config
         store = KVStore(
             backend,
-            max_txn_ops=self.config.max_txn_ops,
-            write_batch_max=self.config.write_batch_max,
+            max_txn_ops=config.max_txn_ops,
+            write_batch_max=config.write_batch_max,
+            compact_batch_revisions=config.compact_batch_revisions,
+            watch_window_events=config.watch_window_events,
+            watch_stream_buffer_events=config.watch_stream_buffer_events,
+            watch_progress_interval=config.watch_progress_notify_interval,
+            lease_expiry_interval=config.lease_expiry_interval,
         )
-        store.start()
+        await store.start()
         self.store = store
         headers = convert.Headers(getattr(backend, "cluster_id", 0), getattr(backend, "member_id", 0))
 
@@ -84,6 +92,10 @@ class App:
         rpc_pb2_grpc.add_KVServicer_to_server(
             KVServicer(store, headers, max_request_bytes=self.config.max_request_bytes), server
         )
+        rpc_pb2_grpc.add_WatchServicer_to_server(
+            WatchServicer(store, headers, max_request_bytes=config.max_request_bytes), server
+        )
+        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(store, headers), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(store, headers), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

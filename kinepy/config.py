@@ -41,6 +41,22 @@ class Config:
     read_threads: int = 4
     """SQLite: reader threads, each with its own connection (WAL lets them read while the writer writes)."""
 
+    watch_progress_notify_interval: float = 5.0
+    """Seconds between progress notifications to idle `progress_notify` watchers (etcd: 10 min;
+    kine and k3s: 5 s, which keeps kube-apiserver's watch cache bookmarks fresh)."""
+
+    watch_window_events: int = 8192
+    """Recent events kept in memory, so new and lagging watchers catch up without the database."""
+
+    watch_stream_buffer_events: int = 4096
+    """Events queued per watch stream; a watcher beyond it catches up later instead of growing memory."""
+
+    lease_expiry_interval: float = 0.5
+    """Seconds between checks for expired leases (etcd checks about every 500 ms)."""
+
+    compact_batch_revisions: int = 1000
+    """Revisions of history removed per compaction transaction; bounds how long a write waits."""
+
     def __post_init__(self) -> None:
         if self.max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kinepy.types import KeyValue
+from kinepy.types import Event, KeyValue, Lease
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,6 +32,8 @@ class ReadSet:
     keys: set[bytes] = field(default_factory=set)
     ranges: list[KeyRange] = field(default_factory=list)
     leases: set[int] = field(default_factory=set)
+    # Leases whose attached keys (their current rows) are needed, to revoke them.
+    lease_keys: set[int] = field(default_factory=set)
     # Ranges read at an older revision inside a txn: (range, revision).
     historic: list[tuple[KeyRange, int]] = field(default_factory=list)
 
@@ -43,7 +45,7 @@ class Snapshot:
     revision: int
     compact_revision: int
     rows: dict[bytes, KeyValue]
-    leases: set[int]
+    leases: dict[int, Lease]
     historic: dict[tuple[KeyRange, int], list[KeyValue]]
 
 
@@ -70,8 +72,8 @@ class WriteSet:
     # Final state per touched key: a KeyValue to upsert, or None to delete.
     current: dict[bytes, KeyValue | None] = field(default_factory=dict)
     compact_revision: int | None = None
-    lease_grants: list[tuple[int, int, float]] = field(default_factory=list)  # (id, ttl, expires_at)
-    lease_revokes: list[int] = field(default_factory=list)
+    # Final state per touched lease: a Lease to insert or update, or None to delete.
+    leases: dict[int, Lease | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -123,6 +125,16 @@ class Backend(Protocol):
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
         """In one transaction that serialises with every other writer: read `read_set`,
         call `evaluate` (pure, no I/O) on it, write what it returns, commit."""
+
+    async def read_events(self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool) -> list[Event]:
+        """Every change to `key_range` at revisions `(after, upto]`, in (revision, sub) order,
+        with the previous version of each key when `prev_kv` (and it still exists)."""
+
+    async def load_leases(self) -> list[Lease]:
+        """Every lease, with its persisted deadline."""
+
+    async def lease_keys(self, lease_id: int) -> list[bytes]:
+        """The keys attached to a lease, in key order."""
 
     async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
         """Delete history superseded at `compact_revision` among revisions `(after, upto]`.

@@ -9,10 +9,13 @@ from kinepy.backends.base import Backend
 from kinepy.store import mvcc
 from kinepy.store.compactor import Compactor
 from kinepy.store.keys import key_range
-from kinepy.store.writer import Publish, Writer
+from kinepy.store.leases import LeaseManager
+from kinepy.store.watch import WatchHub
+from kinepy.store.writer import Writer
 from kinepy.types import (
     DeleteRangeRequest,
     DeleteRangeResponse,
+    Event,
     PutRequest,
     PutResponse,
     RangeRequest,
@@ -26,29 +29,60 @@ log = logging.getLogger(__name__)
 
 
 class KVStore:
-    """Reads go straight to the backend; writes go through the group-commit writer."""
+    """The store: reads go straight to the backend; writes, lease changes and compactions go
+    through the group-commit writer; committed events feed the watch hub."""
 
     def __init__(
         self,
         backend: Backend,
         *,
-        publish: Publish | None = None,
         max_txn_ops: int = 128,
         write_batch_max: int = 1000,
         compact_batch_revisions: int = 1000,
+        watch_window_events: int = 8192,
+        watch_stream_buffer_events: int = 4096,
+        lease_expiry_interval: float = 0.5,
+        watch_progress_interval: float = 5.0,
     ) -> None:
+        self._watch_progress_interval = watch_progress_interval
         self.backend = backend
         self.max_txn_ops = max_txn_ops
-        self.writer = Writer(backend, publish=publish or (lambda rev, events: None), batch_max=write_batch_max)
+        self.writer = Writer(backend, publish=self._publish, batch_max=write_batch_max)
         self.compactor = Compactor(backend, batch_revisions=compact_batch_revisions)
+        self.leases = LeaseManager(backend, self.writer, expiry_interval=lease_expiry_interval)
+        self._watch_window_events = watch_window_events
+        self._watch_stream_buffer_events = watch_stream_buffer_events
+        self.hub: WatchHub | None = None
 
-    def start(self) -> None:
+    def _publish(self, revision: int, events: list[Event]) -> None:
+        if self.hub is not None:
+            self.hub.publish(revision, events)
+
+    async def start(self) -> None:
+        status = await self.backend.status()
+        self.hub = WatchHub(
+            self.backend,
+            revision=status.revision,
+            compact_revision=status.compact_revision,
+            window_events=self._watch_window_events,
+            max_buffered_events=self._watch_stream_buffer_events,
+            progress_interval=self._watch_progress_interval,
+        )
+        self.hub.start()
+        self.writer.revision = status.revision
+        self.writer.compact_revision = status.compact_revision
         self.writer.start()
         self.compactor.start()
+        await self.leases.start()
+        if status.compact_revision > 0:
+            self.compactor.request(status.compact_revision)
 
     async def aclose(self) -> None:
+        await self.leases.aclose()
         await self.writer.aclose()
         await self.compactor.aclose()
+        if self.hub is not None:
+            await self.hub.aclose()
 
     async def range(self, req: RangeRequest) -> RangeResponse:
         mvcc.validate_range(req)
@@ -78,6 +112,9 @@ class KVStore:
     async def compact(self, revision: int, *, physical: bool = False) -> int:
         """Compact history up to `revision`; returns the header revision."""
         resp = cast(mvcc.CompactResponse, await self.writer.submit(mvcc.CompactRequest(revision, physical)))
+        # Watchers learn the new compaction revision before any history is deleted.
+        if self.hub is not None:
+            self.hub.compacted(revision)
         self.compactor.request(revision)
         if physical:
             await self.compactor.wait(revision)

@@ -8,6 +8,7 @@ anything, so a request that errors leaves no trace.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kinepy import errors
@@ -22,6 +23,7 @@ from kinepy.types import (
     Event,
     EventType,
     KeyValue,
+    Lease,
     PutRequest,
     PutResponse,
     RangeRequest,
@@ -48,6 +50,36 @@ class CompactRequest:
 @dataclass(slots=True)
 class CompactResponse:
     revision: int
+
+
+@dataclass(slots=True)
+class LeaseGrantRequest:
+    id: int  # 0: the server picks one
+    ttl: int
+    now: float
+    pick_id: Callable[[], int] | None = None
+
+
+@dataclass(slots=True)
+class LeaseRevokeRequest:
+    id: int
+    # Expiry: revoke only if the persisted deadline is still at or before this time.
+    expired_at: float | None = None
+
+
+@dataclass(slots=True)
+class LeaseKeepAliveRequest:
+    id: int
+    now: float
+
+
+@dataclass(slots=True)
+class LeaseResponse:
+    revision: int
+    lease: Lease | None  # None: not found (keepalive) or not expired after all (expiry)
+
+
+LeaseRequest = LeaseGrantRequest | LeaseRevokeRequest | LeaseKeepAliveRequest
 
 
 # -- validation (etcd's api/v3rpc/key.go) ------------------------------------------------------
@@ -144,9 +176,14 @@ def _check_intervals(ops: list[RequestOp]) -> tuple[set[bytes], list[tuple[bytes
 # -- read sets -------------------------------------------------------------------------------
 
 
-def add_to_read_set(req: WriteRequest | CompactRequest, rs: ReadSet) -> None:
+def add_to_read_set(req: WriteRequest | CompactRequest | LeaseRequest, rs: ReadSet) -> None:
     """Everything `req` may read when applied, whichever branches its compares choose."""
-    if isinstance(req, PutRequest):
+    if isinstance(req, LeaseGrantRequest | LeaseKeepAliveRequest):
+        rs.leases.add(req.id)
+    elif isinstance(req, LeaseRevokeRequest):
+        rs.leases.add(req.id)
+        rs.lease_keys.add(req.id)
+    elif isinstance(req, PutRequest):
         rs.keys.add(req.key)
         if req.lease:
             rs.leases.add(req.lease)
@@ -173,7 +210,7 @@ def _add_range(rs: ReadSet, kr: KeyRange) -> None:
         rs.ranges.append(kr)
 
 
-def needs_own_snapshot(req: WriteRequest | CompactRequest) -> bool:
+def needs_own_snapshot(req: WriteRequest | CompactRequest | LeaseRequest) -> bool:
     """A txn reading at an explicit revision must see exactly the committed state, so it is
     evaluated first in its batch (its read set is taken before any other write of the batch)."""
     if not isinstance(req, TxnRequest):
@@ -257,17 +294,18 @@ class BatchState:
     revision: int
     compact_revision: int
     rows: dict[bytes, KeyValue | None]
-    leases: set[int]
+    leases: dict[int, Lease]
     snapshot: Snapshot
     log: list[LogRow] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     touched: dict[bytes, KeyValue | None] = field(default_factory=dict)
+    touched_leases: dict[int, Lease | None] = field(default_factory=dict)
     new_compact_revision: int | None = None
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> BatchState:
         rows: dict[bytes, KeyValue | None] = dict(snapshot.rows)
-        return cls(snapshot.revision, snapshot.compact_revision, rows, set(snapshot.leases), snapshot)
+        return cls(snapshot.revision, snapshot.compact_revision, rows, dict(snapshot.leases), snapshot)
 
     def get(self, key: bytes) -> KeyValue | None:
         return self.rows.get(key)
@@ -281,13 +319,14 @@ class BatchState:
         return found
 
     def write_set(self) -> WriteSet | None:
-        if not self.log and self.new_compact_revision is None:
+        if not self.log and self.new_compact_revision is None and not self.touched_leases:
             return None
         return WriteSet(
             revision=self.revision,
             log=self.log,
             current=self.touched,
             compact_revision=self.new_compact_revision,
+            leases=self.touched_leases,
         )
 
 
@@ -335,8 +374,17 @@ class _Writes:
             self.state.revision = self.revision
 
 
-def apply(state: BatchState, req: WriteRequest | CompactRequest) -> PutResponse | DeleteRangeResponse | TxnResponse | CompactResponse:
+AnyResponse = PutResponse | DeleteRangeResponse | TxnResponse | CompactResponse | LeaseResponse
+
+
+def apply(state: BatchState, req: WriteRequest | CompactRequest | LeaseRequest) -> AnyResponse:
     """Apply one request to `state`; raises an `EtcdError` (and changes nothing) if it fails."""
+    if isinstance(req, LeaseGrantRequest):
+        return _lease_grant(state, req)
+    if isinstance(req, LeaseRevokeRequest):
+        return _lease_revoke(state, req)
+    if isinstance(req, LeaseKeepAliveRequest):
+        return _lease_keep_alive(state, req)
     if isinstance(req, PutRequest):
         _check_put_lease(state, req)
         _check_put_prev(state, req)
@@ -499,3 +547,50 @@ def _compact(state: BatchState, req: CompactRequest) -> CompactResponse:
     state.compact_revision = req.revision
     state.new_compact_revision = req.revision
     return CompactResponse(state.revision)
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def _lease_grant(state: BatchState, req: LeaseGrantRequest) -> LeaseResponse:
+    lease_id = req.id
+    if lease_id == 0 and req.pick_id is not None:
+        lease_id = req.pick_id()
+        while lease_id in state.leases:
+            lease_id = req.pick_id()
+    if lease_id in state.leases:
+        raise errors.LeaseExistsError()
+    lease = Lease(lease_id, req.ttl, req.now + req.ttl)
+    state.leases[lease_id] = lease
+    state.touched_leases[lease_id] = lease
+    return LeaseResponse(state.revision, lease)
+
+
+def _lease_revoke(state: BatchState, req: LeaseRevokeRequest) -> LeaseResponse:
+    lease = state.leases.get(req.id)
+    if lease is None:
+        raise errors.LeaseNotFoundError()
+    if req.expired_at is not None and lease.expires_at > req.expired_at:
+        return LeaseResponse(state.revision, None)  # kept alive meanwhile
+    writes = _Writes(state)
+    attached = sorted((kv for kv in state.rows.values() if kv is not None and kv.lease == req.id), key=_by_key)
+    for kv in attached:
+        writes.delete(kv)
+    writes.done()
+    del state.leases[req.id]
+    state.touched_leases[req.id] = None
+    return LeaseResponse(state.revision, lease)
+
+
+def _lease_keep_alive(state: BatchState, req: LeaseKeepAliveRequest) -> LeaseResponse:
+    lease = state.leases.get(req.id)
+    if lease is None or lease.expires_at <= req.now:
+        return LeaseResponse(state.revision, None)
+    renewed = Lease(lease.id, lease.ttl, req.now + lease.ttl)
+    state.leases[lease.id] = renewed
+    state.touched_leases[lease.id] = renewed
+    return LeaseResponse(state.revision, renewed)
+
+
+def _by_key(kv: KeyValue) -> bytes:
+    return kv.key

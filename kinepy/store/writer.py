@@ -22,7 +22,7 @@ from kinepy.types import Event, WriteRequest
 
 log = logging.getLogger(__name__)
 
-Request = WriteRequest | mvcc.CompactRequest
+Request = WriteRequest | mvcc.CompactRequest | mvcc.LeaseRequest
 Publish = Callable[[int, list[Event]], None]
 
 
@@ -144,6 +144,10 @@ class Writer:
         stats.batches += 1
         stats.requests += len(batch)
         stats.last_size = len(batch)
+        # Publish before answering: a client that reads its write's revision and then opens a
+        # watch from "now" must not see that write again, nor miss the next one.
+        if events:
+            self._publish(self.revision, events)
         for pending in batch:
             if pending.future.done():
                 continue
@@ -151,7 +155,5 @@ class Writer:
                 pending.future.set_exception(pending.error)
             else:
                 pending.future.set_result(pending.result)
-        if events:
-            self._publish(self.revision, events)
         if elapsed > 1.0:
             log.warning("slow commit: %d requests took %.3fs", len(batch), elapsed)

@@ -29,7 +29,7 @@ from kinepy.backends.base import (
 )
 from kinepy.backends.sql import statements as sql
 from kinepy.errors import BackendError, BackendUnavailable
-from kinepy.types import KeyValue
+from kinepy.types import Event, EventType, KeyValue, Lease
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,27 @@ _UPSERT_CURRENT = (
     "value = excluded.value"
 )
 
+_UPSERT_LEASE = (
+    "INSERT INTO leases (id, ttl, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET ttl = excluded.ttl, expires_at = excluded.expires_at"
+)
+
 _IN_CHUNK = 500
 
 
 def _kv(row: tuple[Any, ...]) -> KeyValue:
     return KeyValue(bytes(row[0]), row[1], row[2], row[3], bytes(row[5]), row[4])
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    revision, _sub, key, create_revision, version, lease, value, tombstone = row[:8]
+    key = bytes(key)
+    prev = None
+    if len(row) > 8 and row[8] is not None and not row[13]:
+        prev = KeyValue(key, row[9], row[8], row[10], bytes(row[12]), row[11])
+    if tombstone:
+        return Event(EventType.DELETE, KeyValue(key, 0, revision, 0, b"", 0), prev)
+    return Event(EventType.PUT, KeyValue(key, create_revision, revision, version, bytes(value), lease), prev)
 
 
 class SQLiteBackend:
@@ -241,12 +257,18 @@ class SQLiteBackend:
                 for row in conn.execute(stmt, args):
                     kv = _kv(row)
                     rows[kv.key] = kv
-            leases: set[int] = set()
-            lease_ids = list(read_set.leases)
+            lease_ids = list(read_set.leases | read_set.lease_keys)
+            leases: dict[int, Lease] = {}
             for i in range(0, len(lease_ids), _IN_CHUNK):
                 chunk_ids = lease_ids[i : i + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk_ids))
-                leases.update(r[0] for r in conn.execute(f"SELECT id FROM leases WHERE id IN ({marks})", chunk_ids))
+                for r in conn.execute(f"{sql.SELECT_LEASES} WHERE id IN ({marks})", chunk_ids):
+                    leases[r[0]] = Lease(*r)
+                if read_set.lease_keys:
+                    query = f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE lease IN ({marks})"
+                    for row in conn.execute(query, chunk_ids):
+                        kv = _kv(row)
+                        rows[kv.key] = kv
             historic: dict[tuple[KeyRange, int], list[KeyValue]] = {}
             for key_range, rev in read_set.historic:
                 if compact <= rev <= current:
@@ -260,6 +282,26 @@ class SQLiteBackend:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    async def read_events(self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool) -> list[Event]:
+        return await self._run(self._readers, self._read_events, key_range, after, upto, prev_kv)
+
+    def _read_events(self, key_range: KeyRange, after: int, upto: int, prev_kv: bool) -> list[Event]:
+        conn = self._connect()
+        stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv)
+        return [_event(row) for row in conn.execute(stmt, args)]
+
+    async def load_leases(self) -> list[Lease]:
+        return await self._run(self._readers, self._load_leases)
+
+    def _load_leases(self) -> list[Lease]:
+        return [Lease(*row) for row in self._connect().execute(sql.SELECT_LEASES)]
+
+    async def lease_keys(self, lease_id: int) -> list[bytes]:
+        return await self._run(self._readers, self._lease_keys, lease_id)
+
+    def _lease_keys(self, lease_id: int) -> list[bytes]:
+        return [bytes(row[0]) for row in self._connect().execute(sql.SELECT_LEASE_KEYS, (lease_id,))]
 
     async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
         return await self._run(self._writer, self._compact_batch, compact_revision, after, upto)
@@ -351,9 +393,11 @@ def _apply(conn: sqlite3.Connection, write_set: WriteSet, compact: int) -> None:
         conn.executemany(_UPSERT_CURRENT, upserts)
     if deletes:
         conn.executemany(sql.DELETE_CURRENT, deletes)
-    if write_set.lease_grants:
-        conn.executemany(sql.INSERT_LEASE, write_set.lease_grants)
-    if write_set.lease_revokes:
-        conn.executemany(sql.DELETE_LEASE, [(lease_id,) for lease_id in write_set.lease_revokes])
+    lease_upserts = [(lease.id, lease.ttl, lease.expires_at) for lease in write_set.leases.values() if lease]
+    if lease_upserts:
+        conn.executemany(_UPSERT_LEASE, lease_upserts)
+    lease_deletes = [(lease_id,) for lease_id, lease in write_set.leases.items() if lease is None]
+    if lease_deletes:
+        conn.executemany(sql.DELETE_LEASE, lease_deletes)
     new_compact = compact if write_set.compact_revision is None else write_set.compact_revision
     conn.execute(sql.UPDATE_META, (write_set.revision, new_compact))

@@ -92,8 +92,9 @@ INSERT_LOG = (
 )
 DELETE_CURRENT = "DELETE FROM kv_current WHERE key = ?"
 UPDATE_META = "UPDATE meta SET revision = ?, compact_revision = ? WHERE id = 1"
-INSERT_LEASE = "INSERT INTO leases (id, ttl, expires_at) VALUES (?, ?, ?)"
 DELETE_LEASE = "DELETE FROM leases WHERE id = ?"
+SELECT_LEASES = "SELECT id, ttl, expires_at FROM leases"
+SELECT_LEASE_KEYS = "SELECT key FROM kv_current WHERE lease = ? ORDER BY key"
 
 
 def compact_log(compact_revision: int, after: int, upto: int) -> list[tuple[str, list[object]]]:
@@ -114,3 +115,22 @@ def compact_log(compact_revision: int, after: int, upto: int) -> list[tuple[str,
             [after, upto, compact_revision],
         ),
     ]
+
+
+def select_events(key_range: KeyRange, after: int, upto: int, *, prev_kv: bool) -> tuple[str, list[object]]:
+    """History rows of `key_range` in `(after, upto]`, each with the row it superseded (if wanted)."""
+    cond, params = range_condition(key_range, "l.key")
+    cols = "l.revision, l.sub, l.key, l.create_revision, l.version, l.lease, l.value, l.tombstone"
+    if not prev_kv:
+        return (
+            f"SELECT {cols} FROM kv_log l WHERE l.revision > ? AND l.revision <= ? AND {cond} "
+            "ORDER BY l.revision, l.sub",
+            [after, upto, *params],
+        )
+    sql = (
+        f"SELECT {cols}, p.revision, p.create_revision, p.version, p.lease, p.value, p.tombstone "
+        "FROM kv_log l LEFT JOIN kv_log p ON p.key = l.key AND p.revision = "
+        "(SELECT max(m.revision) FROM kv_log m WHERE m.key = l.key AND m.revision < l.revision) "
+        f"WHERE l.revision > ? AND l.revision <= ? AND {cond} ORDER BY l.revision, l.sub"
+    )
+    return sql, [after, upto, *params]

@@ -1,0 +1,68 @@
+"""The etcdserverpb.Lease service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from kinepy.proto import rpc_pb2, rpc_pb2_grpc
+from kinepy.server import convert
+from kinepy.server.status import etcd_errors
+from kinepy.store.kv import KVStore
+
+log = logging.getLogger(__name__)
+
+
+class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, store: KVStore, headers: convert.Headers) -> None:
+        self._store = store
+        self._leases = store.leases
+        self._headers = headers
+
+    def _revision(self) -> int:
+        return self._store.writer.revision
+
+    @etcd_errors
+    async def LeaseGrant(
+        self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseGrantResponse:
+        revision, lease = await self._leases.grant(request.ID, request.TTL)
+        return rpc_pb2.LeaseGrantResponse(header=self._headers(revision), ID=lease.id, TTL=lease.ttl)
+
+    @etcd_errors
+    async def LeaseRevoke(
+        self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseRevokeResponse:
+        revision = await self._leases.revoke(request.ID)
+        return rpc_pb2.LeaseRevokeResponse(header=self._headers(revision))
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        async for request in request_iterator:
+            ttl = await self._leases.keep_alive(request.ID)
+            yield rpc_pb2.LeaseKeepAliveResponse(header=self._headers(self._revision()), ID=request.ID, TTL=ttl)
+
+    @etcd_errors
+    async def LeaseTimeToLive(
+        self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        found = await self._leases.time_to_live(request.ID, keys=request.keys)
+        header = self._headers(self._revision())
+        if found is None:
+            return rpc_pb2.LeaseTimeToLiveResponse(header=header, ID=request.ID, TTL=-1)
+        lease, remaining, keys = found
+        return rpc_pb2.LeaseTimeToLiveResponse(
+            header=header, ID=lease.id, TTL=remaining, grantedTTL=lease.ttl, keys=keys
+        )
+
+    @etcd_errors
+    async def LeaseLeases(
+        self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseLeasesResponse:
+        return rpc_pb2.LeaseLeasesResponse(
+            header=self._headers(self._revision()),
+            leases=[rpc_pb2.LeaseStatus(ID=lease_id) for lease_id in self._leases.leases()],
+        )

@@ -1,0 +1,106 @@
+"""The etcdserverpb.Watch service: one bidirectional stream, many watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from kinepy.server import convert
+from kinepy.store.kv import KVStore
+from kinepy.store.watch import WatchResponse, WatchStream
+from kinepy.types import Event
+
+log = logging.getLogger(__name__)
+
+_NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
+_NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
+
+
+def _event(event: Event, prev_kv: bool) -> kv_pb2.Event:
+    out = kv_pb2.Event(type=int(event.type), kv=convert.kv(event.kv))
+    if prev_kv and event.prev_kv is not None:
+        out.prev_kv.CopyFrom(convert.kv(event.prev_kv))
+    return out
+
+
+class WatchServicer(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, store: KVStore, headers: convert.Headers, *, max_request_bytes: int) -> None:
+        self._store = store
+        self._headers = headers
+        self._max_request_bytes = max_request_bytes
+
+    async def Watch(
+        self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        hub = self._store.hub
+        assert hub is not None
+        stream = hub.open_stream()
+        reader = asyncio.create_task(self._read(request_iterator, stream), name="kinepy-watch-reader")
+        try:
+            while True:
+                resp = await stream.next_response()
+                for message in self._messages(resp):
+                    yield message
+        finally:
+            reader.cancel()
+            hub.close_stream(stream)
+
+    async def _read(self, requests: AsyncIterator[rpc_pb2.WatchRequest], stream: WatchStream) -> None:
+        # A client that half-closes its side keeps its watchers, as with etcd.
+        try:
+            async for request in requests:
+                which = request.WhichOneof("request_union")
+                if which == "create_request":
+                    c = request.create_request
+                    stream.create(
+                        c.key,
+                        c.range_end,
+                        start_revision=c.start_revision,
+                        watch_id=c.watch_id,
+                        prev_kv=c.prev_kv,
+                        no_put=_NOPUT in c.filters,
+                        no_delete=_NODELETE in c.filters,
+                        progress_notify=c.progress_notify,
+                        fragment=c.fragment,
+                    )
+                elif which == "cancel_request":
+                    stream.cancel(request.cancel_request.watch_id)
+                elif which == "progress_request":
+                    stream.request_progress()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the client went away mid-message
+            log.debug("watch stream reader ended: %s", exc)
+
+    def _messages(self, resp: WatchResponse) -> list[rpc_pb2.WatchResponse]:
+        message = rpc_pb2.WatchResponse(
+            header=self._headers(resp.revision),
+            watch_id=resp.watch_id,
+            created=resp.created,
+            canceled=resp.canceled,
+            compact_revision=resp.compact_revision,
+            cancel_reason=resp.cancel_reason,
+            events=[_event(e, resp.prev_kv) for e in resp.events],
+        )
+        if not resp.fragment or len(message.events) < 2 or message.ByteSize() < self._max_request_bytes:
+            return [message]
+        return self._fragments(message)
+
+    def _fragments(self, whole: rpc_pb2.WatchResponse) -> list[rpc_pb2.WatchResponse]:
+        """etcd's sendFragments: pieces under the request size limit, all but the last marked."""
+        pieces: list[rpc_pb2.WatchResponse] = []
+        current = rpc_pb2.WatchResponse(header=whole.header, watch_id=whole.watch_id, fragment=True)
+        for event in whole.events:
+            current.events.append(event)
+            if len(current.events) > 1 and current.ByteSize() >= self._max_request_bytes:
+                del current.events[-1]
+                pieces.append(current)
+                current = rpc_pb2.WatchResponse(header=whole.header, watch_id=whole.watch_id, fragment=True)
+                current.events.append(event)
+        current.fragment = False
+        pieces.append(current)
+        return pieces

@@ -1,0 +1,426 @@
+"""The watch hub: live fan-out of committed events, catch-up from history, progress.
+
+Like etcd's watchable store, each `Watcher` keeps `next_revision` (etcd's minRev), the next
+revision it needs, and is either *synced* (fed live by `publish`) or *unsynced* (caught up by the
+sync task, from the in-memory window of recent revisions or from the log in the database).
+
+Guarantees: events reach a watcher in revision order, each exactly once, and the events of one
+revision in one response; a progress notification is queued behind every event it covers, so it
+never overtakes them. Each stream buffers a bounded number of events: a watcher whose stream is
+full is not dropped, it becomes unsynced and catches up later, from the log if need be.
+
+Everything here runs on the event loop. Where reading the hub's revision and joining a group must
+be atomic, there is no `await` between them: on one loop, that is etcd's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass, field
+
+from kinepy.backends.base import Backend, KeyRange
+from kinepy.errors import WATCH_DUPLICATE_ID, WATCH_RANGE_EMPTY, CompactedError
+from kinepy.store.keys import is_empty
+from kinepy.types import Event, EventType
+
+log = logging.getLogger(__name__)
+
+# etcd sends at most this many revisions in one catch-up response (watchBatchMaxRevs).
+CATCH_UP_MAX_REVISIONS = 1000
+PROGRESS_WATCH_ID = -1
+
+
+@dataclass(slots=True)
+class WatchResponse:
+    """What a stream sends; converted to protobuf by the server."""
+
+    watch_id: int
+    revision: int
+    events: list[Event] = field(default_factory=list)
+    created: bool = False
+    canceled: bool = False
+    compact_revision: int = 0
+    cancel_reason: str = ""
+    prev_kv: bool = False
+    fragment: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Watcher:
+    id: int
+    stream: WatchStream
+    key_range: KeyRange
+    next_revision: int
+    prev_kv: bool = False
+    no_put: bool = False
+    no_delete: bool = False
+    progress_notify: bool = False
+    fragment: bool = False
+    synced: bool = False
+    sent_since_tick: bool = False
+
+    def wants(self, event: Event) -> bool:
+        if event.type == EventType.PUT:
+            if self.no_put:
+                return False
+        elif self.no_delete:
+            return False
+        return event.kv.key in self.key_range
+
+
+class WatchStream:
+    """One gRPC Watch stream: its watchers and its bounded queue of responses."""
+
+    def __init__(self, hub: WatchHub, *, max_buffered_events: int) -> None:
+        self.hub = hub
+        self.watchers: dict[int, Watcher] = {}
+        self._next_id = 0
+        self._queue: collections.deque[WatchResponse] = collections.deque()
+        self._ready = asyncio.Event()
+        self.buffered_events = 0
+        self.max_buffered_events = max_buffered_events
+        self.progress_pending = False
+        self.closed = False
+
+    # -- what the server calls ---------------------------------------------------------------
+
+    def create(
+        self,
+        key: bytes,
+        range_end: bytes,
+        *,
+        start_revision: int = 0,
+        watch_id: int = 0,
+        prev_kv: bool = False,
+        no_put: bool = False,
+        no_delete: bool = False,
+        progress_notify: bool = False,
+        fragment: bool = False,
+    ) -> None:
+        """Create a watcher and queue its `created` response (before any of its events)."""
+        hub = self.hub
+        if not key:
+            key = b"\x00"  # etcd: the smallest key
+        if range_end == b"\x00":
+            key_range = KeyRange(key, None)
+        elif range_end:
+            key_range = KeyRange(key, range_end)
+        else:
+            key_range = KeyRange(key, key + b"\x00")
+        if range_end and range_end != b"\x00" and is_empty(key_range):
+            self._push(WatchResponse(-1, hub.revision, created=True, canceled=True, cancel_reason=WATCH_RANGE_EMPTY))
+            return
+        if start_revision < 0:
+            self._push(
+                WatchResponse(-1, hub.revision, created=True, canceled=True, cancel_reason=CompactedError.message)
+            )
+            return
+        if watch_id != 0:
+            if watch_id in self.watchers:
+                self._push(
+                    WatchResponse(-1, hub.revision, created=True, canceled=True, cancel_reason=WATCH_DUPLICATE_ID)
+                )
+                return
+        else:
+            while self._next_id in self.watchers:
+                self._next_id += 1
+            watch_id = self._next_id
+            self._next_id += 1
+        watcher = Watcher(
+            watch_id,
+            self,
+            key_range,
+            next_revision=0,
+            prev_kv=prev_kv,
+            no_put=no_put,
+            no_delete=no_delete,
+            progress_notify=progress_notify,
+            fragment=fragment,
+        )
+        self.watchers[watch_id] = watcher
+        # No await from here to the end: the created response and the group the watcher joins
+        # are decided against the same hub revision.
+        self._push(WatchResponse(watch_id, hub.revision, created=True))
+        hub.add(watcher, start_revision)
+
+    def cancel(self, watch_id: int) -> None:
+        watcher = self.watchers.pop(watch_id, None)
+        if watcher is None:
+            return  # etcd: an unknown id gets no reply
+        self.hub.remove(watcher)
+        self._push(WatchResponse(watch_id, self.hub.revision, canceled=True))
+
+    def request_progress(self) -> None:
+        """A WatchProgressRequest: answered (watch_id -1) once every watcher is synced."""
+        self.progress_pending = True
+        self.maybe_send_progress()
+
+    async def next_response(self) -> WatchResponse:
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        resp = self._queue.popleft()
+        if resp.events:
+            self.buffered_events -= len(resp.events)
+            if self.buffered_events < self.max_buffered_events // 2:
+                self.hub.wake()
+        return resp
+
+    def close(self) -> None:
+        self.closed = True
+        for watcher in self.watchers.values():
+            self.hub.remove(watcher)
+        self.watchers.clear()
+        self._queue.clear()
+
+    # -- what the hub calls ------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        return self.buffered_events < self.max_buffered_events
+
+    def _push(self, resp: WatchResponse) -> None:
+        self._queue.append(resp)
+        self._ready.set()
+
+    def send_events(self, watcher: Watcher, events: list[Event], revision: int) -> None:
+        self.buffered_events += len(events)
+        watcher.sent_since_tick = True
+        self._push(WatchResponse(watcher.id, revision, events, prev_kv=watcher.prev_kv, fragment=watcher.fragment))
+
+    def send_compacted(self, watcher: Watcher, compact_revision: int) -> None:
+        self.watchers.pop(watcher.id, None)
+        self._push(WatchResponse(watcher.id, 0, canceled=True, compact_revision=compact_revision))
+
+    def send_progress(self, watch_id: int, revision: int) -> None:
+        self._push(WatchResponse(watch_id, revision))
+
+    def all_synced(self) -> bool:
+        return all(w.synced for w in self.watchers.values())
+
+    def maybe_send_progress(self) -> None:
+        if self.progress_pending and self.all_synced():
+            self.progress_pending = False
+            if self.watchers:
+                self.send_progress(PROGRESS_WATCH_ID, self.hub.revision)
+
+
+class WatchHub:
+    """Every watcher of this process, fed from the writer's commits."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        revision: int,
+        compact_revision: int,
+        window_events: int = 8192,
+        max_buffered_events: int = 4096,
+        progress_interval: float = 5.0,
+    ) -> None:
+        self._progress_interval = progress_interval
+        self._backend = backend
+        self.revision = revision
+        self.compact_revision = compact_revision
+        self._window: collections.deque[tuple[int, list[Event]]] = collections.deque()
+        self._window_events = 0
+        self._window_max = window_events
+        self._max_buffered_events = max_buffered_events
+        self._synced: set[Watcher] = set()
+        self._unsynced: set[Watcher] = set()
+        self._streams: set[WatchStream] = set()
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.events_sent = 0
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="kinepy-watch-sync"),
+            asyncio.create_task(self._progress_loop(), name="kinepy-watch-progress"),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._progress_interval)
+            self.progress_tick()
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._synced) + len(self._unsynced)
+
+    def open_stream(self) -> WatchStream:
+        stream = WatchStream(self, max_buffered_events=self._max_buffered_events)
+        self._streams.add(stream)
+        return stream
+
+    def close_stream(self, stream: WatchStream) -> None:
+        stream.close()
+        self._streams.discard(stream)
+
+    def wake(self) -> None:
+        if self._unsynced:
+            self._wakeup.set()
+
+    def add(self, watcher: Watcher, start_revision: int) -> None:
+        if start_revision == 0 or start_revision > self.revision:
+            watcher.next_revision = max(self.revision + 1, start_revision)
+            watcher.synced = True
+            self._synced.add(watcher)
+        else:
+            watcher.next_revision = start_revision
+            watcher.synced = False
+            self._unsynced.add(watcher)
+            self._wakeup.set()
+
+    def remove(self, watcher: Watcher) -> None:
+        self._synced.discard(watcher)
+        self._unsynced.discard(watcher)
+
+    # -- live ----------------------------------------------------------------------------------
+
+    def publish(self, revision: int, events: list[Event]) -> None:
+        """Committed events, in revision order, up to `revision`. Called by the writer."""
+        by_revision: list[tuple[int, list[Event]]] = []
+        for event in events:
+            rev = event.kv.mod_revision
+            if by_revision and by_revision[-1][0] == rev:
+                by_revision[-1][1].append(event)
+            else:
+                by_revision.append((rev, [event]))
+        for item in by_revision:
+            self._window.append(item)
+            self._window_events += len(item[1])
+        while self._window_events > self._window_max and len(self._window) > 1:
+            _, dropped = self._window.popleft()
+            self._window_events -= len(dropped)
+        self.revision = revision
+        first = by_revision[0][0] if by_revision else revision + 1
+        for watcher in list(self._synced):
+            if watcher.next_revision > revision:
+                continue  # waits for a future revision
+            if not watcher.stream.has_room():
+                self._demote(watcher, max(first, watcher.next_revision))
+                continue
+            wanted = [
+                e for e in events if e.kv.mod_revision >= watcher.next_revision and watcher.wants(e)
+            ]
+            if wanted:
+                watcher.stream.send_events(watcher, wanted, revision)
+                self.events_sent += len(wanted)
+            watcher.next_revision = revision + 1
+        for stream in self._streams:
+            if stream.progress_pending:
+                stream.maybe_send_progress()
+
+    def _demote(self, watcher: Watcher, next_revision: int) -> None:
+        log.warning(
+            "watcher %d is behind (stream buffer full); it will catch up from revision %d",
+            watcher.id,
+            next_revision,
+        )
+        watcher.next_revision = next_revision
+        watcher.synced = False
+        self._synced.discard(watcher)
+        self._unsynced.add(watcher)
+
+    def compacted(self, compact_revision: int) -> None:
+        """The compaction revision moved; watchers behind it are cancelled by the sync loop."""
+        self.compact_revision = max(self.compact_revision, compact_revision)
+        self._wakeup.set()
+
+    def progress_tick(self) -> None:
+        """Periodic progress for `progress_notify` watchers that were sent nothing since the last tick."""
+        for stream in self._streams:
+            for watcher in stream.watchers.values():
+                if watcher.progress_notify and watcher.synced and not watcher.sent_since_tick:
+                    stream.send_progress(watcher.id, self.revision)
+                watcher.sent_since_tick = False
+
+    # -- catch-up ------------------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                progressed = await self._sync_once()
+            except Exception:
+                log.exception("watch catch-up failed; retrying")
+                await asyncio.sleep(0.5)
+                self._wakeup.set()
+                continue
+            if progressed:
+                self._wakeup.set()
+            await asyncio.sleep(0)
+
+    async def _sync_once(self) -> bool:
+        """One catch-up step for every unsynced watcher with room; True if any moved."""
+        progressed = False
+        for watcher in list(self._unsynced):
+            if watcher not in self._unsynced or watcher.stream.closed:
+                continue
+            if not watcher.stream.has_room():
+                continue
+            if watcher.next_revision < self.compact_revision:
+                self._unsynced.discard(watcher)
+                watcher.stream.send_compacted(watcher, self.compact_revision)
+                progressed = True
+                continue
+            if watcher.next_revision > self.revision:
+                self._promote(watcher)
+                progressed = True
+                continue
+            start = watcher.next_revision
+            if self._window and self._window[0][0] <= start:
+                events, upto = self._from_window(start)
+            else:
+                upto = min(self.revision, start - 1 + CATCH_UP_MAX_REVISIONS)
+                events = await self._backend.read_events(
+                    watcher.key_range, after=start - 1, upto=upto, prev_kv=watcher.prev_kv
+                )
+                if watcher not in self._unsynced or watcher.next_revision != start:
+                    continue  # cancelled (or moved) while we read
+                if self.compact_revision > start:
+                    continue  # history may be gone: the next pass cancels it as compacted
+            wanted = [e for e in events if watcher.wants(e)]
+            if wanted:
+                watcher.stream.send_events(watcher, wanted, self.revision)
+                self.events_sent += len(wanted)
+            watcher.next_revision = upto + 1
+            if watcher.next_revision > self.revision:
+                self._promote(watcher)
+            progressed = True
+        return progressed
+
+    def _from_window(self, start: int) -> tuple[list[Event], int]:
+        """Events of up to CATCH_UP_MAX_REVISIONS revisions from `start`, and the last revision
+        they cover. The window holds every revision from its first entry to `self.revision`."""
+        events: list[Event] = []
+        revisions = 0
+        for rev, evs in self._window:
+            if rev < start:
+                continue
+            if revisions == CATCH_UP_MAX_REVISIONS:
+                return events, rev - 1
+            events.extend(evs)
+            revisions += 1
+        return events, self.revision
+
+    def _promote(self, watcher: Watcher) -> None:
+        watcher.synced = True
+        self._unsynced.discard(watcher)
+        self._synced.add(watcher)
+        stream = watcher.stream
+        if stream.progress_pending:
+            stream.maybe_send_progress()
