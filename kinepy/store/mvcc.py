@@ -528,7 +528,9 @@ def _apply_txn(state: BatchState, writes: _Writes, req: TxnRequest, path: dict[i
 def _txn_range(state: BatchState, writes: _Writes, req: RangeRequest) -> RangeResponse:
     kr = key_range(req.key, req.range_end)
     current = writes.current_revision()
-    if req.revision > 0 and req.revision < current:
+    if req.revision > 0:
+        # The read set holds this range only as of `req.revision` (at most the committed revision:
+        # a later one failed as future); at the committed revision that is the current state.
         kvs = list(state.snapshot.historic.get((kr, req.revision), []))
     else:
         kvs = state.range(kr)
