@@ -10,6 +10,18 @@ from kinepy.server import convert
 from kinepy.server.status import etcd_errors
 from kinepy.store.kv import KVStore
 
+# etcd limits the raft entry it proposes, not the request: an InternalRaftRequest holding the request
+# (1 tag byte and its length) next to a RequestHeader{ID} (2 tag bytes, 1 length byte, 1 tag byte and
+# the ID's varint). Request IDs start with the member ID's low 16 bits, so their varint takes 8 to 10
+# bytes depending on the member; kinepy counts 10, the most any etcd member counts.
+_RAFT_HEADER_BYTES = 14
+
+
+def _raft_request_size(request_bytes: int) -> int:
+    """The size of the raft entry etcd would propose for a request of `request_bytes` bytes."""
+    length_bytes = max(1, (request_bytes.bit_length() + 6) // 7)
+    return _RAFT_HEADER_BYTES + 1 + length_bytes + request_bytes
+
 
 class KVServicer(rpc_pb2_grpc.KVServicer):
     def __init__(self, store: KVStore, headers: convert.Headers, *, max_request_bytes: int) -> None:
@@ -18,7 +30,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         self._max_request_bytes = max_request_bytes
 
     def _check_size(self, request: rpc_pb2.PutRequest | rpc_pb2.DeleteRangeRequest | rpc_pb2.TxnRequest) -> None:
-        if request.ByteSize() > self._max_request_bytes:
+        if _raft_request_size(request.ByteSize()) > self._max_request_bytes:
             raise RequestTooLargeError()
 
     @etcd_errors
