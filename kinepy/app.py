@@ -20,7 +20,7 @@ from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.kv import KVServicer
 from kinepy.server.lease import LeaseServicer
-from kinepy.server.maintenance import ClusterServicer, MaintenanceServicer
+from kinepy.server.maintenance import AuthServicer, ClusterServicer, MaintenanceServicer
 from kinepy.server.watch import WatchServicer
 from kinepy.store.kv import KVStore
 
@@ -97,6 +97,7 @@ class App:
         )
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(store, headers), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(store, headers), server)
+        rpc_pb2_grpc.add_AuthServicer_to_server(AuthServicer(store, headers), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.port = server.add_insecure_port(grpc_address(self.config.listen_address))

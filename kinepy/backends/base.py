@@ -143,3 +143,13 @@ class Backend(Protocol):
 
     async def status(self) -> BackendStatus:
         """Revisions and database size."""
+
+    async def defragment(self) -> None:
+        """Give free space back to the file system."""
+
+    async def snapshot(self, path: str) -> None:
+        """Write a consistent copy of the whole database to `path`."""
+
+    async def hash_kv(self, revision: int) -> tuple[int, int]:
+        """A CRC-32 over the history at or below `revision` (<= 0: latest), and the compaction
+        revision at the time; equal for equal histories."""

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+
 import grpc
 
 from kinepy import __version__
-from kinepy.errors import NotSupportedError
+from kinepy.errors import AuthNotEnabledError, KinepyError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
-from kinepy.server.status import etcd_errors
+from kinepy.server.status import etcd_errors, unimplemented_by_default
 from kinepy.store.kv import KVStore
+from kinepy.store.mvcc import check_read_revision
+
+_SNAPSHOT_CHUNK = 64 * 1024
 
 # kube-apiserver turns on RequestWatchProgress only for etcd >= 3.5.13 (it parses this as semver).
 EMULATED_ETCD_VERSION = "3.6.6"
@@ -41,10 +49,68 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         return rpc_pb2.AlarmResponse(header=self._headers(status.revision))
 
     @etcd_errors
+    async def Defragment(
+        self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DefragmentResponse:
+        await self._store.backend.defragment()
+        status = await self._store.backend.status()
+        return rpc_pb2.DefragmentResponse(header=self._headers(status.revision))
+
+    @etcd_errors
+    async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
+        status = await self._store.backend.status()
+        check_read_revision(request.revision, status.revision, status.compact_revision)
+        crc, compact = await self._store.backend.hash_kv(request.revision)
+        return rpc_pb2.HashKVResponse(
+            header=self._headers(status.revision),
+            hash=crc,
+            compact_revision=compact,
+            hash_revision=request.revision if request.revision > 0 else status.revision,
+        )
+
+    async def Snapshot(
+        self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        """A consistent copy of the database file, then its SHA-256, as etcd streams it."""
+        with tempfile.TemporaryDirectory(prefix="kinepy-snapshot-") as tmp:
+            path = os.path.join(tmp, "snapshot.db")
+            try:
+                await self._store.backend.snapshot(path)
+            except KinepyError as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: snapshot failed: {exc}")
+            size = os.path.getsize(path)
+            status = await self._store.backend.status()
+            header = self._headers(status.revision)
+            digest = hashlib.sha256()
+            sent = 0
+            with open(path, "rb") as f:  # noqa: ASYNC230 - local temp file, 64 KiB reads
+                while chunk := f.read(_SNAPSHOT_CHUNK):
+                    digest.update(chunk)
+                    sent += len(chunk)
+                    yield rpc_pb2.SnapshotResponse(
+                        header=header, remaining_bytes=size - sent + digest.digest_size, blob=chunk
+                    )
+            yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=0, blob=digest.digest(), version="3.6.0")
+
+    async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
+        await _unsupported(context, "Hash (a test-only call; use HashKV)")
+        raise AssertionError  # abort raised
+
     async def MoveLeader(
         self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MoveLeaderResponse:
-        raise NotSupportedError(f"kinepy {__version__}: MoveLeader is not supported: there is one member")
+        await _unsupported(context, "MoveLeader (kinepy is a single member)")
+        raise AssertionError
+
+    async def Downgrade(
+        self, request: rpc_pb2.DowngradeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DowngradeResponse:
+        await _unsupported(context, "Downgrade")
+        raise AssertionError
+
+
+async def _unsupported(context: grpc.aio.ServicerContext, what: str) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"kinepy {__version__}: {what} is not supported")
 
 
 class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
@@ -63,3 +129,48 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
             ID=self._headers.member_id, name=self._name, peerURLs=[], clientURLs=self._client_urls, isLearner=False
         )
         return rpc_pb2.MemberListResponse(header=self._headers(status.revision), members=[member])
+
+    async def MemberAdd(
+        self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberAddResponse:
+        await _unsupported(context, "MemberAdd (run more kinepy processes on one database instead)")
+        raise AssertionError
+
+    async def MemberRemove(
+        self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberRemoveResponse:
+        await _unsupported(context, "MemberRemove")
+        raise AssertionError
+
+    async def MemberUpdate(
+        self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberUpdateResponse:
+        await _unsupported(context, "MemberUpdate")
+        raise AssertionError
+
+    async def MemberPromote(
+        self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberPromoteResponse:
+        await _unsupported(context, "MemberPromote")
+        raise AssertionError
+
+
+@unimplemented_by_default("Auth")
+class AuthServicer(rpc_pb2_grpc.AuthServicer):
+    """Authentication is not enabled: clients that try it get etcd's own answer."""
+
+    def __init__(self, store: KVStore, headers: convert.Headers) -> None:
+        self._store = store
+        self._headers = headers
+
+    @etcd_errors
+    async def Authenticate(
+        self, request: rpc_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthenticateResponse:
+        raise AuthNotEnabledError()
+
+    @etcd_errors
+    async def AuthStatus(
+        self, request: rpc_pb2.AuthStatusRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthStatusResponse:
+        return rpc_pb2.AuthStatusResponse(header=self._headers(self._store.writer.revision), enabled=False)

@@ -36,3 +36,29 @@ def etcd_errors(method: F) -> F:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore error: {exc}")
 
     return wrapper  # type: ignore[return-value]
+
+
+T = TypeVar("T", bound=type)
+
+
+def unimplemented_by_default(service: str) -> Callable[[T], T]:
+    """Answer every RPC the class does not define with UNIMPLEMENTED and a message naming it
+    (instead of grpc's generic "Method not implemented!")."""
+
+    def decorate(cls: T) -> T:
+        base = cls.__mro__[1]
+        for name, member in vars(base).items():
+            if name.startswith("_") or not callable(member) or name in vars(cls):
+                continue
+            setattr(cls, name, _unimplemented(f"{service}.{name}"))
+        return cls
+
+    return decorate
+
+
+def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"kinepy: {what} is not supported")
+
+    handler.__name__ = what.rsplit(".", 1)[-1]
+    return handler

@@ -12,8 +12,10 @@ import logging
 import os
 import random
 import sqlite3
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -331,6 +333,34 @@ class SQLiteBackend:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         return BackendStatus(current, compact, pages * page_size, (pages - free) * page_size)
+
+    async def snapshot(self, path: str) -> None:
+        await self._run(self._readers, self._snapshot, path)
+
+    def _snapshot(self, path: str) -> None:
+        target = sqlite3.connect(path)
+        try:
+            self._connect().backup(target)
+        finally:
+            target.close()
+
+    async def hash_kv(self, revision: int) -> tuple[int, int]:
+        return await self._run(self._readers, self._hash_kv, revision)
+
+    def _hash_kv(self, revision: int) -> tuple[int, int]:
+        conn = self._connect()
+        conn.execute("BEGIN")
+        try:
+            current, compact = conn.execute(sql.SELECT_META).fetchone()
+            upto = current if revision <= 0 else revision
+            crc = 0
+            rows = conn.execute(sql.SELECT_LOG_FOR_HASH, (upto,))
+            for revision_, sub, key, create, version, lease, value, tombstone in rows:
+                head = struct.pack(">qqqqqB", revision_, sub, create, version, lease, tombstone)
+                crc = zlib.crc32(bytes(value), zlib.crc32(bytes(key), zlib.crc32(head, crc)))
+            return crc, compact
+        finally:
+            conn.execute("COMMIT")
 
     async def defragment(self) -> None:
         await self._run(self._writer, self._vacuum)

@@ -93,6 +93,10 @@ INSERT_LOG = (
 DELETE_CURRENT = "DELETE FROM kv_current WHERE key = ?"
 UPDATE_META = "UPDATE meta SET revision = ?, compact_revision = ? WHERE id = 1"
 DELETE_LEASE = "DELETE FROM leases WHERE id = ?"
+SELECT_LOG_FOR_HASH = (
+    "SELECT revision, sub, key, create_revision, version, lease, value, tombstone FROM kv_log "
+    "WHERE revision <= ? ORDER BY revision, sub"
+)
 SELECT_LEASES = "SELECT id, ttl, expires_at FROM leases"
 SELECT_LEASE_KEYS = "SELECT key FROM kv_current WHERE lease = ? ORDER BY key"
 
