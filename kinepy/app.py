@@ -83,6 +83,8 @@ class App:
             watch_stream_buffer_events=config.watch_stream_buffer_events,
             watch_progress_interval=config.watch_progress_notify_interval,
             lease_expiry_interval=config.lease_expiry_interval,
+            compact_interval=config.compact_interval,
+            compact_retention=config.compact_retention,
         )
         await store.start()
         self.store = store

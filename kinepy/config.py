@@ -54,6 +54,12 @@ class Config:
     lease_expiry_interval: float = 0.5
     """Seconds between checks for expired leases (etcd checks about every 500 ms)."""
 
+    compact_interval: float = 0.0
+    """Seconds between automatic compactions; 0 disables them (kube-apiserver compacts by itself)."""
+
+    compact_retention: int = 1000
+    """Automatic compaction keeps this many most recent revisions of history."""
+
     compact_batch_revisions: int = 1000
     """Revisions of history removed per compaction transaction; bounds how long a write waits."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import cast
 
+from kinepy import errors
 from kinepy.backends.base import Backend
 from kinepy.store import mvcc
 from kinepy.store.compactor import Compactor
@@ -43,7 +46,12 @@ class KVStore:
         watch_stream_buffer_events: int = 4096,
         lease_expiry_interval: float = 0.5,
         watch_progress_interval: float = 5.0,
+        compact_interval: float = 0.0,
+        compact_retention: int = 1000,
     ) -> None:
+        self._compact_interval = compact_interval
+        self._compact_retention = compact_retention
+        self._auto_compact_task: asyncio.Task[None] | None = None
         self._watch_progress_interval = watch_progress_interval
         self.backend = backend
         self.max_txn_ops = max_txn_ops
@@ -76,13 +84,36 @@ class KVStore:
         await self.leases.start()
         if status.compact_revision > 0:
             self.compactor.request(status.compact_revision)
+        if self._compact_interval > 0:
+            self._auto_compact_task = asyncio.create_task(self._auto_compact(), name="kinepy-auto-compact")
 
     async def aclose(self) -> None:
+        if self._auto_compact_task is not None:
+            self._auto_compact_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._auto_compact_task
+            self._auto_compact_task = None
         await self.leases.aclose()
         await self.writer.aclose()
         await self.compactor.aclose()
         if self.hub is not None:
             await self.hub.aclose()
+
+    async def _auto_compact(self) -> None:
+        """Every interval, compact to `retention` revisions behind the current one. An error is
+        logged and the next interval tries again; compaction never stops for good."""
+        while True:
+            await asyncio.sleep(self._compact_interval)
+            target = self.writer.revision - self._compact_retention
+            if target <= self.writer.compact_revision:
+                continue
+            try:
+                await self.compact(target)
+                log.info("automatic compaction to revision %d", target)
+            except errors.CompactedError:
+                pass  # another instance (or a client) compacted further meanwhile
+            except Exception as exc:
+                log.warning("automatic compaction to %d failed, will retry: %s", target, exc)
 
     async def range(self, req: RangeRequest) -> RangeResponse:
         mvcc.validate_range(req)
