@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from kinepy.config import GRPC_OVERHEAD_BYTES
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.store.kv import KVStore
@@ -31,7 +32,9 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
     def __init__(self, store: KVStore, headers: convert.Headers, *, max_request_bytes: int) -> None:
         self._store = store
         self._headers = headers
-        self._max_request_bytes = max_request_bytes
+        # etcd's watch server splits at MaxRequestBytes + grpcOverheadBytes (NewWatchServer), not at
+        # MaxRequestBytes: 2 MiB with the defaults.
+        self._max_request_bytes = max_request_bytes + GRPC_OVERHEAD_BYTES
 
     async def Watch(
         self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext
