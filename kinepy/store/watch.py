@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -393,7 +394,7 @@ class WatchHub:
                     continue  # cancelled (or moved) while we read
                 if self.compact_revision > start:
                     continue  # history may be gone: the next pass cancels it as compacted
-            wanted = [e for e in events if watcher.wants(e)]
+            wanted = [self._without_compacted_prev_kv(e) for e in events if watcher.wants(e)]
             if wanted:
                 watcher.stream.send_events(watcher, wanted, self.revision)
                 self.events_sent += len(wanted)
@@ -402,6 +403,14 @@ class WatchHub:
                 self._promote(watcher)
             progressed = True
         return progressed
+
+    def _without_compacted_prev_kv(self, event: Event) -> Event:
+        """etcd reads prev_kv at mod_revision - 1; once that revision is compacted the read fails and
+        prev_kv is silently absent. The window (or the log) may still hold it: drop it, so a catch-up
+        answers the same whichever of them served it."""
+        if event.prev_kv is not None and event.kv.mod_revision - 1 < self.compact_revision:
+            return dataclasses.replace(event, prev_kv=None)
+        return event
 
     def _from_window(self, start: int) -> tuple[list[Event], int]:
         """Events of up to CATCH_UP_MAX_REVISIONS revisions from `start`, and the last revision
