@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -17,12 +19,13 @@ from typing import Any
 from kinepy import __version__
 from kinepy.app import App
 from kinepy.config import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, Config
-from kinepy.endpoint import redact
-from kinepy.errors import KinepyError
+from kinepy.endpoint import parse_endpoint
+from kinepy.errors import ConfigError, KinepyError
 
 log = logging.getLogger("kinepy")
 
 ENV_PREFIX = "KINEPY_"
+_DEFAULTS = Config()
 
 
 def _env_name(flag: str) -> str:
@@ -45,7 +48,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         return default if value is None else value
 
     def add(flag: str, default: Any, help: str, **kwargs: Any) -> None:
-        parser.add_argument(flag, default=env_default(flag, default), help=f"{help} [{_env_name(flag)}]", **kwargs)
+        parser.add_argument(
+            flag, default=env_default(flag, default), help=f"{help} [{_env_name(flag)}]", **kwargs
+        )
 
     def add_bool(flag: str, help: str) -> None:
         raw = env.get(_env_name(flag), "")
@@ -56,18 +61,44 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             help=f"{help} [{_env_name(flag)}]",
         )
 
-    add("--listen-address", DEFAULT_LISTEN_ADDRESS, "address to serve on: HOST:PORT or unix://PATH")
+    add(
+        "--listen-address",
+        DEFAULT_LISTEN_ADDRESS,
+        "address to serve on: HOST:PORT or unix://PATH",
+        metavar="ADDRESS",
+    )
     add(
         "--datastore-endpoint",
         "",
         "database to use: empty (SQLite at ./db/state.db), sqlite://PATH, postgres://…, "
         "mysql://…, or http(s)://HOST:2379 for a real etcd",
+        metavar="URL",
     )
-    add("--log-level", "info", "debug, info, warning or error")
-    add("--log-format", "text", "text or json")
+    add("--log-level", "info", "debug, info, warning or error", metavar="LEVEL")
+    add("--log-format", "text", "text or json", metavar="FORMAT")
     add_bool("--unsafe-no-fsync", "acknowledge writes before they reach the disk (faster, not durable)")
-    add("--max-request-bytes", DEFAULT_MAX_REQUEST_BYTES, "largest request accepted, in bytes", type=int)
-    add("--max-txn-ops", DEFAULT_MAX_TXN_OPS, "most operations in one txn branch", type=int)
+    add(
+        "--max-request-bytes",
+        DEFAULT_MAX_REQUEST_BYTES,
+        "largest request accepted, in bytes",
+        type=int,
+        metavar="BYTES",
+    )
+    add("--max-txn-ops", DEFAULT_MAX_TXN_OPS, "most operations in one txn branch", type=int, metavar="N")
+    add(
+        "--compact-interval",
+        _DEFAULTS.compact_interval,
+        "seconds between automatic compactions; 0 = only when a client asks (kube-apiserver does)",
+        type=float,
+        metavar="SECONDS",
+    )
+    add(
+        "--compact-retention",
+        _DEFAULTS.compact_retention,
+        "revisions of history automatic compaction keeps",
+        type=int,
+        metavar="N",
+    )
     parser.add_argument("--version", action="version", version=f"kinepy {__version__}")
     return parser
 
@@ -83,13 +114,16 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         unsafe_no_fsync=args.unsafe_no_fsync,
         max_request_bytes=int(args.max_request_bytes),
         max_txn_ops=int(args.max_txn_ops),
+        compact_interval=float(args.compact_interval),
+        compact_retention=int(args.compact_retention),
     )
 
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -100,6 +134,11 @@ class JSONFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, fmt: str) -> None:
+    """One stderr handler on the root logger; `level` applies to the `kinepy.*` loggers.
+
+    Other libraries' loggers stay at WARNING whatever `level` says: at DEBUG, grpc would otherwise
+    log a `[_cygrpc] Loaded running loop` line for every call.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
@@ -107,7 +146,62 @@ def setup_logging(level: str, fmt: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    number = logging.getLevelName(level.upper())
+    root.setLevel(max(number, logging.WARNING))
+    logging.getLogger("kinepy").setLevel(number)
+
+
+def check_listen_address(listen_address: str) -> None:
+    """Raise `OSError` when another process holds the TCP address, before any database is opened.
+
+    grpc binds with SO_REUSEPORT, so without this check a second server on a taken port could start
+    and silently share it. Other bind errors are left for grpc to report.
+    """
+    if listen_address.startswith("unix://"):
+        return
+    host, sep, port = listen_address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve the listen address {listen_address}: {exc.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"cannot listen on {listen_address}: address already in use") from None
+
+
+def _secrets(endpoint: str) -> list[str]:
+    """The passwords written in `endpoint` (as written and percent-decoded), longest first."""
+    found: set[str] = set()
+    try:
+        password = getattr(parse_endpoint(endpoint), "password", None)
+    except KinepyError:
+        password = None
+    if password:
+        found.add(password)
+    _, sep, rest = endpoint.partition("://")
+    _, colon, raw = rest.rpartition("@")[0].partition(":") if sep else ("", "", "")
+    if colon and raw:
+        found.add(raw)
+    found.update(m[1] for m in re.finditer(r"(?i)[?&](?:ssl)?password=([^&]+)", endpoint))
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrub(message: str, endpoint: str) -> str:
+    """`message` with every password of `endpoint` shown as `***` (a last line of defence)."""
+    for secret in _secrets(endpoint):
+        message = message.replace(secret, "***")
+    return message
 
 
 def notify_systemd(state: str) -> None:
@@ -136,6 +230,8 @@ async def serve(config: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; exit 0 after a clean shutdown, 1 when the server
+    cannot start or fails, 2 for bad configuration. Errors are one line on stderr."""
     try:
         config = parse_config(argv)
     except (ValueError, KinepyError) as exc:
@@ -145,8 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "text",
         "json",
     ):
-        print("kinepy: --log-level must be debug|info|warning|error and --log-format text|json", file=sys.stderr)
+        print(
+            "kinepy: --log-level must be debug|info|warning|error and --log-format text|json", file=sys.stderr
+        )
         return 2
+    try:
+        check_listen_address(config.listen_address)
+    except OSError as exc:
+        print(f"kinepy: {exc}", file=sys.stderr)
+        return 1
     setup_logging(config.log_level, config.log_format)
     try:
         import uvloop
@@ -157,10 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with runner:
             runner.run(serve(config))
+    except ConfigError as exc:
+        print(f"kinepy: {_scrub(str(exc), config.datastore_endpoint)}", file=sys.stderr)
+        return 2
     except KinepyError as exc:
-        print(f"kinepy: {redact(str(exc)) if '://' in str(exc) else exc}", file=sys.stderr)
+        print(f"kinepy: {_scrub(str(exc), config.datastore_endpoint)}", file=sys.stderr)
         return 1
     except (OSError, RuntimeError) as exc:
-        print(f"kinepy: cannot start: {exc}", file=sys.stderr)
+        print(f"kinepy: cannot start: {_scrub(str(exc), config.datastore_endpoint)}", file=sys.stderr)
         return 1
     return 0

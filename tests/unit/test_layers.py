@@ -1,0 +1,103 @@
+"""Imports point down (cli -> app -> server -> store -> backends; errors, types, config are leaves).
+
+Every `import` statement counts, including those inside functions, so a lazy import cannot hide a
+dependency that points up.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "kinepy"
+
+# What each layer must never import (a name matches itself and everything below it).
+FORBIDDEN = {
+    "store": ("grpc", "grpc_health", "kinepy.proto", "kinepy.server", "kinepy.app", "kinepy.cli"),
+    "backends": (
+        "grpc",
+        "grpc_health",
+        "kinepy.proto",
+        "kinepy.server",
+        "kinepy.app",
+        "kinepy.cli",
+        "kinepy.store",
+    ),
+    "server": ("sqlite3", "aiosqlite", "sqlalchemy", "asyncpg", "aiomysql", "kinepy.app", "kinepy.cli"),
+}
+LEAVES = ("errors.py", "types.py", "config.py")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, source: str | None = None) -> set[str]:
+    """Every module `path` (or `source`, as if it lived at `path`) imports; `from a import b` yields
+    `a` and `a.b` (b may be a module)."""
+    text = path.read_text(encoding="utf-8") if source is None else source
+    tree = ast.parse(text, filename=str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def violations(path: Path, forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(
+        name
+        for name in imported_modules(path)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    )
+
+
+def modules_of(layer: str) -> list[Path]:
+    return sorted((PACKAGE / layer).rglob("*.py"))
+
+
+LAYERED = [(layer, path) for layer in FORBIDDEN for path in modules_of(layer)]
+
+
+def test_every_layer_has_modules() -> None:
+    # Guards against a vacuous pass after a move or rename.
+    for layer in FORBIDDEN:
+        assert modules_of(layer), f"kinepy/{layer} has no modules"
+
+
+@pytest.mark.parametrize(
+    ("layer", "path"), LAYERED, ids=[str(path.relative_to(PACKAGE.parent)) for _, path in LAYERED]
+)
+def test_layer_imports_point_down(layer: str, path: Path) -> None:
+    assert violations(path, FORBIDDEN[layer]) == [], f"{module_name(path)} imports from above its layer"
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+def test_leaf_modules_import_nothing_from_kinepy(leaf: str) -> None:
+    assert violations(PACKAGE / leaf, ("kinepy",)) == []
+
+
+def test_import_walker_sees_lazy_relative_and_from_imports() -> None:
+    # The walker itself: a module hiding every kind of import must be caught.
+    source = (
+        "import grpc.aio\n"
+        "from kinepy import proto\n"
+        "def later():\n"
+        "    from ..server import kv\n"
+        "    from . import writer\n"
+    )
+    names = imported_modules(PACKAGE / "store" / "probe.py", source)
+    assert {"grpc.aio", "kinepy.proto", "kinepy.server.kv", "kinepy.store.writer"} <= names
