@@ -133,6 +133,12 @@ class Backend(Protocol):
     async def load_leases(self) -> list[Lease]:
         """Every lease, with its persisted deadline."""
 
+    async def get_lease(self, lease_id: int) -> Lease | None:
+        """One lease, or None."""
+
+    async def expired_leases(self, now: float, limit: int) -> list[Lease]:
+        """Up to `limit` leases whose deadline is at or before `now`, earliest first."""
+
     async def lease_keys(self, lease_id: int) -> list[bytes]:
         """The keys attached to a lease, in key order."""
 

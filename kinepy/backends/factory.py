@@ -12,9 +12,17 @@ def create_backend(spec: BackendSpec, config: Config) -> Backend:
     if isinstance(spec, SQLiteSpec):
         from kinepy.backends.sql.sqlite import SQLiteBackend
 
-        return SQLiteBackend(spec.path, synchronous_full=not config.unsafe_no_fsync, read_threads=config.read_threads)
-    if isinstance(spec, PostgresSpec | MySQLSpec):
-        raise ConfigError(f"datastore {spec.describe()}: PostgreSQL and MySQL backends are not available yet")
+        return SQLiteBackend(
+            spec.path, synchronous_full=not config.unsafe_no_fsync, read_threads=config.read_threads
+        )
+    if isinstance(spec, PostgresSpec):
+        from kinepy.backends.sql.postgres import PostgresBackend
+
+        return PostgresBackend(spec, synchronous_commit=not config.unsafe_no_fsync)
+    if isinstance(spec, MySQLSpec):
+        from kinepy.backends.sql.mysql import MySQLBackend
+
+        return MySQLBackend(spec)
     if isinstance(spec, EtcdSpec):
         raise ConfigError(f"datastore {spec.describe()}: etcd passthrough is not available yet")
     raise ConfigError(f"unsupported datastore {spec!r}")

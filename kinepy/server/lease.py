@@ -64,5 +64,5 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
     ) -> rpc_pb2.LeaseLeasesResponse:
         return rpc_pb2.LeaseLeasesResponse(
             header=self._headers(self._revision()),
-            leases=[rpc_pb2.LeaseStatus(ID=lease_id) for lease_id in self._leases.leases()],
+            leases=[rpc_pb2.LeaseStatus(ID=lease_id) for lease_id in await self._leases.leases()],
         )

@@ -1,9 +1,11 @@
 """Leases: grant, keep-alive, time-to-live and expiry.
 
-Deadlines live in the database (`leases.expires_at`, unix seconds), so a restart neither forgets a
-lease nor restarts its clock. Every change goes through the writer; expiry is a revoke like any
-other (one revision, one DELETE event per attached key), re-checked inside its transaction so a
-keep-alive that won the race keeps the lease.
+The database is the only source of truth: deadlines live in `leases.expires_at` (unix seconds),
+so a restart neither forgets a lease nor restarts its clock, and several kinepy processes on one
+database agree on every lease. Each change goes through the writer; expiry is a revoke like any
+other (one revision, one DELETE event per attached key), re-checked against the persisted deadline
+inside its transaction, so a keep-alive that won the race keeps the lease and a lease expired by
+two processes at once is revoked exactly once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL, seconds
 MIN_LEASE_TTL = 2  # etcd's minimum with default election timeouts: ceil(1.5 * 1 s)
+_EXPIRE_PER_TICK = 1000  # etcd's leaseRevokeRate is 1000/s
 
 
 def _pick_id() -> int:
@@ -36,13 +39,9 @@ class LeaseManager:
         self._backend = backend
         self._writer = writer
         self._expiry_interval = expiry_interval
-        self._leases: dict[int, Lease] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._leases = {lease.id: lease for lease in await self._backend.load_leases()}
-        if self._leases:
-            log.info("loaded %d leases", len(self._leases))
         self._task = asyncio.create_task(self._expiry_loop(), name="kinepy-lease-expiry")
 
     async def aclose(self) -> None:
@@ -61,51 +60,53 @@ class LeaseManager:
         req = mvcc.LeaseGrantRequest(lease_id, ttl, time.time(), _pick_id)
         resp = cast(mvcc.LeaseResponse, await self._writer.submit(req))
         assert resp.lease is not None
-        self._leases[resp.lease.id] = resp.lease
         return resp.revision, resp.lease
 
     async def revoke(self, lease_id: int) -> int:
         resp = cast(mvcc.LeaseResponse, await self._writer.submit(mvcc.LeaseRevokeRequest(lease_id)))
-        self._leases.pop(lease_id, None)
         return resp.revision
 
     async def keep_alive(self, lease_id: int) -> int:
         """Renew a lease; returns its TTL, or 0 if it does not exist or has expired."""
-        lease = self._leases.get(lease_id)
-        if lease is None or lease.expires_at <= time.time():
-            return 0
-        resp = cast(mvcc.LeaseResponse, await self._writer.submit(mvcc.LeaseKeepAliveRequest(lease_id, time.time())))
-        if resp.lease is None:
-            return 0
-        self._leases[lease_id] = resp.lease
-        return resp.lease.ttl
+        req = mvcc.LeaseKeepAliveRequest(lease_id, time.time())
+        resp = cast(mvcc.LeaseResponse, await self._writer.submit(req))
+        return 0 if resp.lease is None else resp.lease.ttl
 
     async def time_to_live(self, lease_id: int, *, keys: bool) -> tuple[Lease, int, list[bytes]] | None:
         """The lease, its remaining whole seconds and (if asked) its keys; None if unknown."""
-        lease = self._leases.get(lease_id)
+        lease = await self._backend.get_lease(lease_id)
         if lease is None:
             return None
         remaining = max(0, math.floor(lease.expires_at - time.time()))
         attached = await self._backend.lease_keys(lease_id) if keys else []
         return lease, remaining, attached
 
-    def leases(self) -> list[int]:
-        return sorted(self._leases)
+    async def leases(self) -> list[int]:
+        return sorted(lease.id for lease in await self._backend.load_leases())
 
     async def _expiry_loop(self) -> None:
         while True:
             await asyncio.sleep(self._expiry_interval)
-            now = time.time()
-            for lease in [lease for lease in self._leases.values() if lease.expires_at <= now]:
-                try:
-                    resp = await self._writer.submit(mvcc.LeaseRevokeRequest(lease.id, expired_at=now))
-                except errors.LeaseNotFoundError:
-                    self._leases.pop(lease.id, None)
-                    continue
-                except Exception as exc:
-                    log.warning("expiring lease %x failed, will retry: %s", lease.id, exc)
-                    continue
-                resp = cast(mvcc.LeaseResponse, resp)
-                if resp.lease is not None:
-                    self._leases.pop(lease.id, None)
-                    log.debug("lease %x expired", lease.id)
+            try:
+                await self.expire(time.time())
+            except Exception as exc:
+                log.warning("lease expiry failed, will retry: %s", exc)
+
+    async def expire(self, now: float) -> int:
+        """Revoke every lease whose deadline is at or before `now`; returns how many."""
+        expired = await self._backend.expired_leases(now, _EXPIRE_PER_TICK)
+        # Submitted together, the revokes commit in one batch.
+        results = await asyncio.gather(
+            *(self._writer.submit(mvcc.LeaseRevokeRequest(lease.id, expired_at=now)) for lease in expired),
+            return_exceptions=True,
+        )
+        revoked = 0
+        for lease, result in zip(expired, results, strict=True):
+            if isinstance(result, errors.LeaseNotFoundError):
+                continue  # revoked meanwhile (by a client or another kinepy)
+            if isinstance(result, BaseException):
+                raise result
+            if cast(mvcc.LeaseResponse, result).lease is not None:
+                revoked += 1
+                log.debug("lease %x expired", lease.id)
+        return revoked

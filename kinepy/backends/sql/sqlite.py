@@ -72,6 +72,7 @@ _SCHEMA = [
         ttl INTEGER NOT NULL,
         expires_at REAL NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS leases_expires_at ON leases (expires_at)",
 ]
 
 _UPSERT_CURRENT = (
@@ -298,6 +299,19 @@ class SQLiteBackend:
 
     def _load_leases(self) -> list[Lease]:
         return [Lease(*row) for row in self._connect().execute(sql.SELECT_LEASES)]
+
+    async def get_lease(self, lease_id: int) -> Lease | None:
+        return await self._run(self._readers, self._get_lease, lease_id)
+
+    def _get_lease(self, lease_id: int) -> Lease | None:
+        row = self._connect().execute(sql.SELECT_LEASE, (lease_id,)).fetchone()
+        return None if row is None else Lease(*row)
+
+    async def expired_leases(self, now: float, limit: int) -> list[Lease]:
+        return await self._run(self._readers, self._expired_leases, now, limit)
+
+    def _expired_leases(self, now: float, limit: int) -> list[Lease]:
+        return [Lease(*row) for row in self._connect().execute(sql.SELECT_EXPIRED_LEASES, (now, limit))]
 
     async def lease_keys(self, lease_id: int) -> list[bytes]:
         return await self._run(self._readers, self._lease_keys, lease_id)

@@ -98,6 +98,8 @@ SELECT_LOG_FOR_HASH = (
     "WHERE revision <= ? ORDER BY revision, sub"
 )
 SELECT_LEASES = "SELECT id, ttl, expires_at FROM leases"
+SELECT_LEASE = "SELECT id, ttl, expires_at FROM leases WHERE id = ?"
+SELECT_EXPIRED_LEASES = "SELECT id, ttl, expires_at FROM leases WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
 SELECT_LEASE_KEYS = "SELECT key FROM kv_current WHERE lease = ? ORDER BY key"
 
 

@@ -1,0 +1,478 @@
+"""MySQL and MariaDB backend on aiomysql: a connection pool, set-based statements, a row lock for ordering.
+
+Keys are `VARBINARY(3064)` and values `LONGBLOB`: binary strings compare bytewise, with no padding and
+no case folding, so `a`, `A` and `a ` are three keys whatever the server's collation. InnoDB limits an
+index entry to 3072 bytes; `kv_log (key, revision)` needs 8 of them for the revision, hence the key
+limit `MAX_KEY_BYTES` (kine allows 630 ASCII characters).
+
+A write batch is one READ COMMITTED transaction that starts with `SELECT … FROM meta … FOR UPDATE`:
+writers of every process queue on that row lock, so revisions commit in order, and READ COMMITTED
+reads after it see every earlier commit and take no gap locks (compaction deletes history while
+writers insert). Reads run in `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` at REPEATABLE
+READ, so the revision they report and the rows they return agree.
+
+Every connection sets `sql_mode` to STRICT_ALL_TABLES (a too-long key is an error, never silently
+truncated, and backslash escapes work as pymysql assumes). Upserts are `REPLACE`: MySQL 8.0.20+
+deprecates `ON DUPLICATE KEY UPDATE … VALUES()` with a warning per statement, and aiomysql answers each
+warning with a `SHOW WARNINGS` round trip; on a primary-key conflict, in a table with one unique key
+and no triggers, InnoDB runs REPLACE as an in-place update. Rows go in multi-row `INSERT`/`REPLACE`
+statements of up to a few MiB (below the server's `max_allowed_packet`). Parameters are rendered as
+literals here (see `literal`), not by aiomysql.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import aiomysql
+
+from kinepy.backends.sql.dialect import (
+    COMPACT_SUPERSEDED_MYSQL,
+    IN_CHUNK,
+    Row,
+    ServerBackend,
+    Session,
+    chunks,
+    pyformat,
+    quote_key,
+)
+from kinepy.endpoint import MySQLSpec
+from kinepy.errors import BackendError, BackendUnavailable, ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 3064
+DEFAULT_POOL_SIZE = 10
+DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to keep retrying an unreachable server at start
+_ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
+_POOL_RECYCLE = 3600  # seconds; below the server's default wait_timeout (8 h)
+_SCHEMA_LOCK = "kinepy_schema"
+_SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
+_MAX_STATEMENT_BYTES = 8 * 1024 * 1024
+
+# Error numbers after which a retry may succeed: cannot connect, server gone or shutting down, lost
+# connection, too many connections, lock wait timeout, deadlock, interrupted, read-only (a replica
+# after a failover), connection killed (MariaDB) or closed for inactivity (MySQL 8).
+_RETRYABLE = frozenset(
+    {1040, 1053, 1205, 1213, 1290, 1317, 1792, 1927, 2002, 2003, 2006, 2013, 2055, 3024, 4031}
+)
+_ACCESS_DENIED = frozenset({1044, 1045, 1698})
+_UNKNOWN_DATABASE = 1049
+_DATABASE_EXISTS = 1007
+
+_SCHEMA = [
+    (
+        "meta",
+        """CREATE TABLE meta (
+            id INT NOT NULL PRIMARY KEY,
+            revision BIGINT NOT NULL,
+            compact_revision BIGINT NOT NULL,
+            schema_version INT NOT NULL,
+            cluster_id BIGINT NOT NULL,
+            member_id BIGINT NOT NULL,
+            CONSTRAINT meta_one_row CHECK (id = 1)
+        ) ENGINE=InnoDB""",
+    ),
+    (
+        "kv_log",
+        f"""CREATE TABLE kv_log (
+            revision BIGINT NOT NULL,
+            sub INT NOT NULL,
+            `key` VARBINARY({MAX_KEY_BYTES}) NOT NULL,
+            create_revision BIGINT NOT NULL,
+            version BIGINT NOT NULL,
+            lease BIGINT NOT NULL,
+            value LONGBLOB NOT NULL,
+            tombstone TINYINT NOT NULL,
+            PRIMARY KEY (revision, sub),
+            INDEX kv_log_key_revision (`key`, revision)
+        ) ENGINE=InnoDB ROW_FORMAT=DYNAMIC""",
+    ),
+    (
+        "kv_current",
+        f"""CREATE TABLE kv_current (
+            `key` VARBINARY({MAX_KEY_BYTES}) NOT NULL PRIMARY KEY,
+            create_revision BIGINT NOT NULL,
+            mod_revision BIGINT NOT NULL,
+            version BIGINT NOT NULL,
+            lease BIGINT NOT NULL,
+            value LONGBLOB NOT NULL,
+            INDEX kv_current_lease (lease)
+        ) ENGINE=InnoDB ROW_FORMAT=DYNAMIC""",
+    ),
+    (
+        "leases",
+        """CREATE TABLE leases (
+            id BIGINT NOT NULL PRIMARY KEY,
+            ttl BIGINT NOT NULL,
+            expires_at DOUBLE NOT NULL,
+            INDEX leases_expires_at (expires_at)
+        ) ENGINE=InnoDB""",
+    ),
+]
+
+_SIZES = (
+    "SELECT COALESCE(SUM(data_length + index_length + data_free), 0), "
+    "COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables "
+    "WHERE table_schema = DATABASE() AND table_name IN ('meta', 'kv_log', 'kv_current', 'leases')"
+)
+
+
+def quote_identifier(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _code(exc: BaseException) -> int:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else 0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether `exc` says the server is unreachable or busy right now, not that a statement is wrong."""
+    if isinstance(exc, aiomysql.InterfaceError | OSError):
+        return True
+    return isinstance(exc, aiomysql.MySQLError) and _code(exc) in _RETRYABLE
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiomysql.MySQLError) and len(exc.args) >= 2:
+        return f"error {exc.args[0]}: {exc.args[1]}"
+    return str(exc) or type(exc).__name__
+
+
+def _seconds(text: str) -> float:
+    """A Go duration (`5s`, `500ms`, `1m30s`) or a number of seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise ConfigError(f"bad MySQL timeout {text!r}: expected a duration such as 10s")
+    return sum(float(amount) * units[unit] for amount, unit in parts)
+
+
+def ssl_context(options: dict[str, str]) -> ssl.SSLContext | None:
+    """TLS from go-sql-driver's `tls=true|skip-verify|preferred|false` and `ssl-ca`/`ssl-cert`/`ssl-key`
+    (also spelt with `_`) query options; None for a plain connection."""
+    opts = {k.lower().replace("_", "-"): v for k, v in options.items()}
+    tls = opts.get("tls", "").lower()
+    ca, cert, key = opts.get("ssl-ca"), opts.get("ssl-cert"), opts.get("ssl-key")
+    if tls in ("", "false", "0") and not (ca or cert):
+        return None
+    if tls not in ("", "true", "1", "skip-verify", "preferred", "false", "0"):
+        raise ConfigError(
+            f"unsupported MySQL option tls={tls!r}: expected true, skip-verify, preferred or false"
+        )
+    context = ssl.create_default_context(cafile=ca)
+    if tls in ("skip-verify", "preferred"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def literal(value: Any) -> str:
+    """`value` as a MySQL literal. Bytes become hex literals (`X'6b6579'`), which MySQL reads as
+    binary strings whatever the connection's character set or `NO_BACKSLASH_ESCAPES`.
+
+    kinepy renders parameters itself rather than through aiomysql, whose bytes escaping is broken
+    with PyMySQL >= 1.2.3 (aio-libs/aiomysql#1080: `'str' object is not callable`)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "X'" + bytes(value).hex() + "'"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return "_utf8mb4 X'" + value.encode().hex() + "'"
+    if value is None:
+        return "NULL"
+    raise TypeError(f"cannot pass a {type(value).__name__} to MySQL")
+
+
+def render(statement: str, args: Sequence[Any]) -> str:
+    """`statement` (with `?` placeholders) with `args` filled in."""
+    return pyformat(statement) % tuple(literal(arg) for arg in args)
+
+
+class _MySession(Session):
+    __slots__ = ("_conn", "_cur", "_max_statement")
+
+    def __init__(self, conn: Any, cur: Any, max_statement: int) -> None:
+        self._conn = conn
+        self._cur = cur
+        self._max_statement = max_statement
+
+    async def fetch(self, statement: str, args: Sequence[Any] = ()) -> list[Row]:
+        await self._cur.execute(render(statement, args))
+        return list(await self._cur.fetchall())
+
+    async def execute(self, statement: str, args: Sequence[Any] = ()) -> int:
+        return int(await self._cur.execute(render(statement, args)))
+
+    @staticmethod
+    def _in(statement: str, count: int) -> str:
+        return statement.replace("{in}", f"IN ({','.join('?' * count)})")
+
+    async def fetch_in(self, statement: str, values: Sequence[Any], kind: str) -> list[Row]:
+        rows: list[Row] = []
+        for chunk in chunks(values, IN_CHUNK):
+            rows.extend(await self.fetch(self._in(statement, len(chunk)), chunk))
+        return rows
+
+    async def execute_in(self, statement: str, values: Sequence[Any], kind: str) -> int:
+        changed = 0
+        for chunk in chunks(values, IN_CHUNK):
+            changed += await self.execute(self._in(statement, len(chunk)), chunk)
+        return changed
+
+    async def insert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        kinds: Sequence[str],
+        rows: list[tuple[Any, ...]],
+        *,
+        upsert: str,
+    ) -> None:
+        """Multi-row INSERT (or REPLACE), each statement at most `_max_statement` bytes."""
+        verb = "REPLACE" if upsert else "INSERT"
+        head = quote_key(f"{verb} INTO {table} ({', '.join(columns)}) VALUES ")
+        parts: list[str] = []
+        size = len(head)
+        for row in rows:
+            values = "(" + ",".join([literal(value) for value in row]) + ")"
+            if parts and size + len(values) + 1 > self._max_statement:
+                await self._cur.execute(head + ",".join(parts))
+                parts, size = [], len(head)
+            parts.append(values)
+            size += len(values) + 1
+        if parts:
+            await self._cur.execute(head + ",".join(parts))
+
+    async def stream(
+        self, statement: str, args: Sequence[Any], *, batch: int = 1000
+    ) -> AsyncIterator[list[Row]]:
+        async with self._conn.cursor(aiomysql.SSCursor) as cursor:
+            await cursor.execute(render(statement, args))
+            while rows := await cursor.fetchmany(batch):
+                yield list(rows)
+
+
+class MySQLBackend(ServerBackend):
+    """kinepy's storage model in a MySQL or MariaDB database (created when missing and permitted)."""
+
+    name = "MySQL"
+    max_key_bytes = MAX_KEY_BYTES
+    _dump_tool = "mysqldump"
+    compact_superseded = COMPACT_SUPERSEDED_MYSQL
+
+    def __init__(
+        self,
+        spec: MySQLSpec,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self.spec = spec
+        self._pool_size = max(2, pool_size)
+        self._connect_timeout = connect_timeout
+        options = spec.options
+        timeout = options.get("timeout")
+        self._attempt_timeout = _seconds(timeout) if timeout else _ATTEMPT_TIMEOUT
+        self._ssl = ssl_context(options)
+        self._pool: aiomysql.Pool | None = None
+        self._max_statement = 1024 * 1024
+        self.server_version = ""
+        self.cluster_id = 0
+        self.member_id = 0
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        password = self.spec.password
+        return text.replace(password, "***") if password else text
+
+    def _error(self, exc: BaseException, what: str = "") -> BackendError:
+        prefix = f"MySQL {what}".rstrip()
+        message = self._scrub(f"{prefix}: {_describe(exc)}")
+        return BackendUnavailable(message) if is_retryable(exc) else BackendError(message)
+
+    @contextlib.contextmanager
+    def _errors(self, what: str = "") -> Iterator[None]:
+        try:
+            yield
+        except (aiomysql.MySQLError, OSError) as exc:
+            raise self._error(exc, what) from exc
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _connect_args(self) -> dict[str, Any]:
+        spec = self.spec
+        args: dict[str, Any] = {
+            "user": spec.user,
+            "password": spec.password or "",
+            "connect_timeout": self._attempt_timeout,
+            "autocommit": True,
+            "charset": "utf8mb4",
+            "ssl": self._ssl,
+            "local_infile": False,
+        }
+        if spec.unix_socket is not None:
+            args["unix_socket"] = spec.unix_socket
+        else:
+            args["host"] = spec.host
+            args["port"] = spec.port
+        return args
+
+    async def _bootstrap(self) -> str:
+        """Connect once (creating the database if missing); learn the server and how it names the
+        session isolation variable; return the pool's init command."""
+        database = self.spec.database
+        try:
+            conn = await aiomysql.connect(db=database, **self._connect_args())
+        except aiomysql.OperationalError as exc:
+            if _code(exc) != _UNKNOWN_DATABASE:
+                raise
+            conn = await aiomysql.connect(**self._connect_args())
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(f"CREATE DATABASE {quote_identifier(database)}")
+                log.info("created MySQL database %r", database)
+            except aiomysql.MySQLError as create_exc:
+                if _code(create_exc) != _DATABASE_EXISTS:
+                    if _code(create_exc) in _ACCESS_DENIED:
+                        raise BackendError(
+                            self._scrub(
+                                f"MySQL database {database!r} does not exist and user {self.spec.user!r} "
+                                f"may not create it: {_describe(create_exc)}"
+                            )
+                        ) from create_exc
+                    raise
+            finally:
+                conn.close()
+            conn = await aiomysql.connect(db=database, **self._connect_args())
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT @@version, @@max_allowed_packet")
+                version, max_packet = (await cur.fetchall())[0]
+                try:
+                    await cur.execute("SELECT @@transaction_isolation")
+                    variable = "transaction_isolation"
+                except aiomysql.OperationalError:
+                    variable = "tx_isolation"  # MariaDB before 11.1
+        finally:
+            conn.close()
+        self.server_version = str(version)
+        self._max_statement = max(64 * 1024, min(int(max_packet) - 64 * 1024, _MAX_STATEMENT_BYTES))
+        return f"SET SESSION sql_mode = '{_SQL_MODE}', SESSION {variable} = 'REPEATABLE-READ'"
+
+    async def _create_pool(self, init_command: str) -> aiomysql.Pool:
+        return await aiomysql.create_pool(
+            minsize=1,
+            maxsize=self._pool_size,
+            db=self.spec.database,
+            init_command=init_command,
+            pool_recycle=_POOL_RECYCLE,
+            **self._connect_args(),
+        )
+
+    async def start(self) -> None:
+        deadline = time.monotonic() + self._connect_timeout
+        while True:
+            try:
+                with self._errors(f"at {self.spec.describe()}"):
+                    init_command = await self._bootstrap()
+                    self._pool = await self._create_pool(init_command)
+                break
+            except BackendUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("%s; retrying", exc)
+                await asyncio.sleep(1.0)
+        try:
+            await self._create_schema()
+        except BaseException:
+            await self.aclose()
+            raise
+        log.info("MySQL database %s ready (server %s)", self.spec.describe(), self.server_version)
+
+    async def _create_schema(self) -> None:
+        async with self._session("none") as session:
+            row = await session.fetchone("SELECT GET_LOCK(?, 60)", (_SCHEMA_LOCK,))
+            if not row or row[0] != 1:
+                raise BackendUnavailable("MySQL: another kinepy held the schema lock for 60 s")
+            try:
+                existing = {
+                    str(r[0]).lower()
+                    for r in await session.fetch(
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+                    )
+                }
+                for table, ddl in _SCHEMA:
+                    if table not in existing:
+                        await session.execute(ddl)
+                await self._init_meta(session)
+            finally:
+                await session.execute("SELECT RELEASE_LOCK(?)", (_SCHEMA_LOCK,))
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.close()
+        try:
+            await asyncio.wait_for(pool.wait_closed(), 10.0)
+        except TimeoutError:
+            log.warning("closing the MySQL pool took too long; terminating its connections")
+            pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _session(self, kind: str) -> AsyncIterator[Session]:
+        pool = self._pool
+        if pool is None:
+            raise BackendUnavailable("the MySQL backend is closed")
+        with self._errors():
+            async with pool.acquire() as conn, conn.cursor() as cur:
+                session = _MySession(conn, cur, self._max_statement)
+                if kind == "none":
+                    yield session
+                    return
+                if kind == "write":
+                    await cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    await cur.execute("START TRANSACTION")
+                else:
+                    await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                try:
+                    yield session
+                except BaseException:
+                    # A connection left inside a transaction is closed by the pool, which rolls back too.
+                    with contextlib.suppress(Exception):
+                        await conn.rollback()
+                    raise
+                await conn.commit()
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def _sizes(self, session: Session) -> tuple[int, int]:
+        row = await session.fetchone(_SIZES)
+        if not row:
+            return 0, 0
+        return int(row[0]), int(row[1])
+
+    async def _defragment(self) -> None:
+        # InnoDB runs OPTIMIZE TABLE as an online rebuild (recreate + analyze).
+        async with self._session("none") as session:
+            await session.fetch("OPTIMIZE TABLE kv_log, kv_current, leases")

@@ -1,0 +1,358 @@
+"""PostgreSQL backend on asyncpg: a connection pool, set-based statements, row locks for ordering.
+
+Keys and values are `bytea`, so `ORDER BY key` and range conditions are bytewise whatever the
+database's collation. A write batch is one READ COMMITTED transaction that starts by locking the
+meta row (`SELECT … FOR UPDATE`): writers from any number of processes queue on that lock, so
+revisions commit in order, and every statement after it sees every earlier commit. Reads run in a
+REPEATABLE READ READ ONLY transaction, so the revision they report and the rows they return agree.
+
+asyncpg prepares each statement once per connection and reuses it. Bulk writes send whole columns as
+arrays (`INSERT … SELECT * FROM unnest($1::bigint[], …)`): one statement, one round trip, one plan,
+whatever the batch size.
+
+Keys are limited to `MAX_KEY_BYTES`: a btree index entry must fit in a third of an 8 KiB page
+(2704 bytes, measured: 2684 random bytes plus the revision in `kv_log (key, revision)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import asyncpg
+
+from kinepy.backends.sql.dialect import (
+    BATCH_BYTES,
+    Row,
+    ServerBackend,
+    Session,
+    byte_batches,
+    numbered,
+)
+from kinepy.endpoint import PostgresSpec
+from kinepy.errors import BackendError, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 2684
+DEFAULT_POOL_SIZE = 10
+DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to keep retrying an unreachable server at start
+_ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
+_CLOSE_TIMEOUT = 10.0
+_SCHEMA_LOCK = 0x6B696E6570790001  # pg_advisory_xact_lock key: "kinepy" + 1
+_MAINTENANCE_DATABASES = ("postgres", "template1")
+
+# SQLSTATE classes and codes after which a retry may succeed: connection exceptions, insufficient
+# resources, operator intervention (shutdown, cancel), transaction rollback (serialisation failure,
+# deadlock), lock not available, read-only transaction (a standby after a failover).
+_RETRYABLE_CLASSES = ("08", "53", "57", "40")
+_RETRYABLE_CODES = ("55P03", "25006")
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        revision BIGINT NOT NULL,
+        compact_revision BIGINT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        cluster_id BIGINT NOT NULL,
+        member_id BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS kv_log (
+        revision BIGINT NOT NULL,
+        sub INTEGER NOT NULL,
+        key BYTEA NOT NULL,
+        create_revision BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        lease BIGINT NOT NULL,
+        value BYTEA NOT NULL,
+        tombstone SMALLINT NOT NULL,
+        CONSTRAINT kv_log_revision PRIMARY KEY (revision, sub)
+    )""",
+    "CREATE INDEX IF NOT EXISTS kv_log_key_revision ON kv_log (key, revision)",
+    """CREATE TABLE IF NOT EXISTS kv_current (
+        key BYTEA NOT NULL PRIMARY KEY,
+        create_revision BIGINT NOT NULL,
+        mod_revision BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        lease BIGINT NOT NULL,
+        value BYTEA NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS kv_current_lease ON kv_current (lease) WHERE lease <> 0",
+    """CREATE TABLE IF NOT EXISTS leases (
+        id BIGINT PRIMARY KEY,
+        ttl BIGINT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS leases_expires_at ON leases (expires_at)",
+]
+
+_SIZES = (
+    "SELECT pg_total_relation_size('kv_log') + pg_total_relation_size('kv_current') "
+    "+ pg_total_relation_size('leases') + pg_total_relation_size('meta')"
+)
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _rowcount(status: str) -> int:
+    """Rows affected, from a command status such as `DELETE 3` or `INSERT 0 5`."""
+    last = status.rpartition(" ")[2]
+    return int(last) if last.isdigit() else 0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether `exc` says the server is unreachable or busy right now, not that a statement is wrong."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state.startswith(_RETRYABLE_CLASSES) or state in _RETRYABLE_CODES
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        return False
+    return isinstance(exc, OSError | asyncpg.InterfaceError)
+
+
+class _PgSession(Session):
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, statement: str, args: Sequence[Any] = ()) -> list[Row]:
+        return await self._conn.fetch(numbered(statement), *args)  # type: ignore[no-any-return]
+
+    async def fetchone(self, statement: str, args: Sequence[Any] = ()) -> Row | None:
+        return await self._conn.fetchrow(numbered(statement), *args)  # type: ignore[no-any-return]
+
+    async def execute(self, statement: str, args: Sequence[Any] = ()) -> int:
+        return _rowcount(await self._conn.execute(numbered(statement), *args))
+
+    async def fetch_in(self, statement: str, values: Sequence[Any], kind: str) -> list[Row]:
+        return await self.fetch(statement.replace("{in}", f"= ANY(?::{kind}[])"), (list(values),))
+
+    async def execute_in(self, statement: str, values: Sequence[Any], kind: str) -> int:
+        return await self.execute(statement.replace("{in}", f"= ANY(?::{kind}[])"), (list(values),))
+
+    async def insert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        kinds: Sequence[str],
+        rows: list[tuple[Any, ...]],
+        *,
+        upsert: str,
+    ) -> None:
+        arrays = ", ".join(f"?::{kind}[]" for kind in kinds)
+        statement = f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
+        if upsert:
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != upsert)
+            statement += f" ON CONFLICT ({upsert}) DO UPDATE SET {updates}"
+        text = numbered(statement)
+        for batch in byte_batches(rows, BATCH_BYTES):
+            await self._conn.execute(text, *(list(column) for column in zip(*batch, strict=True)))
+
+    async def stream(
+        self, statement: str, args: Sequence[Any], *, batch: int = 1000
+    ) -> AsyncIterator[list[Row]]:
+        cursor = await self._conn.cursor(numbered(statement), *args)
+        while rows := await cursor.fetch(batch):
+            yield rows
+
+
+class PostgresBackend(ServerBackend):
+    """kinepy's storage model in a PostgreSQL database (created when missing and permitted)."""
+
+    name = "PostgreSQL"
+    max_key_bytes = MAX_KEY_BYTES
+    _dump_tool = "pg_dump"
+
+    def __init__(
+        self,
+        spec: PostgresSpec,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        synchronous_commit: bool = True,
+    ) -> None:
+        self.spec = spec
+        self._pool_size = max(2, pool_size)
+        self._connect_timeout = connect_timeout
+        options = dict(spec.options)
+        self._host = options.pop("host", spec.host)
+        port = options.pop("port", None)
+        self._port = int(port) if port else spec.port
+        self._attempt_timeout = float(options.pop("connect_timeout", _ATTEMPT_TIMEOUT) or _ATTEMPT_TIMEOUT)
+        settings = {"application_name": options.pop("application_name", "kinepy")}
+        if not synchronous_commit:
+            settings["synchronous_commit"] = "off"
+        self._server_settings = settings
+        # asyncpg reads sslmode, sslrootcert, sslcert, sslkey, sslcrl, sslpassword, target_session_attrs, …
+        # from a DSN query, as libpq does; anything else becomes a server setting (search_path, …).
+        self._dsn = "postgresql://" + (("?" + urlencode(options)) if options else "")
+        self._pool: asyncpg.Pool | None = None
+        self._closed = False
+        self.cluster_id = 0
+        self.member_id = 0
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        password = self.spec.password
+        return text.replace(password, "***") if password else text
+
+    def _error(self, exc: BaseException, what: str = "") -> BackendError:
+        prefix = f"PostgreSQL {what}".rstrip()
+        message = self._scrub(f"{prefix}: {str(exc) or type(exc).__name__}")
+        return BackendUnavailable(message) if is_retryable(exc) else BackendError(message)
+
+    @contextlib.contextmanager
+    def _errors(self, what: str = "") -> Iterator[None]:
+        try:
+            yield
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,
+            OSError,
+        ) as exc:
+            raise self._error(exc, what) from exc
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"at {self.spec.describe()}"
+
+    async def _connect(self, database: str, **kwargs: Any) -> Any:
+        return await asyncpg.connect(
+            self._dsn,
+            host=self._host,
+            port=self._port,
+            user=self.spec.user,
+            password=self.spec.password,
+            database=database,
+            timeout=self._attempt_timeout,
+            server_settings=self._server_settings,
+            **kwargs,
+        )
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            self._dsn,
+            host=self._host,
+            port=self._port,
+            user=self.spec.user,
+            password=self.spec.password,
+            database=self.spec.database,
+            timeout=self._attempt_timeout,
+            server_settings=self._server_settings,
+            min_size=1,
+            max_size=self._pool_size,
+        )
+
+    async def _create_database(self) -> None:
+        """CREATE DATABASE through a maintenance database, as kine does; a concurrent creator is fine."""
+        database = self.spec.database
+        last: BaseException | None = None
+        for maintenance in _MAINTENANCE_DATABASES:
+            try:
+                conn = await self._connect(maintenance)
+            except asyncpg.InvalidCatalogNameError as exc:
+                last = exc
+                continue
+            try:
+                await conn.execute(f"CREATE DATABASE {quote_identifier(database)}")
+                log.info("created PostgreSQL database %r", database)
+            except asyncpg.DuplicateDatabaseError:
+                pass
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise BackendError(
+                    self._scrub(
+                        f"PostgreSQL database {database!r} does not exist and user {self.spec.user!r} "
+                        f"may not create it: {exc}"
+                    )
+                ) from exc
+            finally:
+                await conn.close()
+            return
+        raise BackendError(f"PostgreSQL database {database!r} does not exist") from last
+
+    async def start(self) -> None:
+        deadline = time.monotonic() + self._connect_timeout
+        while True:
+            try:
+                with self._errors(f"{self._where()}:"):
+                    try:
+                        self._pool = await self._create_pool()
+                    except asyncpg.InvalidCatalogNameError:
+                        await self._create_database()
+                        self._pool = await self._create_pool()
+                break
+            except BackendUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("%s; retrying", exc)
+                await asyncio.sleep(1.0)
+        try:
+            async with self._session("write") as session:
+                await session.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+                for statement in _SCHEMA:
+                    await session.execute(statement)
+                await self._init_meta(session)
+                version = await session.fetchone("SHOW server_version")
+        except BaseException:
+            await self.aclose()
+            raise
+        log.info(
+            "PostgreSQL database %s ready (server %s, schema version %d)",
+            self.spec.describe(),
+            version[0] if version else "?",
+            await self._schema_version(),
+        )
+
+    async def _schema_version(self) -> int:
+        async with self._session("none") as session:
+            row = await session.fetchone("SELECT schema_version FROM meta WHERE id = 1")
+        return int(row[0]) if row else 0
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        self._closed = True
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT)
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            log.warning("closing the PostgreSQL pool took too long or failed; terminating its connections")
+            pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _session(self, kind: str) -> AsyncIterator[Session]:
+        pool = self._pool
+        if pool is None:
+            raise BackendUnavailable("the PostgreSQL backend is closed")
+        with self._errors():
+            async with pool.acquire() as conn:
+                if kind == "none":
+                    yield _PgSession(conn)
+                    return
+                isolation = "repeatable_read" if kind == "read" else "read_committed"
+                async with conn.transaction(isolation=isolation, readonly=kind == "read"):
+                    yield _PgSession(conn)
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def _sizes(self, session: Session) -> tuple[int, int]:
+        row = await session.fetchone(_SIZES)
+        size = int(row[0]) if row and row[0] is not None else 0
+        return size, size
+
+    async def _defragment(self) -> None:
+        # VACUUM FULL would rewrite the tables under an exclusive lock; plain VACUUM marks dead rows
+        # reusable and gives trailing empty pages back to the file system without blocking writers.
+        async with self._session("none") as session:
+            await session.execute("VACUUM (ANALYZE) kv_log, kv_current, leases, meta")
