@@ -20,6 +20,7 @@ import functools
 import logging
 import random
 import re
+import socket
 import struct
 import time
 import zlib
@@ -126,6 +127,16 @@ def byte_batches(rows: list[tuple[Any, ...]], limit: int = BATCH_BYTES) -> list[
     return batches
 
 
+def unresolvable(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) says the host name does not exist: a configuration error,
+    not worth retrying (a temporary resolver failure, EAI_AGAIN, is retried)."""
+    while exc is not None:
+        if isinstance(exc, socket.gaierror):
+            return exc.errno != socket.EAI_AGAIN
+        exc = exc.__cause__
+    return False
+
+
 def kv_of(row: Row) -> KeyValue:
     """A `KeyValue` from `key, create_revision, mod_revision, version, lease, value`."""
     return KeyValue(bytes(row[0]), row[1], row[2], row[3], bytes(row[5]), row[4])
@@ -204,6 +215,7 @@ class ServerBackend(abc.ABC):
 
     cluster_id: int
     member_id: int
+    schema_version: int = 0
 
     @abc.abstractmethod
     def _session(self, kind: str) -> AbstractAsyncContextManager[Session]: ...
@@ -217,6 +229,7 @@ class ServerBackend(abc.ABC):
             cluster_id = random.getrandbits(63) or 1
             member_id = random.getrandbits(63) or 1
             await session.execute(INSERT_META, (sql.SCHEMA_VERSION, cluster_id, member_id))
+            version = sql.SCHEMA_VERSION
         else:
             version, cluster_id, member_id = (int(v) for v in row)
             if version > sql.SCHEMA_VERSION:
@@ -225,7 +238,7 @@ class ServerBackend(abc.ABC):
                     f"({sql.SCHEMA_VERSION}); upgrade kinepy"
                 )
             # Migrations from older schema versions go here, one step per version.
-        self.cluster_id, self.member_id = cluster_id, member_id
+        self.cluster_id, self.member_id, self.schema_version = cluster_id, member_id, version
 
     # -- reads ---------------------------------------------------------------------------------
 

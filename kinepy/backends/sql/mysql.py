@@ -42,6 +42,7 @@ from kinepy.backends.sql.dialect import (
     chunks,
     pyformat,
     quote_key,
+    unresolvable,
 )
 from kinepy.endpoint import MySQLSpec
 from kinepy.errors import BackendError, BackendUnavailable, ConfigError
@@ -136,6 +137,8 @@ def _code(exc: BaseException) -> int:
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether `exc` says the server is unreachable or busy right now, not that a statement is wrong."""
+    if unresolvable(exc):
+        return False
     if isinstance(exc, aiomysql.InterfaceError | OSError):
         return True
     return isinstance(exc, aiomysql.MySQLError) and _code(exc) in _RETRYABLE
@@ -407,7 +410,12 @@ class MySQLBackend(ServerBackend):
         except BaseException:
             await self.aclose()
             raise
-        log.info("MySQL database %s ready (server %s)", self.spec.describe(), self.server_version)
+        log.info(
+            "MySQL database %s ready (server %s, schema version %d)",
+            self.spec.describe(),
+            self.server_version,
+            self.schema_version,
+        )
 
     async def _create_schema(self) -> None:
         async with self._session("none") as session:

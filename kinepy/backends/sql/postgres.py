@@ -33,6 +33,7 @@ from kinepy.backends.sql.dialect import (
     Session,
     byte_batches,
     numbered,
+    unresolvable,
 )
 from kinepy.endpoint import PostgresSpec
 from kinepy.errors import BackendError, BackendUnavailable
@@ -112,7 +113,7 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state.startswith(_RETRYABLE_CLASSES) or state in _RETRYABLE_CODES
-    if isinstance(exc, asyncpg.exceptions.DataError):
+    if isinstance(exc, asyncpg.exceptions.DataError) or unresolvable(exc):
         return False
     return isinstance(exc, OSError | asyncpg.InterfaceError)
 
@@ -195,7 +196,6 @@ class PostgresBackend(ServerBackend):
         # from a DSN query, as libpq does; anything else becomes a server setting (search_path, …).
         self._dsn = "postgresql://" + (("?" + urlencode(options)) if options else "")
         self._pool: asyncpg.Pool | None = None
-        self._closed = False
         self.cluster_id = 0
         self.member_id = 0
 
@@ -285,7 +285,7 @@ class PostgresBackend(ServerBackend):
         deadline = time.monotonic() + self._connect_timeout
         while True:
             try:
-                with self._errors(f"{self._where()}:"):
+                with self._errors(self._where()):
                     try:
                         self._pool = await self._create_pool()
                     except asyncpg.InvalidCatalogNameError:
@@ -311,17 +311,11 @@ class PostgresBackend(ServerBackend):
             "PostgreSQL database %s ready (server %s, schema version %d)",
             self.spec.describe(),
             version[0] if version else "?",
-            await self._schema_version(),
+            self.schema_version,
         )
-
-    async def _schema_version(self) -> int:
-        async with self._session("none") as session:
-            row = await session.fetchone("SELECT schema_version FROM meta WHERE id = 1")
-        return int(row[0]) if row else 0
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
-        self._closed = True
         if pool is None:
             return
         try:
