@@ -32,6 +32,26 @@ def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str | float) -> float:
+    """Seconds from a Go-style duration (`5s`, `100ms`, `1m30s`, as kine and etcd flags take them)
+    or a plain number of seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    raw = text.strip()
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(raw)
+    if not parts or "".join(n + u for n, u in parts) != raw:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 5s, 100ms, 1m30s or seconds")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kinepy",
@@ -86,11 +106,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     add("--max-txn-ops", DEFAULT_MAX_TXN_OPS, "most operations in one txn branch", type=int, metavar="N")
     add(
+        "--watch-progress-notify-interval",
+        _DEFAULTS.watch_progress_notify_interval,
+        "how often idle watchers that asked for progress notifications get one (e.g. 5s, 10m)",
+        type=duration,
+        metavar="DURATION",
+    )
+    add(
         "--compact-interval",
         _DEFAULTS.compact_interval,
-        "seconds between automatic compactions; 0 = only when a client asks (kube-apiserver does)",
-        type=float,
-        metavar="SECONDS",
+        "time between automatic compactions (e.g. 5m); 0 = only when a client asks (kube-apiserver does)",
+        type=duration,
+        metavar="DURATION",
     )
     add(
         "--compact-retention",
@@ -114,7 +141,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         unsafe_no_fsync=args.unsafe_no_fsync,
         max_request_bytes=int(args.max_request_bytes),
         max_txn_ops=int(args.max_txn_ops),
-        compact_interval=float(args.compact_interval),
+        compact_interval=duration(args.compact_interval),
+        watch_progress_notify_interval=duration(args.watch_progress_notify_interval),
         compact_retention=int(args.compact_retention),
     )
 

@@ -126,9 +126,12 @@ class Backend(Protocol):
         """In one transaction that serialises with every other writer: read `read_set`,
         call `evaluate` (pure, no I/O) on it, write what it returns, commit."""
 
-    async def read_events(self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool) -> list[Event]:
+    async def read_events(
+        self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
+    ) -> list[Event]:
         """Every change to `key_range` at revisions `(after, upto]`, in (revision, sub) order,
-        with the previous version of each key when `prev_kv` (and it still exists)."""
+        with the previous version of each key when `prev_kv` (and it still exists); at most
+        `limit` of them (0: all)."""
 
     async def load_leases(self) -> list[Lease]:
         """Every lease, with its persisted deadline."""

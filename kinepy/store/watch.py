@@ -181,6 +181,9 @@ class WatchStream:
     def has_room(self) -> bool:
         return self.buffered_events < self.max_buffered_events
 
+    def room(self) -> int:
+        return max(1, self.max_buffered_events - self.buffered_events)
+
     def _push(self, resp: WatchResponse) -> None:
         self._queue.append(resp)
         self._ready.set()
@@ -383,18 +386,32 @@ class WatchHub:
                 progressed = True
                 continue
             start = watcher.next_revision
+            room = watcher.stream.room()
             if self._window and self._window[0][0] <= start:
-                events, upto = self._from_window(start)
+                wanted, upto = self._from_window(watcher, start, room)
             else:
                 upto = min(self.revision, start - 1 + CATCH_UP_MAX_REVISIONS)
                 events = await self._backend.read_events(
-                    watcher.key_range, after=start - 1, upto=upto, prev_kv=watcher.prev_kv
+                    watcher.key_range, after=start - 1, upto=upto, prev_kv=watcher.prev_kv, limit=room + 1
                 )
+                if len(events) > room:
+                    # Stop before the last revision read (it may be cut short), unless it is the
+                    # only one: the events of one revision always travel together.
+                    last = events[-1].kv.mod_revision
+                    if events[0].kv.mod_revision == last:
+                        upto = last
+                        events = await self._backend.read_events(
+                            watcher.key_range, after=last - 1, upto=last, prev_kv=watcher.prev_kv
+                        )
+                    else:
+                        upto = last - 1
+                        events = [e for e in events if e.kv.mod_revision < last]
                 if watcher not in self._unsynced or watcher.next_revision != start:
                     continue  # cancelled (or moved) while we read
                 if self.compact_revision > start:
                     continue  # history may be gone: the next pass cancels it as compacted
-            wanted = [self._without_compacted_prev_kv(e) for e in events if watcher.wants(e)]
+                wanted = [e for e in events if watcher.wants(e)]
+            wanted = [self._without_compacted_prev_kv(e) for e in wanted]
             if wanted:
                 watcher.stream.send_events(watcher, wanted, self.revision)
                 self.events_sent += len(wanted)
@@ -412,19 +429,22 @@ class WatchHub:
             return dataclasses.replace(event, prev_kv=None)
         return event
 
-    def _from_window(self, start: int) -> tuple[list[Event], int]:
-        """Events of up to CATCH_UP_MAX_REVISIONS revisions from `start`, and the last revision
-        they cover. The window holds every revision from its first entry to `self.revision`."""
-        events: list[Event] = []
+    def _from_window(self, watcher: Watcher, start: int, room: int) -> tuple[list[Event], int]:
+        """The events `watcher` wants from revision `start` on, whole revisions only, at most
+        CATCH_UP_MAX_REVISIONS revisions and (unless one revision alone is more) `room` events;
+        and the last revision covered. The window holds every revision from its first entry to
+        `self.revision`."""
+        wanted: list[Event] = []
         revisions = 0
         for rev, evs in self._window:
             if rev < start:
                 continue
-            if revisions == CATCH_UP_MAX_REVISIONS:
-                return events, rev - 1
-            events.extend(evs)
+            mine = [e for e in evs if watcher.wants(e)]
+            if revisions == CATCH_UP_MAX_REVISIONS or (wanted and len(wanted) + len(mine) > room):
+                return wanted, rev - 1
+            wanted.extend(mine)
             revisions += 1
-        return events, self.revision
+        return wanted, self.revision
 
     def _promote(self, watcher: Watcher) -> None:
         watcher.synced = True

@@ -292,8 +292,12 @@ class ServerBackend(abc.ABC):
         row = await session.fetchone(stmt, args)
         return kvs, int(row[0]) if row else 0
 
-    async def read_events(self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool) -> list[Event]:
+    async def read_events(
+        self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
+    ) -> list[Event]:
         stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv)
+        if limit > 0:
+            stmt, args = f"{stmt} LIMIT ?", [*args, limit]
         async with self._session("none") as session:
             return [event_of(row) for row in await session.fetch(stmt, args)]
 

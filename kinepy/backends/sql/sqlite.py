@@ -286,12 +286,14 @@ class SQLiteBackend:
             conn.execute("ROLLBACK")
             raise
 
-    async def read_events(self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool) -> list[Event]:
-        return await self._run(self._readers, self._read_events, key_range, after, upto, prev_kv)
+    async def read_events(
+        self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
+    ) -> list[Event]:
+        return await self._run(self._readers, self._read_events, key_range, after, upto, prev_kv, limit)
 
-    def _read_events(self, key_range: KeyRange, after: int, upto: int, prev_kv: bool) -> list[Event]:
+    def _read_events(self, key_range: KeyRange, after: int, upto: int, prev_kv: bool, limit: int) -> list[Event]:
         conn = self._connect()
-        stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv)
+        stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv, limit=limit)
         return [_event(row) for row in conn.execute(stmt, args)]
 
     async def load_leases(self) -> list[Lease]:

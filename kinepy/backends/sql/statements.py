@@ -123,20 +123,24 @@ def compact_log(compact_revision: int, after: int, upto: int) -> list[tuple[str,
     ]
 
 
-def select_events(key_range: KeyRange, after: int, upto: int, *, prev_kv: bool) -> tuple[str, list[object]]:
+def select_events(
+    key_range: KeyRange, after: int, upto: int, *, prev_kv: bool, limit: int = 0
+) -> tuple[str, list[object]]:
     """History rows of `key_range` in `(after, upto]`, each with the row it superseded (if wanted)."""
     cond, params = range_condition(key_range, "l.key")
     cols = "l.revision, l.sub, l.key, l.create_revision, l.version, l.lease, l.value, l.tombstone"
+    tail = " LIMIT ?" if limit > 0 else ""
+    args: list[object] = [after, upto, *params] + ([limit] if limit > 0 else [])
     if not prev_kv:
         return (
             f"SELECT {cols} FROM kv_log l WHERE l.revision > ? AND l.revision <= ? AND {cond} "
-            "ORDER BY l.revision, l.sub",
-            [after, upto, *params],
+            f"ORDER BY l.revision, l.sub{tail}",
+            args,
         )
     sql = (
         f"SELECT {cols}, p.revision, p.create_revision, p.version, p.lease, p.value, p.tombstone "
         "FROM kv_log l LEFT JOIN kv_log p ON p.key = l.key AND p.revision = "
         "(SELECT max(m.revision) FROM kv_log m WHERE m.key = l.key AND m.revision < l.revision) "
-        f"WHERE l.revision > ? AND l.revision <= ? AND {cond} ORDER BY l.revision, l.sub"
+        f"WHERE l.revision > ? AND l.revision <= ? AND {cond} ORDER BY l.revision, l.sub{tail}"
     )
-    return sql, [after, upto, *params]
+    return sql, args
