@@ -51,6 +51,11 @@ def _normalise(text: str, endpoint: str, ids: dict[int, str]) -> list[str]:
             text.replace(f"{lease_id:016x}", name).replace(f"{lease_id:x}", name).replace(str(lease_id), name)
         )
     text = text.replace(endpoint, "<endpoint>")
+    # etcd lists a lease's keys in map order (random); kinepy sorts them.
+    text = re.sub(
+        r"attached keys\(\[([^\]]*)\]\)", lambda m: f"attached keys([{' '.join(sorted(m[1].split()))}])", text
+    )
+    text = re.sub(r'"keys":\[([^\]]*)\]', lambda m: f'"keys":[{",".join(sorted(m[1].split(",")))}]', text)
     lines = []
     for line in text.splitlines():  # etcdctl's own zap log lines: keep what the server decided
         if line.startswith('{"level"'):
