@@ -258,6 +258,22 @@ def test_compaction_keeps_reads_at_and_above_the_compaction_point(client: Client
     assert status.header.revision == 9 and status.dbSize > 0
     hashed = client.maintenance.HashKV(rpc_pb2.HashKVRequest(), timeout=30)
     assert hashed.compact_revision == 9
+    client.maintenance.Defragment(rpc_pb2.DefragmentRequest(), timeout=60)
+    assert client.maintenance.HashKV(rpc_pb2.HashKVRequest(), timeout=30).hash == hashed.hash
+    assert [(kv.key, kv.value) for kv in client.get(b"\0", b"\0").kvs] == [(b"c", b"v6")]
+
+
+def test_snapshot_streams_sqlite_and_names_the_dump_tool_elsewhere(
+    database: TestDatabase, client: Client
+) -> None:
+    client.put(b"k", b"v")
+    try:
+        chunks = list(client.maintenance.Snapshot(rpc_pb2.SnapshotRequest(), timeout=30))
+    except grpc.RpcError as exc:
+        tool = {"postgres": "pg_dump", "mariadb": "mysqldump"}[database.kind]
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE and tool in (exc.details() or "")
+    else:
+        assert database.kind == "sqlite" and sum(len(c.blob) for c in chunks) > 0
 
 
 # Keys a case-insensitive or PAD SPACE collation would fold together, or a text column would refuse.
