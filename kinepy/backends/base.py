@@ -100,6 +100,15 @@ Evaluate = Callable[[Snapshot], WriteSet | None]
 class Backend(Protocol):
     """A database holding kv_log, kv_current, meta and leases."""
 
+    shared: bool
+    """True when other kinepy processes may write to the same database (PostgreSQL, MySQL)."""
+
+    async def revisions(self) -> tuple[int, int]:
+        """The current and the compaction revision, cheaply."""
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when another process may have committed, or after `timeout` seconds."""
+
     async def start(self) -> None:
         """Connect, create or migrate the schema."""
 

@@ -8,12 +8,12 @@ import logging
 from typing import cast
 
 from kinepy import errors
-from kinepy.backends.base import Backend
+from kinepy.backends.base import Backend, KeyRange
 from kinepy.store import mvcc
 from kinepy.store.compactor import Compactor
 from kinepy.store.keys import key_range
 from kinepy.store.leases import LeaseManager
-from kinepy.store.watch import WatchHub
+from kinepy.store.watch import CATCH_UP_MAX_REVISIONS, WatchHub
 from kinepy.store.writer import Writer
 from kinepy.types import (
     DeleteRangeRequest,
@@ -29,6 +29,8 @@ from kinepy.types import (
 )
 
 log = logging.getLogger(__name__)
+
+_EVERYTHING = KeyRange(b"", None)
 
 
 class KVStore:
@@ -48,7 +50,11 @@ class KVStore:
         watch_progress_interval: float = 5.0,
         compact_interval: float = 0.0,
         compact_retention: int = 1000,
+        poll_interval: float = 0.1,
     ) -> None:
+        self._poll_interval = poll_interval
+        self._publish_lock = asyncio.Lock()
+        self._follow_task: asyncio.Task[None] | None = None
         self._compact_interval = compact_interval
         self._compact_retention = compact_retention
         self._auto_compact_task: asyncio.Task[None] | None = None
@@ -62,9 +68,56 @@ class KVStore:
         self._watch_stream_buffer_events = watch_stream_buffer_events
         self.hub: WatchHub | None = None
 
-    def _publish(self, revision: int, events: list[Event]) -> None:
-        if self.hub is not None:
-            self.hub.publish(revision, events)
+    async def _publish(self, revision: int, events: list[Event]) -> None:
+        """Hand a commit's events to the watch hub, after any revisions other processes committed
+        before it (a shared database): watchers must never see revision N+1 before N."""
+        hub = self.hub
+        if hub is None:
+            return
+        async with self._publish_lock:
+            first = events[0].kv.mod_revision
+            if hub.revision < first - 1 and not await self._catch_up(first - 1):
+                return  # the follower delivers them, with ours, from the log
+            if first <= hub.revision:
+                events = [e for e in events if e.kv.mod_revision > hub.revision]
+                if not events:
+                    return
+            hub.publish(revision, events)
+
+    async def _catch_up(self, upto: int) -> bool:
+        """Publish what the log holds between the hub's revision and `upto`; False on error."""
+        hub = self.hub
+        assert hub is not None
+        while hub.revision < upto:
+            end = min(upto, hub.revision + CATCH_UP_MAX_REVISIONS)
+            try:
+                events = await self.backend.read_events(_EVERYTHING, after=hub.revision, upto=end, prev_kv=True)
+            except Exception as exc:
+                log.warning("reading revisions %d..%d for watchers failed: %s", hub.revision + 1, end, exc)
+                return False
+            hub.publish(end, events)
+        return True
+
+    async def _follow(self) -> None:
+        """On a database shared with other kinepy processes: publish their commits to our watchers,
+        in revision order, soon after they happen, and learn their compactions."""
+        hub = self.hub
+        assert hub is not None
+        while True:
+            try:
+                await self.backend.wait_for_change(self._poll_interval)
+                revision, compact_revision = await self.backend.revisions()
+            except Exception as exc:
+                log.warning("following the shared database failed, retrying: %s", exc)
+                await asyncio.sleep(self._poll_interval)
+                continue
+            if compact_revision > hub.compact_revision:
+                hub.compacted(compact_revision)
+            self.writer.revision = max(self.writer.revision, revision)
+            self.writer.compact_revision = max(self.writer.compact_revision, compact_revision)
+            if revision > hub.revision:
+                async with self._publish_lock:
+                    await self._catch_up(revision)
 
     async def start(self) -> None:
         status = await self.backend.status()
@@ -84,15 +137,18 @@ class KVStore:
         await self.leases.start()
         if status.compact_revision > 0:
             self.compactor.request(status.compact_revision)
+        if getattr(self.backend, "shared", False):
+            self._follow_task = asyncio.create_task(self._follow(), name="kinepy-log-follower")
         if self._compact_interval > 0:
             self._auto_compact_task = asyncio.create_task(self._auto_compact(), name="kinepy-auto-compact")
 
     async def aclose(self) -> None:
-        if self._auto_compact_task is not None:
-            self._auto_compact_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._auto_compact_task
-            self._auto_compact_task = None
+        for task in (self._auto_compact_task, self._follow_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._auto_compact_task = self._follow_task = None
         await self.leases.aclose()
         await self.writer.aclose()
         await self.compactor.aclose()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from kinepy.types import Event, WriteRequest
 log = logging.getLogger(__name__)
 
 Request = WriteRequest | mvcc.CompactRequest | mvcc.LeaseRequest
-Publish = Callable[[int, list[Event]], None]
+Publish = Callable[[int, list[Event]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -147,7 +147,12 @@ class Writer:
         # Publish before answering: a client that reads its write's revision and then opens a
         # watch from "now" must not see that write again, nor miss the next one.
         if events:
-            self._publish(self.revision, events)
+            try:
+                await self._publish(self.revision, events)
+            except Exception:
+                # Committed is committed: the writes are answered; the watch hub catches up from
+                # the log (a shared database's follower re-reads it).
+                log.exception("publishing revision %d to watchers failed", self.revision)
         for pending in batch:
             if pending.future.done():
                 continue

@@ -337,6 +337,18 @@ class SQLiteBackend:
             raise
         return deleted
 
+    shared = False  # one process owns the file
+
+    async def revisions(self) -> tuple[int, int]:
+        return await self._run(self._readers, self._revisions)
+
+    def _revisions(self) -> tuple[int, int]:
+        current, compact = self._connect().execute(sql.SELECT_META).fetchone()
+        return current, compact
+
+    async def wait_for_change(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+
     # -- maintenance -------------------------------------------------------------------------
 
     async def status(self) -> BackendStatus:
