@@ -122,6 +122,7 @@ class SQLiteBackend:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._inline: sqlite3.Connection | None = None
         self.cluster_id = 0
         self.member_id = 0
 
@@ -134,14 +135,18 @@ class SQLiteBackend:
                 with self._lock:
                     conn = self._connections[0] if self._connections else None
             if conn is None:
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA busy_timeout = 30000")
-                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-                conn.execute("PRAGMA cache_size = -65536")
-                conn.execute("PRAGMA temp_store = MEMORY")
-                with self._lock:
-                    self._connections.append(conn)
+                conn = self._open()
             self._local.conn = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA cache_size = -65536")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        with self._lock:
+            self._connections.append(conn)
         return conn
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
@@ -164,6 +169,8 @@ class SQLiteBackend:
             directory = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(directory, mode=0o700, exist_ok=True)
         await self._run(self._writer, self._create_schema)
+        if not self._memory:
+            self._inline = self._open()
         log.info("SQLite database %s ready (synchronous=%s)", self.path, self._synchronous)
 
     def _create_schema(self) -> None:
@@ -176,7 +183,9 @@ class SQLiteBackend:
         try:
             for stmt in _SCHEMA:
                 conn.execute(stmt)
-            row = conn.execute("SELECT schema_version, cluster_id, member_id FROM meta WHERE id = 1").fetchone()
+            row = conn.execute(
+                "SELECT schema_version, cluster_id, member_id FROM meta WHERE id = 1"
+            ).fetchone()
             if row is None:
                 cluster_id = random.getrandbits(63) or 1
                 member_id = random.getrandbits(63) or 1
@@ -223,12 +232,31 @@ class SQLiteBackend:
     async def read_range(
         self, key_range: KeyRange, *, revision: int, limit: int, keys_only: bool, count_only: bool
     ) -> RangeRows:
-        return await self._run(self._readers, self._read_range, key_range, revision, limit, keys_only, count_only)
+        if self._inline is not None and key_range.end == key_range.start + b"\x00":
+            # A single key is a few index lookups: cheaper on the loop's own connection than the
+            # hop to a reader thread and back (measured: docs/performance.md).
+            try:
+                return self._read_range_on(self._inline, key_range, revision, limit, keys_only, count_only)
+            except sqlite3.Error as exc:
+                raise BackendError(f"SQLite error: {exc}") from exc
+        return await self._run(
+            self._readers, self._read_range, key_range, revision, limit, keys_only, count_only
+        )
 
     def _read_range(
         self, key_range: KeyRange, revision: int, limit: int, keys_only: bool, count_only: bool
     ) -> RangeRows:
-        conn = self._connect()
+        return self._read_range_on(self._connect(), key_range, revision, limit, keys_only, count_only)
+
+    def _read_range_on(
+        self,
+        conn: sqlite3.Connection,
+        key_range: KeyRange,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+    ) -> RangeRows:
         conn.execute("BEGIN")
         try:
             current, compact = conn.execute(sql.SELECT_META).fetchone()
@@ -252,7 +280,9 @@ class SQLiteBackend:
             for i in range(0, len(keys), _IN_CHUNK):
                 chunk = keys[i : i + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                for row in conn.execute(f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE key IN ({marks})", chunk):
+                for row in conn.execute(
+                    f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE key IN ({marks})", chunk
+                ):
                     kv = _kv(row)
                     rows[kv.key] = kv
             for key_range in read_set.ranges:
@@ -291,7 +321,9 @@ class SQLiteBackend:
     ) -> list[Event]:
         return await self._run(self._readers, self._read_events, key_range, after, upto, prev_kv, limit)
 
-    def _read_events(self, key_range: KeyRange, after: int, upto: int, prev_kv: bool, limit: int) -> list[Event]:
+    def _read_events(
+        self, key_range: KeyRange, after: int, upto: int, prev_kv: bool, limit: int
+    ) -> list[Event]:
         conn = self._connect()
         stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv, limit=limit)
         return [_event(row) for row in conn.execute(stmt, args)]
