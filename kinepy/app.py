@@ -1,7 +1,7 @@
 """`App`: one kinepy server (backend + store + gRPC), the library entry point.
 
-    async with App(Config(datastore_endpoint="sqlite:///tmp/state.db", listen_address="127.0.0.1:0")) as app:
-        print(app.endpoint)   # "127.0.0.1:PORT", ready for any etcd v3 client
+async with App(Config(datastore_endpoint="sqlite:///tmp/state.db", listen_address="127.0.0.1:0")) as app:
+    print(app.endpoint)   # "127.0.0.1:PORT", ready for any etcd v3 client
 """
 
 from __future__ import annotations

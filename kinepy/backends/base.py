@@ -106,8 +106,8 @@ class Backend(Protocol):
     async def revisions(self) -> tuple[int, int]:
         """The current and the compaction revision, cheaply."""
 
-    async def wait_for_change(self, timeout: float) -> None:
-        """Return when another process may have committed, or after `timeout` seconds."""
+    async def wait_for_change(self, max_wait: float) -> None:
+        """Return when another process may have committed, or after `max_wait` seconds."""
 
     async def start(self) -> None:
         """Connect, create or migrate the schema."""

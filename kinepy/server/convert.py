@@ -26,6 +26,7 @@ _OPERAND_FIELD = {
     CompareTarget.VALUE: "value",
     CompareTarget.LEASE: "lease",
 }
+_TARGETS = frozenset(int(t) for t in CompareTarget)
 
 
 class Headers:
@@ -74,8 +75,8 @@ def delete_range_request(r: rpc_pb2.DeleteRangeRequest) -> DeleteRangeRequest:
 
 
 def compare(c: rpc_pb2.Compare) -> Compare:
-    target = c.target
-    field = _OPERAND_FIELD.get(CompareTarget(target)) if target in _OPERAND_FIELD else None
+    target = int(c.target)
+    field = _OPERAND_FIELD.get(CompareTarget(target)) if target in _TARGETS else None
     operand: int | bytes = b"" if target == CompareTarget.VALUE else 0
     if field is not None and c.WhichOneof("target_union") == field:
         operand = getattr(c, field)
@@ -118,7 +119,9 @@ def kv(k: KeyValue) -> kv_pb2.KeyValue:
 
 
 def range_response(resp: RangeResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.RangeResponse:
-    return rpc_pb2.RangeResponse(header=header, kvs=[kv(k) for k in resp.kvs], more=resp.more, count=resp.count)
+    return rpc_pb2.RangeResponse(
+        header=header, kvs=[kv(k) for k in resp.kvs], more=resp.more, count=resp.count
+    )
 
 
 def put_response(resp: PutResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.PutResponse:
@@ -128,8 +131,12 @@ def put_response(resp: PutResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.P
     return out
 
 
-def delete_range_response(resp: DeleteRangeResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.DeleteRangeResponse:
-    return rpc_pb2.DeleteRangeResponse(header=header, deleted=resp.deleted, prev_kvs=[kv(k) for k in resp.prev_kvs])
+def delete_range_response(
+    resp: DeleteRangeResponse, header: rpc_pb2.ResponseHeader
+) -> rpc_pb2.DeleteRangeResponse:
+    return rpc_pb2.DeleteRangeResponse(
+        header=header, deleted=resp.deleted, prev_kvs=[kv(k) for k in resp.prev_kvs]
+    )
 
 
 def txn_response(resp: TxnResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.TxnResponse:

@@ -29,17 +29,23 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         self._headers = headers
         self._max_request_bytes = max_request_bytes
 
-    def _check_size(self, request: rpc_pb2.PutRequest | rpc_pb2.DeleteRangeRequest | rpc_pb2.TxnRequest) -> None:
+    def _check_size(
+        self, request: rpc_pb2.PutRequest | rpc_pb2.DeleteRangeRequest | rpc_pb2.TxnRequest
+    ) -> None:
         if _raft_request_size(request.ByteSize()) > self._max_request_bytes:
             raise RequestTooLargeError()
 
     @etcd_errors
-    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
+    async def Range(
+        self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.RangeResponse:
         resp = await self._store.range(convert.range_request(request))
         return convert.range_response(resp, self._headers(resp.revision))
 
     @etcd_errors
-    async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
+    async def Put(
+        self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.PutResponse:
         self._check_size(request)
         resp = await self._store.put(convert.put_request(request))
         return convert.put_response(resp, self._headers(resp.revision))
@@ -53,7 +59,9 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         return convert.delete_range_response(resp, self._headers(resp.revision))
 
     @etcd_errors
-    async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.TxnResponse:
+    async def Txn(
+        self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.TxnResponse:
         self._check_size(request)
         resp = await self._store.txn(convert.txn_request(request))
         return convert.txn_response(resp, self._headers(resp.revision))

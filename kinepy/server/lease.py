@@ -39,11 +39,15 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
         return rpc_pb2.LeaseRevokeResponse(header=self._headers(revision))
 
     async def LeaseKeepAlive(
-        self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         async for request in request_iterator:
             ttl = await self._leases.keep_alive(request.ID)
-            yield rpc_pb2.LeaseKeepAliveResponse(header=self._headers(self._revision()), ID=request.ID, TTL=ttl)
+            yield rpc_pb2.LeaseKeepAliveResponse(
+                header=self._headers(self._revision()), ID=request.ID, TTL=ttl
+            )
 
     @etcd_errors
     async def LeaseTimeToLive(

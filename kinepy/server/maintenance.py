@@ -29,7 +29,9 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         self._headers = headers
 
     @etcd_errors
-    async def Status(self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.StatusResponse:
+    async def Status(
+        self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.StatusResponse:
         status = await self._store.backend.status()
         return rpc_pb2.StatusResponse(
             header=self._headers(status.revision),
@@ -44,7 +46,9 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         )
 
     @etcd_errors
-    async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.AlarmResponse:
+    async def Alarm(
+        self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AlarmResponse:
         status = await self._store.backend.status()
         return rpc_pb2.AlarmResponse(header=self._headers(status.revision))
 
@@ -57,7 +61,9 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         return rpc_pb2.DefragmentResponse(header=self._headers(status.revision))
 
     @etcd_errors
-    async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
+    async def HashKV(
+        self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.HashKVResponse:
         status = await self._store.backend.status()
         check_read_revision(request.revision, status.revision, status.compact_revision)
         crc, compact = await self._store.backend.hash_kv(request.revision)
@@ -78,7 +84,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
                 await self._store.backend.snapshot(path)
             except KinepyError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: snapshot failed: {exc}")
-            size = os.path.getsize(path)
+            size = os.path.getsize(path)  # noqa: ASYNC240 - a stat of a local temp file
             status = await self._store.backend.status()
             header = self._headers(status.revision)
             digest = hashlib.sha256()
@@ -90,9 +96,13 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
                     yield rpc_pb2.SnapshotResponse(
                         header=header, remaining_bytes=size - sent + digest.digest_size, blob=chunk
                     )
-            yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=0, blob=digest.digest(), version="3.6.0")
+            yield rpc_pb2.SnapshotResponse(
+                header=header, remaining_bytes=0, blob=digest.digest(), version="3.6.0"
+            )
 
-    async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
+    async def Hash(
+        self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.HashResponse:
         await _unsupported(context, "Hash (a test-only call; use HashKV)")
         raise AssertionError  # abort raised
 
@@ -114,7 +124,9 @@ async def _unsupported(context: grpc.aio.ServicerContext, what: str) -> None:
 
 
 class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
-    def __init__(self, store: KVStore, headers: convert.Headers, *, name: str, client_urls: list[str]) -> None:
+    def __init__(
+        self, store: KVStore, headers: convert.Headers, *, name: str, client_urls: list[str]
+    ) -> None:
         self._store = store
         self._headers = headers
         self._name = name
@@ -126,7 +138,11 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberListResponse:
         status = await self._store.backend.status()
         member = rpc_pb2.Member(
-            ID=self._headers.member_id, name=self._name, peerURLs=[], clientURLs=self._client_urls, isLearner=False
+            ID=self._headers.member_id,
+            name=self._name,
+            peerURLs=[],
+            clientURLs=self._client_urls,
+            isLearner=False,
         )
         return rpc_pb2.MemberListResponse(header=self._headers(status.revision), members=[member])
 

@@ -17,7 +17,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def status_code(name: str) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)  # type: ignore[no-any-return]
+    code: grpc.StatusCode = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
+    return code
 
 
 def etcd_errors(method: F) -> F:

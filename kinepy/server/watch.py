@@ -13,16 +13,17 @@ from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.store.kv import KVStore
 from kinepy.store.watch import WatchResponse, WatchStream
-from kinepy.types import Event
+from kinepy.types import Event, EventType
 
 log = logging.getLogger(__name__)
 
+_EVENT_TYPES = {EventType.PUT: kv_pb2.Event.PUT, EventType.DELETE: kv_pb2.Event.DELETE}
 _NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
 _NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
 
 
 def _event(event: Event, prev_kv: bool) -> kv_pb2.Event:
-    out = kv_pb2.Event(type=int(event.type), kv=convert.kv(event.kv))
+    out = kv_pb2.Event(type=_EVENT_TYPES[event.type], kv=convert.kv(event.kv))
     if prev_kv and event.prev_kv is not None:
         out.prev_kv.CopyFrom(convert.kv(event.prev_kv))
     return out

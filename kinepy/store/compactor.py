@@ -73,13 +73,22 @@ class Compactor:
                 self._done_upto = target
                 backoff = 0.1
             except Exception as exc:
-                log.warning("compaction to %d failed at %d, retrying in %.1fs: %s", target, self._done_upto, backoff, exc)
+                log.warning(
+                    "compaction to %d failed at %d, retrying in %.1fs: %s",
+                    target,
+                    self._done_upto,
+                    backoff,
+                    exc,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 self._wakeup.set()
                 continue
             log.info(
-                "compacted history up to revision %d: %d rows in %.3fs", target, deleted, time.monotonic() - started
+                "compacted history up to revision %d: %d rows in %.3fs",
+                target,
+                deleted,
+                time.monotonic() - started,
             )
             if self._target == target:
                 self._idle.set()

@@ -91,7 +91,9 @@ class KVStore:
         while hub.revision < upto:
             end = min(upto, hub.revision + CATCH_UP_MAX_REVISIONS)
             try:
-                events = await self.backend.read_events(_EVERYTHING, after=hub.revision, upto=end, prev_kv=True)
+                events = await self.backend.read_events(
+                    _EVERYTHING, after=hub.revision, upto=end, prev_kv=True
+                )
             except Exception as exc:
                 log.warning("reading revisions %d..%d for watchers failed: %s", hub.revision + 1, end, exc)
                 return False

@@ -350,7 +350,9 @@ class _Writes:
             kv = KeyValue(key, prev.create_revision, self.revision, prev.version + 1, value, lease)
         state.rows[key] = kv
         state.touched[key] = kv
-        state.log.append(LogRow(self.revision, self.sub, key, kv.create_revision, kv.version, lease, value, False))
+        state.log.append(
+            LogRow(self.revision, self.sub, key, kv.create_revision, kv.version, lease, value, False)
+        )
         state.events.append(Event(EventType.PUT, kv, prev))
         self.sub += 1
         self.changed = True
@@ -575,7 +577,9 @@ def _lease_revoke(state: BatchState, req: LeaseRevokeRequest) -> LeaseResponse:
     if req.expired_at is not None and lease.expires_at > req.expired_at:
         return LeaseResponse(state.revision, None)  # kept alive meanwhile
     writes = _Writes(state)
-    attached = sorted((kv for kv in state.rows.values() if kv is not None and kv.lease == req.id), key=_by_key)
+    attached = sorted(
+        (kv for kv in state.rows.values() if kv is not None and kv.lease == req.id), key=_by_key
+    )
     for kv in attached:
         writes.delete(kv)
     writes.done()

@@ -111,17 +111,23 @@ class WatchStream:
         else:
             key_range = KeyRange(key, key + b"\x00")
         if range_end and range_end != b"\x00" and is_empty(key_range):
-            self._push(WatchResponse(-1, hub.revision, created=True, canceled=True, cancel_reason=WATCH_RANGE_EMPTY))
+            self._push(
+                WatchResponse(-1, hub.revision, created=True, canceled=True, cancel_reason=WATCH_RANGE_EMPTY)
+            )
             return
         if start_revision < 0:
             self._push(
-                WatchResponse(-1, hub.revision, created=True, canceled=True, cancel_reason=CompactedError.message)
+                WatchResponse(
+                    -1, hub.revision, created=True, canceled=True, cancel_reason=CompactedError.message
+                )
             )
             return
         if watch_id != 0:
             if watch_id in self.watchers:
                 self._push(
-                    WatchResponse(-1, hub.revision, created=True, canceled=True, cancel_reason=WATCH_DUPLICATE_ID)
+                    WatchResponse(
+                        -1, hub.revision, created=True, canceled=True, cancel_reason=WATCH_DUPLICATE_ID
+                    )
                 )
                 return
         else:
@@ -191,7 +197,9 @@ class WatchStream:
     def send_events(self, watcher: Watcher, events: list[Event], revision: int) -> None:
         self.buffered_events += len(events)
         watcher.sent_since_tick = True
-        self._push(WatchResponse(watcher.id, revision, events, prev_kv=watcher.prev_kv, fragment=watcher.fragment))
+        self._push(
+            WatchResponse(watcher.id, revision, events, prev_kv=watcher.prev_kv, fragment=watcher.fragment)
+        )
 
     def send_compacted(self, watcher: Watcher, compact_revision: int) -> None:
         self.watchers.pop(watcher.id, None)
@@ -316,9 +324,7 @@ class WatchHub:
             if not watcher.stream.has_room():
                 self._demote(watcher, max(first, watcher.next_revision))
                 continue
-            wanted = [
-                e for e in events if e.kv.mod_revision >= watcher.next_revision and watcher.wants(e)
-            ]
+            wanted = [e for e in events if e.kv.mod_revision >= watcher.next_revision and watcher.wants(e)]
             if wanted:
                 watcher.stream.send_events(watcher, wanted, revision)
                 self.events_sent += len(wanted)

@@ -166,7 +166,7 @@ class SQLiteBackend:
 
     async def start(self) -> None:
         if not self._memory:
-            directory = os.path.dirname(os.path.abspath(self.path))
+            directory = os.path.dirname(os.path.abspath(self.path))  # noqa: ASYNC240 - once, at start
             os.makedirs(directory, mode=0o700, exist_ok=True)
         await self._run(self._writer, self._create_schema)
         if not self._memory:
@@ -190,8 +190,8 @@ class SQLiteBackend:
                 cluster_id = random.getrandbits(63) or 1
                 member_id = random.getrandbits(63) or 1
                 conn.execute(
-                    "INSERT INTO meta (id, revision, compact_revision, schema_version, cluster_id, member_id) "
-                    "VALUES (1, 1, -1, ?, ?, ?)",
+                    "INSERT INTO meta (id, revision, compact_revision, schema_version, cluster_id, "
+                    "member_id) VALUES (1, 1, -1, ?, ?, ?)",
                     (sql.SCHEMA_VERSION, cluster_id, member_id),
                 )
             else:
@@ -378,8 +378,8 @@ class SQLiteBackend:
         current, compact = self._connect().execute(sql.SELECT_META).fetchone()
         return current, compact
 
-    async def wait_for_change(self, timeout: float) -> None:
-        await asyncio.sleep(timeout)
+    async def wait_for_change(self, max_wait: float) -> None:
+        await asyncio.sleep(max_wait)
 
     # -- maintenance -------------------------------------------------------------------------
 

@@ -43,7 +43,9 @@ def count_current(key_range: KeyRange) -> tuple[str, list[object]]:
     return f"SELECT count(*) FROM kv_current WHERE {cond}", list(params)
 
 
-def _at_revision_parts(key_range: KeyRange, revision: int, cols_log: str, cols_cur: str) -> tuple[str, list[object]]:
+def _at_revision_parts(
+    key_range: KeyRange, revision: int, cols_log: str, cols_cur: str
+) -> tuple[str, list[object]]:
     """The keys of `key_range` as they were at `revision`.
 
     Keys not changed since `revision` are read from kv_current; for keys changed since, the newest
@@ -99,7 +101,9 @@ SELECT_LOG_FOR_HASH = (
 )
 SELECT_LEASES = "SELECT id, ttl, expires_at FROM leases"
 SELECT_LEASE = "SELECT id, ttl, expires_at FROM leases WHERE id = ?"
-SELECT_EXPIRED_LEASES = "SELECT id, ttl, expires_at FROM leases WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
+SELECT_EXPIRED_LEASES = (
+    "SELECT id, ttl, expires_at FROM leases WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
+)
 SELECT_LEASE_KEYS = "SELECT key FROM kv_current WHERE lease = ? ORDER BY key"
 
 
