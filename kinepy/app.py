@@ -15,12 +15,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from kinepy.backends.base import Backend
 from kinepy.backends.factory import create_backend
 from kinepy.config import GRPC_OVERHEAD_BYTES, Config
-from kinepy.endpoint import parse_endpoint
+from kinepy.endpoint import BackendSpec, EtcdSpec, parse_endpoint
 from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.kv import KVServicer
 from kinepy.server.lease import LeaseServicer
 from kinepy.server.maintenance import AuthServicer, ClusterServicer, MaintenanceServicer
+from kinepy.server.passthrough import PassthroughHandler
 from kinepy.server.watch import WatchServicer
 from kinepy.store.kv import KVStore
 
@@ -43,7 +44,14 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", 0),
+        # Fail on a port another process holds instead of silently sharing it.
+        ("grpc.so_reuseport", 0),
     ]
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 class App:
@@ -55,6 +63,8 @@ class App:
         self.store: KVStore | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._passthrough: PassthroughHandler | None = None
+        self._headers = convert.Headers(0, 0)
         self.port = 0
 
     @property
@@ -68,12 +78,54 @@ class App:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        spec = parse_endpoint(self.config.datastore_endpoint)
+        config = self.config
+        spec = parse_endpoint(config.datastore_endpoint)
         log.info("datastore: %s", spec.describe())
-        backend = create_backend(spec, self.config)
+        server = grpc.aio.server(options=server_options(config))
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if isinstance(spec, EtcdSpec):
+            self._passthrough = PassthroughHandler(spec)
+            server.add_generic_rpc_handlers([self._passthrough])
+        else:
+            await self._start_store(spec, server)
+        self.port = self._bind(server)
+        if self.store is not None:
+            headers = self._headers
+            rpc_pb2_grpc.add_ClusterServicer_to_server(
+                ClusterServicer(self.store, headers, name="kinepy", client_urls=[self.client_url]), server
+            )
+        await server.start()
+        self._server = server
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving the etcd v3 API on %s", self.client_url)
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        config = self.config
+        address = grpc_address(config.listen_address)
+        if not config.cert_file:
+            port: int = server.add_insecure_port(address)
+            return port
+        credentials = grpc.ssl_server_credentials(
+            [(_read_file(config.key_file), _read_file(config.cert_file))],
+            root_certificates=_read_file(config.trusted_ca_file) if config.trusted_ca_file else None,
+            require_client_auth=bool(config.trusted_ca_file),
+        )
+        secure_port: int = server.add_secure_port(address, credentials)
+        return secure_port
+
+    @property
+    def client_url(self) -> str:
+        """The endpoint as a URL: `http(s)://host:port` or `unix://path`."""
+        if self.endpoint.startswith("unix://"):
+            return self.endpoint
+        return ("https://" if self.config.cert_file else "http://") + self.endpoint
+
+    async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
+        config = self.config
+        backend = create_backend(spec, config)
         await backend.start()
         self.backend = backend
-        config = self.config
         store = KVStore(
             backend,
             max_txn_ops=config.max_txn_ops,
@@ -88,11 +140,11 @@ class App:
         )
         await store.start()
         self.store = store
-        headers = convert.Headers(getattr(backend, "cluster_id", 0), getattr(backend, "member_id", 0))
-
-        server = grpc.aio.server(options=server_options(self.config))
+        headers = self._headers = convert.Headers(
+            getattr(backend, "cluster_id", 0), getattr(backend, "member_id", 0)
+        )
         rpc_pb2_grpc.add_KVServicer_to_server(
-            KVServicer(store, headers, max_request_bytes=self.config.max_request_bytes), server
+            KVServicer(store, headers, max_request_bytes=config.max_request_bytes), server
         )
         rpc_pb2_grpc.add_WatchServicer_to_server(
             WatchServicer(store, headers, max_request_bytes=config.max_request_bytes), server
@@ -100,16 +152,6 @@ class App:
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(store, headers), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(store, headers), server)
         rpc_pb2_grpc.add_AuthServicer_to_server(AuthServicer(store, headers), server)
-        self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = server.add_insecure_port(grpc_address(self.config.listen_address))
-        rpc_pb2_grpc.add_ClusterServicer_to_server(
-            ClusterServicer(store, headers, name="kinepy", client_urls=[f"http://{self.endpoint}"]), server
-        )
-        await server.start()
-        self._server = server
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving the etcd v3 API on %s", self.endpoint)
 
     async def aclose(self, *, grace: float = 2.0) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` s), drain writes, close."""
@@ -124,6 +166,9 @@ class App:
         if self.backend is not None:
             await self.backend.aclose()
             self.backend = None
+        if self._passthrough is not None:
+            await self._passthrough.aclose()
+            self._passthrough = None
 
     async def __aenter__(self) -> App:
         try:

@@ -26,6 +26,15 @@ class Config:
     datastore_endpoint: str = ""
     """Kept as written; `kinepy.endpoint` parses it (empty = SQLite at ./db/state.db)."""
 
+    cert_file: str = ""
+    """TLS certificate for the listener (PEM); with `key_file`, clients must use TLS."""
+
+    key_file: str = ""
+    """TLS private key for the listener (PEM)."""
+
+    trusted_ca_file: str = ""
+    """CA bundle (PEM) that client certificates must chain to; setting it turns client-certificate auth on."""
+
     log_level: str = "info"
     log_format: str = "text"
 
@@ -66,3 +75,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if self.trusted_ca_file and not self.cert_file:
+            raise ValueError("trusted_ca_file (client-certificate auth) needs cert_file and key_file")

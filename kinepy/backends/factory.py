@@ -24,5 +24,5 @@ def create_backend(spec: BackendSpec, config: Config) -> Backend:
 
         return MySQLBackend(spec)
     if isinstance(spec, EtcdSpec):
-        raise ConfigError(f"datastore {spec.describe()}: etcd passthrough is not available yet")
+        raise ConfigError(f"datastore {spec.describe()} is a real etcd: it is passed through, not opened")
     raise ConfigError(f"unsupported datastore {spec!r}")
