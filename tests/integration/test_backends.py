@@ -175,6 +175,26 @@ def test_history_reads_at_old_revisions(client: Client) -> None:
     assert client.get(b"\0", b"\0", revision=4, count_only=True).count == 2
     assert client.call(client.kv, "Range", RR(key=b"k", revision=7)) == FUTURE
 
+    # A page at an old revision merges unchanged keys (kv_current) and changed ones (kv_log) in key order.
+    for i in range(10):
+        client.put(b"p/%d" % i, b"old")  # 7..16
+    pinned = client.put(b"q", b"after the pages")  # 17
+    client.put(b"p/1", b"new")  # 18
+    client.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=b"p/2"))  # 19
+    client.put(b"p/00", b"created later")  # 20
+    page = client.get(b"p/", b"p0", revision=pinned, limit=3)
+    assert [(kv.key, kv.value) for kv in page.kvs] == [(b"p/0", b"old"), (b"p/1", b"old"), (b"p/2", b"old")]
+    assert (page.count, page.more) == (10, True)
+    keys = client.get(b"p/", b"p0", revision=pinned, limit=4, keys_only=True)
+    assert [(kv.key, kv.value, kv.mod_revision) for kv in keys.kvs] == [
+        (b"p/0", b"", 7),
+        (b"p/1", b"", 8),
+        (b"p/2", b"", 9),
+        (b"p/3", b"", 10),
+    ]
+    now = client.get(b"p/", b"p0", limit=3)
+    assert (_keys(now), now.count) == ([b"p/0", b"p/00", b"p/1"], 10)
+
 
 def test_txn_compare_and_swap(client: Client) -> None:
     rev = client.put(b"lock", b"free")
@@ -496,3 +516,28 @@ def test_refuses_a_newer_schema_version(database: TestDatabase, make_kinepy_on: 
     proc = _run_kinepy(database.url)
     assert proc.returncode == 1
     assert "schema version 99 is newer" in proc.stderr
+
+
+def test_two_servers_on_one_database_share_revisions_and_watch_each_other(
+    database: TestDatabase, make_kinepy_on: MakeKinepy
+) -> None:
+    _server_only(database)
+    a, b = Client(make_kinepy_on(database.url).endpoint), Client(make_kinepy_on(database.url).endpoint)
+    try:
+        assert a.put(b"s/a", b"1") == 2
+        assert b.put(b"s/b", b"1") == 3  # b's writer reads the revision under the meta row lock
+        assert _keys(a.get(b"s/", b"s0")) == _keys(b.get(b"s/", b"s0")) == [b"s/a", b"s/b"]
+        watch = Watch(b, rpc_pb2.WatchCreateRequest(key=b"s/", range_end=b"s0", prev_kv=True))
+        try:
+            assert watch.next().created
+            a.put(b"s/a", b"2")  # 4, committed by the other process
+            event = watch.events(1)[0]
+            assert (event.kv.key, event.kv.mod_revision, event.prev_kv.value) == (b"s/a", 4, b"1")
+        finally:
+            watch.close()
+        with ThreadPoolExecutor(8) as pool:
+            revisions = sorted(pool.map(lambda i: (a, b)[i % 2].put(b"s/%d" % i, b"v"), range(40)))
+        assert revisions == list(range(5, 45))
+    finally:
+        a.close()
+        b.close()

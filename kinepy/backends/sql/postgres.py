@@ -6,6 +6,9 @@ meta row (`SELECT … FOR UPDATE`): writers from any number of processes queue o
 revisions commit in order, and every statement after it sees every earlier commit. Reads run in a
 REPEATABLE READ READ ONLY transaction, so the revision they report and the rows they return agree.
 
+Other kinepy processes on the same database learn about commits from a trigger on the meta row
+that NOTIFYs `kinepy_commit`; `wait_for_change` LISTENs on a connection of its own.
+
 asyncpg prepares each statement once per connection and reuses it. Bulk writes send whole columns as
 arrays (`INSERT … SELECT * FROM unnest($1::bigint[], …)`): one statement, one round trip, one plan,
 whatever the batch size.
@@ -47,6 +50,7 @@ _ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
 _CLOSE_TIMEOUT = 10.0
 _SCHEMA_LOCK = 0x6B696E6570790001  # pg_advisory_xact_lock key: "kinepy" + 1
 _MAINTENANCE_DATABASES = ("postgres", "template1")
+NOTIFY_CHANNEL = "kinepy_commit"
 
 # SQLSTATE classes and codes after which a retry may succeed: connection exceptions, insufficient
 # resources, operator intervention (shutdown, cancel), transaction rollback (serialisation failure,
@@ -90,7 +94,20 @@ _SCHEMA = [
         expires_at DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS leases_expires_at ON leases (expires_at)",
+    # Every commit updates the meta row; the trigger tells the other kinepy processes (LISTEN) at
+    # commit time, with no extra round trip for the writer.
+    f"""CREATE OR REPLACE FUNCTION kinepy_notify_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.revision::text);
+        RETURN NULL;
+    END $$""",
 ]
+_NOTIFY_TRIGGER_EXISTS = (
+    "SELECT 1 FROM pg_trigger WHERE tgname = 'meta_notify' AND tgrelid = 'meta'::regclass"
+)
+_CREATE_NOTIFY_TRIGGER = (
+    "CREATE TRIGGER meta_notify AFTER UPDATE ON meta FOR EACH ROW EXECUTE FUNCTION kinepy_notify_commit()"
+)
 
 _SIZES = (
     "SELECT pg_total_relation_size('kv_log') + pg_total_relation_size('kv_current') "
@@ -196,6 +213,9 @@ class PostgresBackend(ServerBackend):
         # from a DSN query, as libpq does; anything else becomes a server setting (search_path, …).
         self._dsn = "postgresql://" + (("?" + urlencode(options)) if options else "")
         self._pool: asyncpg.Pool | None = None
+        self._listener: Any = None  # asyncpg.Connection LISTENing on NOTIFY_CHANNEL, opened on first wait
+        self._changed = asyncio.Event()
+        self._own_pids: set[int] = set()  # server processes of our pool: their NOTIFYs are our commits
         self.cluster_id = 0
         self.member_id = 0
 
@@ -252,7 +272,11 @@ class PostgresBackend(ServerBackend):
             server_settings=self._server_settings,
             min_size=1,
             max_size=self._pool_size,
+            init=self._init_connection,
         )
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        self._own_pids.add(conn.get_server_pid())
 
     async def _create_database(self) -> None:
         """CREATE DATABASE through a maintenance database, as kine does; a concurrent creator is fine."""
@@ -302,6 +326,8 @@ class PostgresBackend(ServerBackend):
                 await session.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
                 for statement in _SCHEMA:
                     await session.execute(statement)
+                if await session.fetchone(_NOTIFY_TRIGGER_EXISTS) is None:
+                    await session.execute(_CREATE_NOTIFY_TRIGGER)
                 await self._init_meta(session)
                 version = await session.fetchone("SHOW server_version")
         except BaseException:
@@ -314,7 +340,38 @@ class PostgresBackend(ServerBackend):
             self.schema_version,
         )
 
+    # -- other processes' commits ----------------------------------------------------------------
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if pid not in self._own_pids:
+            self._changed.set()
+
+    async def wait_for_change(self, timeout: float) -> None:  # noqa: ASYNC109 - Backend protocol
+        """Return when another process committed (NOTIFY from the meta trigger) or after `timeout`."""
+        listener = self._listener
+        if listener is None or listener.is_closed():
+            self._listener = None
+            try:
+                listener = await self._connect(self.spec.database)
+                await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("%s; following other processes by polling", self._error(exc, "LISTEN failed"))
+                await asyncio.sleep(timeout)
+                return
+            self._listener = listener
+            return  # notifications may have been missed meanwhile: let the caller look now
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+        self._changed.clear()
+
     async def aclose(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.close(), _CLOSE_TIMEOUT)
         pool, self._pool = self._pool, None
         if pool is None:
             return
