@@ -16,6 +16,7 @@ from kinepy.backends.base import Backend
 from kinepy.backends.factory import create_backend
 from kinepy.config import GRPC_OVERHEAD_BYTES, Config
 from kinepy.endpoint import BackendSpec, EtcdSpec, parse_endpoint
+from kinepy.metrics import Metrics, MetricsServer
 from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.kv import KVServicer
@@ -66,6 +67,9 @@ class App:
         self._passthrough: PassthroughHandler | None = None
         self._headers = convert.Headers(0, 0)
         self.port = 0
+        self.metrics = Metrics()
+        """This server's Prometheus metrics (`metrics.registry`), collected whether or not they are served."""
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def endpoint(self) -> str:
@@ -81,7 +85,7 @@ class App:
         config = self.config
         spec = parse_endpoint(config.datastore_endpoint)
         log.info("datastore: %s", spec.describe())
-        server = grpc.aio.server(options=server_options(config))
+        server = grpc.aio.server(options=server_options(config), interceptors=[self.metrics.interceptor])
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if isinstance(spec, EtcdSpec):
@@ -97,6 +101,9 @@ class App:
             )
         await server.start()
         self._server = server
+        if config.metrics_address:
+            self.metrics_server = MetricsServer(self.metrics, config.metrics_address)
+            await self.metrics_server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("serving the etcd v3 API on %s", self.client_url)
 
@@ -137,9 +144,12 @@ class App:
             lease_expiry_interval=config.lease_expiry_interval,
             compact_interval=config.compact_interval,
             compact_retention=config.compact_retention,
+            on_commit=self.metrics.observe_commit,
+            on_compact=self.metrics.observe_compaction,
         )
         await store.start()
         self.store = store
+        self.metrics.store = store
         headers = self._headers = convert.Headers(
             getattr(backend, "cluster_id", 0), getattr(backend, "member_id", 0)
         )
@@ -169,6 +179,9 @@ class App:
         if self._passthrough is not None:
             await self._passthrough.aclose()
             self._passthrough = None
+        if self.metrics_server is not None:
+            await self.metrics_server.aclose()
+            self.metrics_server = None
 
     async def __aenter__(self) -> App:
         try:

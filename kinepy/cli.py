@@ -94,13 +94,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "mysql://…, or http(s)://HOST:2379 for a real etcd",
         metavar="URL",
     )
-    add("--cert-file", "", "TLS certificate (PEM) for the listener; clients then must use TLS", metavar="PATH")
+    add(
+        "--cert-file", "", "TLS certificate (PEM) for the listener; clients then must use TLS", metavar="PATH"
+    )
     add("--key-file", "", "TLS private key (PEM) for the listener", metavar="PATH")
     add(
         "--trusted-ca-file",
         "",
         "CA bundle (PEM) client certificates must chain to; turns client-certificate auth on",
         metavar="PATH",
+    )
+    add(
+        "--metrics-address",
+        "",
+        "serve Prometheus metrics on http://ADDRESS/metrics (e.g. 127.0.0.1:9090); empty = off",
+        metavar="HOST:PORT",
     )
     add("--log-level", "info", "debug, info, warning or error", metavar="LEVEL")
     add("--log-format", "text", "text or json", metavar="FORMAT")
@@ -147,6 +155,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         cert_file=args.cert_file,
         key_file=args.key_file,
         trusted_ca_file=args.trusted_ca_file,
+        metrics_address=args.metrics_address,
         log_level=args.log_level,
         log_format=args.log_format,
         unsafe_no_fsync=args.unsafe_no_fsync,

@@ -35,6 +35,10 @@ class Config:
     trusted_ca_file: str = ""
     """CA bundle (PEM) that client certificates must chain to; setting it turns client-certificate auth on."""
 
+    metrics_address: str = ""
+    """`host:port` serving Prometheus metrics at `/metrics` over HTTP (`:9090`: every interface);
+    empty = not served (the registry, `App.metrics.registry`, is kept all the same)."""
+
     log_level: str = "info"
     log_format: str = "text"
 

@@ -193,6 +193,8 @@ class EtcdServer(_Server):
 class KinepyServer(_Server):
     db_path: Path = Path()
     log_level: str = "debug"
+    extra_args: list[str] = field(default_factory=list)
+    """More flags; a flag given twice takes the later value (``--datastore-endpoint`` for passthrough)."""
 
     def start(self) -> None:
         argv = [
@@ -205,6 +207,7 @@ class KinepyServer(_Server):
             f"sqlite:///{self.db_path}",
             "--log-level",
             self.log_level,
+            *self.extra_args,
         ]
         self._start(argv, lambda: _port_accepts(self.port))
 
@@ -299,7 +302,8 @@ def make_kinepy_server(
 ) -> Iterator[Callable[..., KinepyServer]]:
     """Factory: each call starts ``python -m kinepy`` on a free port and a fresh SQLite file.
 
-    Keyword arguments override ``KinepyServer`` fields (``log_level``, ``db_path`` to reuse a database).
+    Keyword arguments override ``KinepyServer`` fields (``log_level``, ``db_path`` to reuse a database,
+    ``extra_args`` for more flags).
     The server's log is attached to the report of a failing test.
     """
     servers: list[KinepyServer] = []

@@ -11,15 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from kinepy.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
+OnCompact = Callable[[float, int], None]
+"""Told of every finished physical compaction: (seconds it took, rows deleted)."""
+
 
 class Compactor:
-    def __init__(self, backend: Backend, *, batch_revisions: int = 1000) -> None:
+    def __init__(
+        self, backend: Backend, *, batch_revisions: int = 1000, on_compact: OnCompact | None = None
+    ) -> None:
         self._backend = backend
+        self._on_compact = on_compact
         self._batch_revisions = batch_revisions
         self._done_upto = 0  # every revision <= this has been compacted physically
         self._target = 0
@@ -84,12 +91,10 @@ class Compactor:
                 backoff = min(backoff * 2, 30.0)
                 self._wakeup.set()
                 continue
-            log.info(
-                "compacted history up to revision %d: %d rows in %.3fs",
-                target,
-                deleted,
-                time.monotonic() - started,
-            )
+            elapsed = time.monotonic() - started
+            log.info("compacted history up to revision %d: %d rows in %.3fs", target, deleted, elapsed)
+            if self._on_compact is not None:
+                self._on_compact(elapsed, deleted)
             if self._target == target:
                 self._idle.set()
             else:

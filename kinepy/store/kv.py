@@ -10,11 +10,11 @@ from typing import cast
 from kinepy import errors
 from kinepy.backends.base import Backend, KeyRange
 from kinepy.store import mvcc
-from kinepy.store.compactor import Compactor
+from kinepy.store.compactor import Compactor, OnCompact
 from kinepy.store.keys import key_range
 from kinepy.store.leases import LeaseManager
 from kinepy.store.watch import CATCH_UP_MAX_REVISIONS, WatchHub
-from kinepy.store.writer import Writer
+from kinepy.store.writer import OnCommit, Writer
 from kinepy.types import (
     DeleteRangeRequest,
     DeleteRangeResponse,
@@ -51,6 +51,8 @@ class KVStore:
         compact_interval: float = 0.0,
         compact_retention: int = 1000,
         poll_interval: float = 0.1,
+        on_commit: OnCommit | None = None,
+        on_compact: OnCompact | None = None,
     ) -> None:
         self._poll_interval = poll_interval
         self._publish_lock = asyncio.Lock()
@@ -61,8 +63,8 @@ class KVStore:
         self._watch_progress_interval = watch_progress_interval
         self.backend = backend
         self.max_txn_ops = max_txn_ops
-        self.writer = Writer(backend, publish=self._publish, batch_max=write_batch_max)
-        self.compactor = Compactor(backend, batch_revisions=compact_batch_revisions)
+        self.writer = Writer(backend, publish=self._publish, batch_max=write_batch_max, on_commit=on_commit)
+        self.compactor = Compactor(backend, batch_revisions=compact_batch_revisions, on_compact=on_compact)
         self.leases = LeaseManager(backend, self.writer, expiry_interval=lease_expiry_interval)
         self._watch_window_events = watch_window_events
         self._watch_stream_buffer_events = watch_stream_buffer_events

@@ -271,6 +271,10 @@ class WatchHub:
     def watcher_count(self) -> int:
         return len(self._synced) + len(self._unsynced)
 
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
     def open_stream(self) -> WatchStream:
         stream = WatchStream(self, max_buffered_events=self._max_buffered_events)
         self._streams.add(stream)

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Request = WriteRequest | mvcc.CompactRequest | mvcc.LeaseRequest
 Publish = Callable[[int, list[Event]], Awaitable[None]]
+OnCommit = Callable[[float, int], None]
+"""Told of every committed batch: (seconds the database transaction took, requests in it)."""
 
 
 @dataclass(slots=True)
@@ -47,8 +49,11 @@ class BatchStats:
 class Writer:
     """Serialises every write of this process through one task and one transaction per batch."""
 
-    def __init__(self, backend: Backend, *, publish: Publish, batch_max: int = 1000) -> None:
+    def __init__(
+        self, backend: Backend, *, publish: Publish, batch_max: int = 1000, on_commit: OnCommit | None = None
+    ) -> None:
         self._backend = backend
+        self._on_commit = on_commit
         self._publish = publish
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -144,6 +149,8 @@ class Writer:
         stats.batches += 1
         stats.requests += len(batch)
         stats.last_size = len(batch)
+        if self._on_commit is not None:
+            self._on_commit(elapsed, len(batch))
         # Publish before answering: a client that reads its write's revision and then opens a
         # watch from "now" must not see that write again, nor miss the next one.
         if events:
