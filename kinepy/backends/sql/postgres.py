@@ -346,8 +346,8 @@ class PostgresBackend(ServerBackend):
         if pid not in self._own_pids:
             self._changed.set()
 
-    async def wait_for_change(self, timeout: float) -> None:  # noqa: ASYNC109 - Backend protocol
-        """Return when another process committed (NOTIFY from the meta trigger) or after `timeout`."""
+    async def wait_for_change(self, max_wait: float) -> None:
+        """Return when another process committed (NOTIFY from the meta trigger) or after `max_wait` s."""
         listener = self._listener
         if listener is None or listener.is_closed():
             self._listener = None
@@ -356,12 +356,12 @@ class PostgresBackend(ServerBackend):
                 await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("%s; following other processes by polling", self._error(exc, "LISTEN failed"))
-                await asyncio.sleep(timeout)
+                await asyncio.sleep(max_wait)
                 return
             self._listener = listener
             return  # notifications may have been missed meanwhile: let the caller look now
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max_wait):
                 await self._changed.wait()
         except TimeoutError:
             pass
