@@ -6,7 +6,9 @@ async with App(Config(datastore_endpoint="sqlite:///tmp/state.db", listen_addres
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import types
 
 import grpc
@@ -27,6 +29,9 @@ from kinepy.server.watch import WatchServicer
 from kinepy.store.kv import KVStore
 
 log = logging.getLogger(__name__)
+
+QUIESCE_SECONDS = 0.02  # shutdown: no new call started for this long means the loop has caught up
+QUIESCE_MAX_SECONDS = 0.5
 
 
 def grpc_address(listen_address: str) -> str:
@@ -167,7 +172,12 @@ class App:
         """Refuse new calls, let in-flight ones finish (up to `grace` s), drain writes, close."""
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.store is not None and self.store.hub is not None:
+            # Watch streams never end by themselves: end them now, UNAVAILABLE, so that clients
+            # re-watch elsewhere (or after the restart) and the grace below is for unary calls.
+            self.store.hub.end_streams()
         if self._server is not None:
+            await self._let_received_calls_start(min(grace, QUIESCE_MAX_SECONDS))
             await self._server.stop(grace)
             self._server = None
         if self.store is not None:
@@ -182,6 +192,20 @@ class App:
         if self.metrics_server is not None:
             await self.metrics_server.aclose()
             self.metrics_server = None
+
+    async def _let_received_calls_start(self, limit: float) -> None:
+        """Wait (at most `limit` s) until no call has started for `QUIESCE_SECONDS`.
+
+        `grpc.aio.Server.stop` cancels (CANCELLED, which etcd clients do not retry) every call the
+        transport received but the event loop has not yet handed to a handler; under load that is
+        most of a burst of writes. Once the loop has caught up they count as in flight and the
+        grace lets them finish.
+        """
+        deadline = time.monotonic() + limit
+        seen = -1
+        while self.metrics.calls_started != seen and time.monotonic() < deadline:
+            seen = self.metrics.calls_started
+            await asyncio.sleep(QUIESCE_SECONDS)
 
     async def __aenter__(self) -> App:
         try:

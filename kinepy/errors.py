@@ -9,7 +9,7 @@
         ├── TooManyOpsError, DuplicateKeyError, InvalidSortOptionError, RequestTooLargeError,
         ├── CompactedError, FutureRevisionError,
         ├── LeaseNotFoundError, LeaseExistsError, LeaseTTLTooLargeError,
-        └── NotSupportedError, UnavailableError, …
+        └── NotSupportedError, UnavailableError, StoppedError, …
 
 The gRPC code is kept as its name (a string) so that `kinepy.store` needs no grpc import;
 `kinepy.server` turns it into a status. The Go client maps errors by their exact text, so the
@@ -117,6 +117,12 @@ class WatchCanceledError(EtcdError):
 
 class AuthNotEnabledError(EtcdError):
     code, message = "FAILED_PRECONDITION", "etcdserver: authentication is not enabled"
+
+
+class StoppedError(EtcdError):
+    """The server is shutting down (etcd's ErrGRPCStopped); clients retry, on another endpoint if any."""
+
+    code, message = "UNAVAILABLE", "etcdserver: server stopped"
 
 
 class UnavailableError(EtcdError):

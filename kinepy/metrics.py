@@ -7,6 +7,7 @@ watch figures are read from the hub when a scrape asks for them, on the event lo
 
 | Metric | Type | Labels | What |
 | --- | --- | --- | --- |
+| `kinepy_grpc_started_total` | counter | | calls started (matched to a handler) |
 | `kinepy_grpc_requests_total` | counter | `method`, `code` | finished calls by method (`KV/Range`) and code |
 | `kinepy_grpc_request_duration_seconds` | histogram | `method` | time to answer a unary call |
 | `kinepy_commit_duration_seconds` | histogram | | one group-commit database transaction |
@@ -110,6 +111,8 @@ class Metrics:
         self.store: KVStore | None = None
         self.registry.register(_StoreCollector(self))
         self.interceptor = _RequestInterceptor(self)
+        self.calls_started = 0
+        """Calls handed to a handler so far; `App.aclose` watches it to let queued calls start."""
         self._children: dict[tuple[str, str], Any] = {}
         self._durations: dict[str, Any] = {}
 
@@ -147,6 +150,9 @@ class _StoreCollector(Collector):
         self._metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "kinepy_grpc_started", "gRPC calls started.", value=self._metrics.calls_started
+        )
         store = self._metrics.store
         hub = store.hub if store is not None else None
         if hub is None:
@@ -188,6 +194,7 @@ class _RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        self._metrics.calls_started += 1
         handler = await continuation(details)
         if handler is None:
             self._metrics.observe_request(method_label(details.method), "UNIMPLEMENTED", None)

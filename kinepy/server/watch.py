@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from kinepy.config import GRPC_OVERHEAD_BYTES
+from kinepy.errors import StoppedError
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
+from kinepy.server.status import status_code
 from kinepy.store.kv import KVStore
 from kinepy.store.watch import WatchResponse, WatchStream
 from kinepy.types import Event, EventType
@@ -46,7 +48,10 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
         reader = asyncio.create_task(self._read(request_iterator, stream), name="kinepy-watch-reader")
         try:
             while True:
-                resp = await stream.next_response()
+                try:
+                    resp = await stream.next_response()
+                except StoppedError as exc:
+                    await context.abort(status_code(exc.code), exc.message)
                 for message in self._messages(resp):
                     yield message
         finally:

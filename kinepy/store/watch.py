@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 
 from kinepy.backends.base import Backend, KeyRange
-from kinepy.errors import WATCH_DUPLICATE_ID, WATCH_RANGE_EMPTY, CompactedError
+from kinepy.errors import WATCH_DUPLICATE_ID, WATCH_RANGE_EMPTY, CompactedError, StoppedError
 from kinepy.store.keys import is_empty
 from kinepy.types import Event, EventType
 
@@ -84,6 +84,7 @@ class WatchStream:
         self.max_buffered_events = max_buffered_events
         self.progress_pending = False
         self.closed = False
+        self.ended = False
 
     # -- what the server calls ---------------------------------------------------------------
 
@@ -165,7 +166,11 @@ class WatchStream:
         self.maybe_send_progress()
 
     async def next_response(self) -> WatchResponse:
+        """The next response to send; raises `StoppedError` once `end()` was called and the queue is
+        empty, so the server ends the stream with a status clients retry (UNAVAILABLE)."""
         while not self._queue:
+            if self.ended:
+                raise StoppedError
             self._ready.clear()
             await self._ready.wait()
         resp = self._queue.popleft()
@@ -174,6 +179,11 @@ class WatchStream:
             if self.buffered_events < self.max_buffered_events // 2:
                 self.hub.wake()
         return resp
+
+    def end(self) -> None:
+        """The server is stopping: send what is queued, then end the stream (`next_response`)."""
+        self.ended = True
+        self._ready.set()
 
     def close(self) -> None:
         self.closed = True
@@ -245,6 +255,7 @@ class WatchHub:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.events_sent = 0
+        self.stopping = False
 
     def start(self) -> None:
         self._tasks = [
@@ -278,7 +289,15 @@ class WatchHub:
     def open_stream(self) -> WatchStream:
         stream = WatchStream(self, max_buffered_events=self._max_buffered_events)
         self._streams.add(stream)
+        if self.stopping:
+            stream.end()
         return stream
+
+    def end_streams(self) -> None:
+        """Shutdown: end every open stream (and any opened from now on) once its queue is sent."""
+        self.stopping = True
+        for stream in self._streams:
+            stream.end()
 
     def close_stream(self, stream: WatchStream) -> None:
         stream.close()
