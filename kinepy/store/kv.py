@@ -63,6 +63,7 @@ class KVStore:
         self._watch_progress_interval = watch_progress_interval
         self.backend = backend
         self.max_txn_ops = max_txn_ops
+        self._max_key_bytes: int = getattr(backend, "max_key_bytes", 0)
         self.writer = Writer(backend, publish=self._publish, batch_max=write_batch_max, on_commit=on_commit)
         self.compactor = Compactor(backend, batch_revisions=compact_batch_revisions, on_compact=on_compact)
         self.leases = LeaseManager(backend, self.writer, expiry_interval=lease_expiry_interval)
@@ -190,6 +191,7 @@ class KVStore:
 
     async def put(self, req: PutRequest) -> PutResponse:
         mvcc.validate_put(req)
+        mvcc.check_key_lengths(req, self._max_key_bytes)
         return cast(PutResponse, await self.writer.submit(req))
 
     async def delete_range(self, req: DeleteRangeRequest) -> DeleteRangeResponse:
@@ -198,6 +200,7 @@ class KVStore:
 
     async def txn(self, req: TxnRequest) -> TxnResponse:
         mvcc.validate_txn(req, self.max_txn_ops)
+        mvcc.check_key_lengths(req, self._max_key_bytes)
         return cast(TxnResponse, await self.writer.submit(req))
 
     async def compact(self, revision: int, *, physical: bool = False) -> int:

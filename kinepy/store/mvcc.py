@@ -173,6 +173,20 @@ def _check_intervals(ops: list[RequestOp]) -> tuple[set[bytes], list[tuple[bytes
     return puts, deletes
 
 
+def check_key_lengths(req: WriteRequest, limit: int) -> None:
+    """Refuse, before it reaches a batch, a write of a key the datastore cannot index (`limit`
+    bytes; 0 = no limit): failing inside the batch would fail every request committed with it."""
+    if limit <= 0:
+        return
+    if isinstance(req, PutRequest):
+        if len(req.key) > limit:
+            raise errors.KeyTooLongError(f"kinepy: key is longer than the datastore's limit of {limit} bytes")
+    elif isinstance(req, TxnRequest):
+        for op in (*req.success, *req.failure):
+            if isinstance(op, PutRequest | TxnRequest):
+                check_key_lengths(op, limit)
+
+
 # -- read sets -------------------------------------------------------------------------------
 
 

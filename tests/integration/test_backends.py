@@ -362,7 +362,7 @@ def test_keys_beyond_the_index_limit_are_refused_cleanly(database: TestDatabase,
     limit = {"postgres": 2684, "mariadb": 3064}[database.kind]
     assert client.put(b"k" * limit, b"fits") == 2
     code, details = client.call(client.kv, "Put", rpc_pb2.PutRequest(key=b"k" * (limit + 1), value=b"x"))
-    assert code == grpc.StatusCode.UNAVAILABLE
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert f"limit of {limit}" in details
     assert client.put(b"after", b"ok") == 3  # nothing half-written, the revision sequence goes on
 
