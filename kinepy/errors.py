@@ -131,6 +131,12 @@ class UnavailableError(EtcdError):
     code, message = "UNAVAILABLE", "kinepy: datastore unavailable"
 
 
+class KeyTooLongError(EtcdError):
+    """A key longer than the datastore can index (PostgreSQL and MySQL cap index entries)."""
+
+    code, message = "INVALID_ARGUMENT", "kinepy: key is longer than the datastore allows"
+
+
 class NotSupportedError(EtcdError):
     """A call kinepy deliberately does not serve; the message names it."""
 
