@@ -107,6 +107,6 @@ def test_readme_starts_with_install_and_test_commands() -> None:
     assert "scripts/test" in blocks[1]
 
 
-@pytest.mark.parametrize("page", ["configuration.md", "architecture.md", "operations.md"])
+@pytest.mark.parametrize("page", ["configuration.md", "architecture.md", "operations.md", "library.md"])
 def test_readme_links_every_page(page: str) -> None:
     assert f"(docs/{page})" in (ROOT / "README.md").read_text(encoding="utf-8")
