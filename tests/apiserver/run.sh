@@ -12,6 +12,9 @@
 #   --compact-wait-patch raise compact_test.go's waitTimeout from 100 ms to 500 ms, as kine does
 #                        (it only says how long one compaction cycle may take under load)
 #   --no-build           reuse the test binaries in bin/
+#   --etcd               control run: keep upstream's embedded etcd 3.6 test server instead of kinepy (binaries
+#                        bin/<package>.etcd.test, results <package>.etcd.*), to tell kinepy bugs from test
+#                        flakes or effects of -test.parallel 1
 #
 # What it does (docs: shared reference kubernetes-storage-tests.md, §3.2 route B):
 #   1. copies k8s.io/apiserver at the version in go.mod from the Go module cache to
@@ -40,6 +43,7 @@ skip_re=""
 snapshot=""
 compact_patch=0
 build=1
+backend=kinepy
 while [ $# -gt 0 ]; do
     case "$1" in
     -run | --run) run_re=$2; shift 2 ;;
@@ -47,6 +51,7 @@ while [ $# -gt 0 ]; do
     --snapshot) snapshot=$2; shift 2 ;;
     --compact-wait-patch) compact_patch=1; shift ;;
     --no-build) build=0; shift ;;
+    --etcd) backend=etcd; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     etcd3 | cacher) packages+=("$1"); shift ;;
     *) echo "run.sh: unknown argument: $1" >&2; exit 2 ;;
@@ -76,11 +81,17 @@ if [ "$(cat "$copy/.kinepy-source" 2>/dev/null)" != "$src" ]; then
     echo "$src" >"$copy.tmp/.kinepy-source"
     mv "$copy.tmp" "$copy"
 fi
-install -m 0644 testserver/test_server.go "$copy/pkg/storage/etcd3/testserver/test_server.go"
+if [ "$backend" = etcd ]; then
+    install -m 0644 "$src/pkg/storage/etcd3/testserver/test_server.go" "$copy/pkg/storage/etcd3/testserver/test_server.go"
+    suffix=.etcd
+else
+    install -m 0644 testserver/test_server.go "$copy/pkg/storage/etcd3/testserver/test_server.go"
+    suffix=
+fi
 install -m 0644 "$src/pkg/storage/etcd3/compact_test.go" "$copy/pkg/storage/etcd3/compact_test.go"
 if [ "$compact_patch" = 1 ]; then
     sed -i 's/waitTimeout = 100 \* waitDelay/waitTimeout = 500 * waitDelay/' "$copy/pkg/storage/etcd3/compact_test.go"
-    grep -q 'waitTimeout = 500 \* waitDelay' "$copy/pkg/storage/etcd3/compact_test.go" ||
+    grep -aq 'waitTimeout = 500 \* waitDelay' "$copy/pkg/storage/etcd3/compact_test.go" ||
         { echo "run.sh: --compact-wait-patch did not apply" >&2; exit 1; }
 fi
 
@@ -104,50 +115,50 @@ echo "run.sh: kinepy from $KINEPY_REPO ($(cd "$KINEPY_REPO" && PYTHONPATH=$KINEP
 mkdir -p "$bin" "$cache/results"
 if [ "$build" = 1 ]; then
     for p in "${packages[@]}"; do
-        echo "run.sh: building bin/$p.test"
+        echo "run.sh: building bin/$p$suffix.test"
         start=$(date +%s)
-        nice -n 19 go test -p=1 -c -o "$bin/$p.test" "k8s.io/apiserver/pkg/storage/$p"
-        echo "run.sh: built bin/$p.test in $(($(date +%s) - start))s"
+        nice -n 19 go test -p=1 -c -o "$bin/$p$suffix.test" "k8s.io/apiserver/pkg/storage/$p"
+        echo "run.sh: built bin/$p$suffix.test in $(($(date +%s) - start))s"
     done
 fi
 
 # --- 3. run ------------------------------------------------------------------------------------
 status=0
 for p in "${packages[@]}"; do
-    [ -x "$bin/$p.test" ] || { echo "run.sh: $bin/$p.test missing (run without --no-build)" >&2; exit 1; }
-    logs="$cache/logs/$p"
+    [ -x "$bin/$p$suffix.test" ] || { echo "run.sh: $bin/$p$suffix.test missing (run without --no-build)" >&2; exit 1; }
+    logs="$cache/logs/$p$suffix"
     rm -rf "$logs"
     mkdir -p "$logs"
-    out="$cache/results/$p.log"
+    out="$cache/results/$p$suffix.log"
     args=(-test.count 1 -test.parallel 1 -test.timeout "$timeout" -test.v)
     [ -z "$run_re" ] || args+=(-test.run "$run_re")
     [ -z "$skip_re" ] || args+=(-test.skip "$skip_re")
-    echo "run.sh: running $p.test ${args[*]} (output: $out)"
+    echo "run.sh: running $p$suffix.test ${args[*]} (output: $out)"
     start=$(date +%s)
     set +e
-    (cd "$copy/pkg/storage/$p" && KINEPY_TEST_LOG_DIR="$logs" nice -n 19 "$bin/$p.test" "${args[@]}") >"$out" 2>&1
+    (cd "$copy/pkg/storage/$p" && KINEPY_TEST_LOG_DIR="$logs" nice -n 19 "$bin/$p$suffix.test" "${args[@]}") >"$out" 2>&1
     rc=$?
     set -e
     secs=$(($(date +%s) - start))
 
     # --- 4. summary ----------------------------------------------------------------------------
-    summary="$cache/results/$p.summary"
+    summary="$cache/results/$p$suffix.summary"
     {
-        echo "== k8s.io/apiserver@$version pkg/storage/$p against kinepy: exit $rc after ${secs}s"
+        echo "== k8s.io/apiserver@$version pkg/storage/$p against $backend: exit $rc after ${secs}s"
         # Top-level results only ("--- FAIL: TestX (1.00s)" at column 0); failed subtests are listed below.
         sed -n 's/^--- \(PASS\|FAIL\|SKIP\): \([^ ]*\) (\(.*\))$/\1 \2 (\3)/p' "$out"
-        pass=$(grep -c '^--- PASS: ' "$out" || true)
-        fail=$(grep -c '^--- FAIL: ' "$out" || true)
-        skip=$(grep -c '^--- SKIP: ' "$out" || true)
+        pass=$(grep -ac '^--- PASS: ' "$out" || true)
+        fail=$(grep -ac '^--- FAIL: ' "$out" || true)
+        skip=$(grep -ac '^--- SKIP: ' "$out" || true)
         echo "== $p: $pass passed, $fail failed, $skip skipped"
         if [ "$fail" -gt 0 ]; then
             echo "== failed subtests:"
-            grep -E '^ +--- FAIL: ' "$out" | sed 's/^ *//' || true
+            grep -aE '^ +--- FAIL: ' "$out" | sed 's/^ *//' || true
         fi
         if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
             echo "== $p.test exited $rc without a failing test (panic or timeout?):"
-            grep -E '^(panic:|fatal error:|\*\*\* Test killed)' "$out" | head -5 || true
-            running=$(grep -E '^=== RUN ' "$out" | tail -1 | sed 's/^=== RUN *//')
+            grep -aE '^(panic:|fatal error:|\*\*\* Test killed)' "$out" | head -5 || true
+            running=$(grep -aE '^=== RUN ' "$out" | tail -1 | sed 's/^=== RUN *//')
             echo "== last test started: ${running:-none}"
         fi
     } | tee "$summary"

@@ -48,6 +48,7 @@ def test_kubernetes_storage_suites() -> None:
         env=env,
         capture_output=True,
         text=True,
+        errors="replace",
         timeout=TIMEOUT,
         check=False,
     )

@@ -261,6 +261,9 @@ func startKinepy(t testing.TB, cfg *embed.Config, host string) *kinepyServer {
 	if interval == 0 {
 		interval = cfg.ExperimentalWatchProgressNotifyInterval
 	}
+	if interval == 0 {
+		interval = 10 * time.Minute // etcd's default (DefaultWatchProgressNotifyInterval)
+	}
 	if interval > 0 {
 		secs := strconv.FormatFloat(interval.Seconds(), 'f', -1, 64)
 		env = append(env, "KINEPY_WATCH_PROGRESS_NOTIFY_INTERVAL="+secs)
