@@ -1,0 +1,105 @@
+"""TLS on the listener, with certificates made by trustme: etcdctl over https works; with
+--trusted-ca-file a client without a certificate is refused, without it none is needed."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import conftest
+import pytest
+import trustme
+
+
+@dataclass
+class Certificates:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_client_cert: Path  # signed by a CA kinepy does not trust
+    other_client_key: Path
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Certificates:
+    ca, other_ca = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("kube-apiserver-etcd-client")
+    stranger = other_ca.issue_cert("stranger")
+    paths = {
+        "ca": tmp_path / "ca.pem",
+        "server_cert": tmp_path / "server.pem",
+        "server_key": tmp_path / "server-key.pem",
+        "client_cert": tmp_path / "client.pem",
+        "client_key": tmp_path / "client-key.pem",
+        "other_client_cert": tmp_path / "stranger.pem",
+        "other_client_key": tmp_path / "stranger-key.pem",
+    }
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    for blob in server.cert_chain_pems:
+        blob.write_to_path(str(paths["server_cert"]), append=True)
+    server.private_key_pem.write_to_path(str(paths["server_key"]))
+    for blob in client.cert_chain_pems:
+        blob.write_to_path(str(paths["client_cert"]), append=True)
+    client.private_key_pem.write_to_path(str(paths["client_key"]))
+    for blob in stranger.cert_chain_pems:
+        blob.write_to_path(str(paths["other_client_cert"]), append=True)
+    stranger.private_key_pem.write_to_path(str(paths["other_client_key"]))
+    return Certificates(**paths)
+
+
+def _etcdctl(server: conftest.KinepyServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return conftest.run_etcdctl(
+        f"https://{server.endpoint}", "--dial-timeout=3s", "--command-timeout=5s", *args, timeout=30
+    )
+
+
+def test_client_certificate_required_with_trusted_ca_file(
+    make_kinepy_server: Callable[..., conftest.KinepyServer], certificates: Certificates
+) -> None:
+    c = certificates
+    server = make_kinepy_server(
+        extra_args=[
+            "--cert-file",
+            str(c.server_cert),
+            "--key-file",
+            str(c.server_key),
+            "--trusted-ca-file",
+            str(c.ca),
+        ]
+    )
+    with_cert = [f"--cacert={c.ca}", f"--cert={c.client_cert}", f"--key={c.client_key}"]
+    put = _etcdctl(server, *with_cert, "put", "secure", "yes")
+    assert put.returncode == 0, put.stderr
+    got = _etcdctl(server, *with_cert, "get", "secure", "--print-value-only")
+    assert got.returncode == 0 and got.stdout.strip() == "yes", got.stderr
+
+    without_cert = _etcdctl(server, f"--cacert={c.ca}", "get", "secure")
+    assert without_cert.returncode != 0 and "yes" not in without_cert.stdout
+
+    untrusted = [f"--cacert={c.ca}", f"--cert={c.other_client_cert}", f"--key={c.other_client_key}"]
+    stranger = _etcdctl(server, *untrusted, "get", "secure")
+    assert stranger.returncode != 0 and "yes" not in stranger.stdout
+
+    plaintext = conftest.run_etcdctl(server.endpoint, "--dial-timeout=3s", "get", "secure", timeout=30)
+    assert plaintext.returncode != 0
+
+
+def test_tls_without_client_auth_needs_no_client_certificate(
+    make_kinepy_server: Callable[..., conftest.KinepyServer], certificates: Certificates
+) -> None:
+    c = certificates
+    server = make_kinepy_server(
+        extra_args=["--cert-file", str(c.server_cert), "--key-file", str(c.server_key)]
+    )
+    put = _etcdctl(server, f"--cacert={c.ca}", "put", "open", "door")
+    assert put.returncode == 0, put.stderr
+    got = _etcdctl(server, f"--cacert={c.ca}", "get", "open", "--print-value-only")
+    assert got.returncode == 0 and got.stdout.strip() == "door", got.stderr
+    # A client that does not trust kinepy's CA refuses the server.
+    unverified = _etcdctl(server, "get", "open")
+    assert unverified.returncode != 0
