@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import random
+import time
 from typing import cast
 
 from kinepy import errors
@@ -60,6 +63,9 @@ class KVStore:
         self._compact_interval = compact_interval
         self._compact_retention = compact_retention
         self._auto_compact_task: asyncio.Task[None] | None = None
+        self._foreign_compaction_at = -math.inf  # when the follower last saw another process compact
+        self._compact_seen = -1  # the compaction revision the follower last saw
+        self._compacting_to = -1  # the last compaction through this process
         self._watch_progress_interval = watch_progress_interval
         self.backend = backend
         self.max_txn_ops = max_txn_ops
@@ -119,9 +125,15 @@ class KVStore:
             if compact_revision > hub.compact_revision:
                 hub.compacted(compact_revision)
             self.writer.revision = max(self.writer.revision, revision)
+            if compact_revision > self._compact_seen:
+                self._compact_seen = compact_revision
+                if compact_revision != self._compacting_to:
+                    self._foreign_compaction_at = time.monotonic()
             self.writer.compact_revision = max(self.writer.compact_revision, compact_revision)
             if revision > hub.revision:
                 async with self._publish_lock:
+                    if hub.revision + 1 < compact_revision:
+                        hub.skip_to(compact_revision - 1)  # we were cut off while others compacted
                     await self._catch_up(revision)
 
     async def start(self) -> None:
@@ -161,18 +173,33 @@ class KVStore:
             await self.hub.aclose()
 
     async def _auto_compact(self) -> None:
-        """Every interval, compact to `retention` revisions behind the current one. An error is
-        logged and the next interval tries again; compaction never stops for good."""
+        """Every interval (give or take 10 %), compact to `retention` revisions behind the current
+        one. An error is logged and the next interval tries again; compaction never stops for good.
+
+        On a database shared with other kinepy processes, one compacts at a time: a process whose
+        follower saw another one compact within the last 1.5 intervals stands back (so the first to
+        compact keeps doing it, and another takes over 1.5 intervals after it stops); and the
+        compaction is a compare-and-swap on the meta row's compaction revision, so of two processes
+        that tick together one wins, the other gets CompactedError. Only the winner deletes the
+        history (`compact` hands it to its compactor).
+        """
         while True:
-            await asyncio.sleep(self._compact_interval)
-            target = self.writer.revision - self._compact_retention
-            if target <= self.writer.compact_revision:
+            await asyncio.sleep(self._compact_interval * random.uniform(0.9, 1.1))
+            if time.monotonic() - self._foreign_compaction_at < 1.5 * self._compact_interval:
                 continue
             try:
-                await self.compact(target)
+                revision, compact_revision = await self.backend.revisions()
+            except Exception as exc:
+                log.warning("automatic compaction: reading the revisions failed, will retry: %s", exc)
+                continue
+            target = revision - self._compact_retention
+            if target <= compact_revision:
+                continue
+            try:
+                await self.compact(target, expected=compact_revision)
                 log.info("automatic compaction to revision %d", target)
             except errors.CompactedError:
-                pass  # another instance (or a client) compacted further meanwhile
+                pass  # another process compacted meanwhile
             except Exception as exc:
                 log.warning("automatic compaction to %d failed, will retry: %s", target, exc)
 
@@ -203,9 +230,12 @@ class KVStore:
         mvcc.check_key_lengths(req, self._max_key_bytes)
         return cast(TxnResponse, await self.writer.submit(req))
 
-    async def compact(self, revision: int, *, physical: bool = False) -> int:
-        """Compact history up to `revision`; returns the header revision."""
-        resp = cast(mvcc.CompactResponse, await self.writer.submit(mvcc.CompactRequest(revision, physical)))
+    async def compact(self, revision: int, *, physical: bool = False, expected: int | None = None) -> int:
+        """Compact history up to `revision` (if `expected` is given: only if the compaction revision
+        is still `expected`, else CompactedError); returns the header revision."""
+        self._compacting_to = revision
+        req = mvcc.CompactRequest(revision, physical, expected)
+        resp = cast(mvcc.CompactResponse, await self.writer.submit(req))
         # Watchers learn the new compaction revision before any history is deleted.
         if self.hub is not None:
             self.hub.compacted(revision)

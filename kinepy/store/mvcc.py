@@ -45,6 +45,8 @@ _SORT_TARGETS = frozenset(int(v) for v in SortTarget)
 class CompactRequest:
     revision: int
     physical: bool = False
+    expected_compact: int | None = None
+    """Compact only if the compaction revision is still this one (automatic compaction's CAS)."""
 
 
 @dataclass(slots=True)
@@ -559,6 +561,8 @@ def _txn_range(state: BatchState, writes: _Writes, req: RangeRequest) -> RangeRe
 
 def _compact(state: BatchState, req: CompactRequest) -> CompactResponse:
     if req.revision <= state.compact_revision:
+        raise errors.CompactedError()
+    if req.expected_compact is not None and req.expected_compact != state.compact_revision:
         raise errors.CompactedError()
     if req.revision > state.revision:
         raise errors.FutureRevisionError()

@@ -367,6 +367,19 @@ class WatchHub:
         self._synced.discard(watcher)
         self._unsynced.add(watcher)
 
+    def skip_to(self, revision: int) -> None:
+        """History up to `revision` was compacted (by another process) before this hub saw it:
+        go on from there; watchers still waiting for it are cancelled as compacted."""
+        for watcher in list(self._synced):
+            if watcher.next_revision <= revision:
+                watcher.synced = False
+                self._synced.discard(watcher)
+                self._unsynced.add(watcher)
+        self._window.clear()
+        self._window_events = 0
+        self.revision = max(self.revision, revision)
+        self._wakeup.set()
+
     def compacted(self, compact_revision: int) -> None:
         """The compaction revision moved; watchers behind it are cancelled by the sync loop."""
         self.compact_revision = max(self.compact_revision, compact_revision)
@@ -420,9 +433,12 @@ class WatchHub:
                 wanted, upto = self._from_window(watcher, start, room)
             else:
                 upto = min(self.revision, start - 1 + CATCH_UP_MAX_REVISIONS)
-                events = await self._backend.read_events(
-                    watcher.key_range, after=start - 1, upto=upto, prev_kv=watcher.prev_kv, limit=room + 1
-                )
+                try:
+                    events = await self._backend.read_events(
+                        watcher.key_range, after=start - 1, upto=upto, prev_kv=watcher.prev_kv, limit=room + 1
+                    )
+                except CompactedError:
+                    continue  # by another process on a shared database: the follower tells us soon
                 if len(events) > room:
                     # Stop before the last revision read (it may be cut short), unless it is the
                     # only one: the events of one revision always travel together.

@@ -39,7 +39,7 @@ from kinepy.backends.base import (
     WriteSet,
 )
 from kinepy.backends.sql import statements as sql
-from kinepy.errors import BackendError
+from kinepy.errors import BackendError, CompactedError
 from kinepy.types import Event, EventType, KeyValue, Lease
 
 log = logging.getLogger(__name__)
@@ -412,11 +412,23 @@ class ServerBackend(abc.ABC):
     async def read_events(
         self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
     ) -> list[Event]:
+        """The events of `(after, upto]`; `CompactedError` if revision `after + 1` is compacted.
+
+        Another process may compact the shared database, and delete the history physically, before
+        this one's follower learns of it: the events read would then silently lack the deleted rows.
+        So the compaction revision is read *after* the events. Physical deletion starts only once
+        the logical compaction has committed, so if the meta row still allows `after + 1` after the
+        read, nothing the read needed was deleted before it.
+        """
         stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv)
         if limit > 0:
             stmt, args = f"{stmt} LIMIT ?", [*args, limit]
         async with self._session("none") as session:
-            return [event_of(row) for row in await session.fetch(stmt, args)]
+            events = [event_of(row) for row in await session.fetch(stmt, args)]
+            _, compact = await self._meta(session, sql.SELECT_META)
+        if after + 1 < compact:
+            raise CompactedError()
+        return events
 
     async def load_leases(self) -> list[Lease]:
         async with self._session("none") as session:
@@ -544,10 +556,18 @@ class ServerBackend(abc.ABC):
 
     compact_superseded = COMPACT_SUPERSEDED_POSTGRES
 
+    async def _lock_compaction(self, session: Session) -> None:
+        """Hold the database-wide compaction lock until `session`'s transaction ends (MySQL, whose
+        lock belongs to a connection, takes it around `compact_batch` instead)."""
+        return None
+
     async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
         # No meta lock: the rows deleted are history at or below the compaction revision, which
-        # no writer touches; writers only add rows above the current revision.
+        # no writer touches; writers only add rows above the current revision. Batches of several
+        # processes (a restart's catch-up while another compacts) take turns on a lock of their own
+        # instead of deleting the same rows at once.
         async with self._session("write") as session:
+            await self._lock_compaction(session)
             deleted = await session.execute(self.compact_superseded, (after, upto))
             deleted += await session.execute(COMPACT_TOMBSTONES, (after, upto, compact_revision))
             return deleted

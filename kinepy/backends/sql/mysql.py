@@ -55,6 +55,8 @@ DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to keep retrying an unreachable server
 _ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
 _POOL_RECYCLE = 3600  # seconds; below the server's default wait_timeout (8 h)
 _SCHEMA_LOCK = "kinepy_schema"
+_COMPACT_LOCK = "kinepy_compact"
+_COMPACT_LOCK_WAIT = 30  # seconds
 _SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
 _MAX_STATEMENT_BYTES = 8 * 1024 * 1024
 
@@ -473,6 +475,20 @@ class MySQLBackend(ServerBackend):
                 await conn.commit()
 
     # -- maintenance ---------------------------------------------------------------------------
+
+    async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
+        # GET_LOCK belongs to a connection, not a transaction: held on one of its own around the batch.
+        async with self._session("none") as lock:
+            row = await lock.fetchone("SELECT GET_LOCK(?, ?)", (_COMPACT_LOCK, _COMPACT_LOCK_WAIT))
+            if not row or row[0] != 1:
+                raise BackendUnavailable(
+                    f"MySQL: another kinepy held the compaction lock for {_COMPACT_LOCK_WAIT} s"
+                )
+            try:
+                return await super().compact_batch(compact_revision, after, upto)
+            finally:
+                with contextlib.suppress(Exception):
+                    await lock.execute("SELECT RELEASE_LOCK(?)", (_COMPACT_LOCK,))
 
     async def _sizes(self, session: Session) -> tuple[int, int]:
         row = await session.fetchone(_SIZES)

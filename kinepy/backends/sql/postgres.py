@@ -49,6 +49,7 @@ DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to keep retrying an unreachable server
 _ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
 _CLOSE_TIMEOUT = 10.0
 _SCHEMA_LOCK = 0x6B696E6570790001  # pg_advisory_xact_lock key: "kinepy" + 1
+_COMPACT_LOCK = 0x6B696E6570790002  # the same, for physical compaction batches
 _MAINTENANCE_DATABASES = ("postgres", "template1")
 NOTIFY_CHANNEL = "kinepy_commit"
 
@@ -396,6 +397,9 @@ class PostgresBackend(ServerBackend):
                     yield _PgSession(conn)
 
     # -- maintenance ---------------------------------------------------------------------------
+
+    async def _lock_compaction(self, session: Session) -> None:
+        await session.execute("SELECT pg_advisory_xact_lock(?)", (_COMPACT_LOCK,))
 
     async def _sizes(self, session: Session) -> tuple[int, int]:
         row = await session.fetchone(_SIZES)
