@@ -114,14 +114,20 @@ class KVStore:
         in revision order, soon after they happen, and learn their compactions."""
         hub = self.hub
         assert hub is not None
+        failing_since = 0.0
         while True:
             try:
                 await self.backend.wait_for_change(self._poll_interval)
                 revision, compact_revision = await self.backend.revisions()
             except Exception as exc:
-                log.warning("following the shared database failed, retrying: %s", exc)
+                if not failing_since:  # once per outage; requests report it meanwhile
+                    failing_since = time.monotonic()
+                    log.warning("following the shared database failed, retrying: %s", exc)
                 await asyncio.sleep(self._poll_interval)
                 continue
+            if failing_since:
+                log.info("following the shared database again after %.1fs", time.monotonic() - failing_since)
+                failing_since = 0.0
             if compact_revision > hub.compact_revision:
                 hub.compacted(compact_revision)
             self.writer.revision = max(self.writer.revision, revision)

@@ -216,6 +216,7 @@ class PostgresBackend(ServerBackend):
         self._pool: asyncpg.Pool | None = None
         self._listener: Any = None  # asyncpg.Connection LISTENing on NOTIFY_CHANNEL, opened on first wait
         self._changed = asyncio.Event()
+        self._listen_failed = False
         self._own_pids: set[int] = set()  # server processes of our pool: their NOTIFYs are our commits
         self.cluster_id = 0
         self.member_id = 0
@@ -356,9 +357,14 @@ class PostgresBackend(ServerBackend):
                 listener = await self._connect(self.spec.database)
                 await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                log.warning("%s; following other processes by polling", self._error(exc, "LISTEN failed"))
+                if not self._listen_failed:  # once per outage, not every `max_wait`
+                    self._listen_failed = True
+                    log.warning("%s; following other processes by polling", self._error(exc, "LISTEN failed"))
                 await asyncio.sleep(max_wait)
                 return
+            if self._listen_failed:
+                self._listen_failed = False
+                log.info("PostgreSQL LISTEN works again")
             self._listener = listener
             return  # notifications may have been missed meanwhile: let the caller look now
         try:
