@@ -149,6 +149,7 @@ class App:
             lease_expiry_interval=config.lease_expiry_interval,
             compact_interval=config.compact_interval,
             compact_retention=config.compact_retention,
+            poll_interval=config.datastore_poll_interval,
             on_commit=self.metrics.observe_commit,
             on_compact=self.metrics.observe_compaction,
         )

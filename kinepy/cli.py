@@ -142,6 +142,28 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=int,
         metavar="N",
     )
+    add(
+        "--datastore-max-connections",
+        _DEFAULTS.datastore_max_connections,
+        "PostgreSQL/MySQL: most connections to the database per process (PostgreSQL: plus one for LISTEN)",
+        type=int,
+        metavar="N",
+    )
+    add(
+        "--datastore-poll-interval",
+        _DEFAULTS.datastore_poll_interval,
+        "how often to look for other processes' commits on a shared database (MySQL; "
+        "PostgreSQL is told by NOTIFY and polls only as a fallback)",
+        type=duration,
+        metavar="DURATION",
+    )
+    add(
+        "--datastore-connect-timeout",
+        _DEFAULTS.datastore_connect_timeout,
+        "PostgreSQL/MySQL: how long to keep retrying an unreachable database at start",
+        type=duration,
+        metavar="DURATION",
+    )
     parser.add_argument("--version", action="version", version=f"kinepy {__version__}")
     return parser
 
@@ -164,6 +186,9 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         compact_interval=duration(args.compact_interval),
         watch_progress_notify_interval=duration(args.watch_progress_notify_interval),
         compact_retention=int(args.compact_retention),
+        datastore_max_connections=int(args.datastore_max_connections),
+        datastore_poll_interval=duration(args.datastore_poll_interval),
+        datastore_connect_timeout=duration(args.datastore_connect_timeout),
     )
 
 

@@ -76,9 +76,28 @@ class Config:
     compact_batch_revisions: int = 1000
     """Revisions of history removed per compaction transaction; bounds how long a write waits."""
 
+    datastore_max_connections: int = 10
+    """PostgreSQL/MySQL: most connections this process opens to the database (its pool; at least 2).
+    PostgreSQL adds one more, LISTENing for other processes' commits."""
+
+    datastore_poll_interval: float = 0.1
+    """Seconds between looks for other processes' commits on a shared database: how soon a MySQL
+    process's watchers see a write made through another process. PostgreSQL is woken by NOTIFY at
+    once and looks this often only as a fallback."""
+
+    datastore_connect_timeout: float = 30.0
+    """PostgreSQL/MySQL: seconds to keep retrying an unreachable database at start before giving up
+    (once running, kinepy reconnects by itself for as long as it takes)."""
+
     def __post_init__(self) -> None:
         if self.max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")
+        if self.datastore_max_connections < 2:
+            raise ValueError("datastore_max_connections must be at least 2")
+        if self.datastore_poll_interval <= 0:
+            raise ValueError("datastore_poll_interval must be positive")
+        if self.datastore_connect_timeout < 0:
+            raise ValueError("datastore_connect_timeout must not be negative")
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("cert_file and key_file go together")
         if self.trusted_ca_file and not self.cert_file:

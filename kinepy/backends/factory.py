@@ -18,11 +18,20 @@ def create_backend(spec: BackendSpec, config: Config) -> Backend:
     if isinstance(spec, PostgresSpec):
         from kinepy.backends.sql.postgres import PostgresBackend
 
-        return PostgresBackend(spec, synchronous_commit=not config.unsafe_no_fsync)
+        return PostgresBackend(
+            spec,
+            pool_size=config.datastore_max_connections,
+            connect_timeout=config.datastore_connect_timeout,
+            synchronous_commit=not config.unsafe_no_fsync,
+        )
     if isinstance(spec, MySQLSpec):
         from kinepy.backends.sql.mysql import MySQLBackend
 
-        return MySQLBackend(spec)
+        return MySQLBackend(
+            spec,
+            pool_size=config.datastore_max_connections,
+            connect_timeout=config.datastore_connect_timeout,
+        )
     if isinstance(spec, EtcdSpec):
         raise ConfigError(f"datastore {spec.describe()} is a real etcd: it is passed through, not opened")
     raise ConfigError(f"unsupported datastore {spec!r}")
