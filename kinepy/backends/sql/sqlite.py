@@ -298,7 +298,7 @@ class SQLiteBackend:
                 for r in conn.execute(f"{sql.SELECT_LEASES} WHERE id IN ({marks})", chunk_ids):
                     leases[r[0]] = Lease(*r)
                 if read_set.lease_keys:
-                    query = f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE lease IN ({marks})"
+                    query = f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE lease IN ({marks}) AND lease != 0"
                     for row in conn.execute(query, chunk_ids):
                         kv = _kv(row)
                         rows[kv.key] = kv

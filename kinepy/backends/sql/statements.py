@@ -104,7 +104,8 @@ SELECT_LEASE = "SELECT id, ttl, expires_at FROM leases WHERE id = ?"
 SELECT_EXPIRED_LEASES = (
     "SELECT id, ttl, expires_at FROM leases WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
 )
-SELECT_LEASE_KEYS = "SELECT key FROM kv_current WHERE lease = ? ORDER BY key"
+# `lease != 0` lets the planner use the partial index on kv_current(lease).
+SELECT_LEASE_KEYS = "SELECT key FROM kv_current WHERE lease = ? AND lease != 0 ORDER BY key"
 
 
 def compact_log(compact_revision: int, after: int, upto: int) -> list[tuple[str, list[object]]]:
