@@ -24,6 +24,30 @@ _NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
 _NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
 
 
+class _EventCache:
+    """Each committed event converted to protobuf once, however many watchers receive it.
+
+    Keyed by the event object's identity (the entry keeps the object alive, so the id cannot be
+    reused while cached); cleared wholesale when it grows past `size`."""
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self._entries: dict[tuple[int, bool], tuple[Event, kv_pb2.Event]] = {}
+        self._size = size
+
+    def get(self, event: Event, prev_kv: bool) -> kv_pb2.Event:
+        key = (id(event), prev_kv and event.prev_kv is not None)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is event:
+            return entry[1]
+        converted = _event(event, key[1])
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[key] = (event, converted)
+        return converted
+
+
 def _event(event: Event, prev_kv: bool) -> kv_pb2.Event:
     out = kv_pb2.Event(type=_EVENT_TYPES[event.type], kv=convert.kv(event.kv))
     if prev_kv and event.prev_kv is not None:
@@ -35,6 +59,7 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
     def __init__(self, store: KVStore, headers: convert.Headers, *, max_request_bytes: int) -> None:
         self._store = store
         self._headers = headers
+        self._events = _EventCache()
         # etcd's watch server splits at MaxRequestBytes + grpcOverheadBytes (NewWatchServer), not at
         # MaxRequestBytes: 2 MiB with the defaults.
         self._max_request_bytes = max_request_bytes + GRPC_OVERHEAD_BYTES
@@ -93,7 +118,7 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
             canceled=resp.canceled,
             compact_revision=resp.compact_revision,
             cancel_reason=resp.cancel_reason,
-            events=[_event(e, resp.prev_kv) for e in resp.events],
+            events=[self._events.get(e, resp.prev_kv) for e in resp.events],
         )
         if not resp.fragment or len(message.events) < 2 or message.ByteSize() < self._max_request_bytes:
             return [message]
