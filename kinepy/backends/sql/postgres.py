@@ -136,6 +136,15 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | asyncpg.InterfaceError)
 
 
+def underlying(exc: BaseException) -> BaseException:
+    """The error that counts. When the server drops a connection mid-statement (a shutdown), asyncpg's
+    pool fails to reset it on release with an InternalClientError ("cannot switch to state 15;
+    another operation (2) is in progress") raised over the real error: report that one instead."""
+    while isinstance(exc, asyncpg.exceptions.InternalClientError) and exc.__context__ is not None:
+        exc = exc.__context__
+    return exc
+
+
 class _PgSession(Session):
     __slots__ = ("_conn",)
 
@@ -242,7 +251,7 @@ class PostgresBackend(ServerBackend):
             asyncpg.exceptions.InternalClientError,
             OSError,
         ) as exc:
-            raise self._error(exc, what) from exc
+            raise self._error(underlying(exc), what) from exc
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -395,12 +404,19 @@ class PostgresBackend(ServerBackend):
             raise BackendUnavailable("the PostgreSQL backend is closed")
         with self._errors():
             async with pool.acquire() as conn:
-                if kind == "none":
-                    yield _PgSession(conn)
-                    return
-                isolation = "repeatable_read" if kind == "read" else "read_committed"
-                async with conn.transaction(isolation=isolation, readonly=kind == "read"):
-                    yield _PgSession(conn)
+                try:
+                    if kind == "none":
+                        yield _PgSession(conn)
+                        return
+                    isolation = "repeatable_read" if kind == "read" else "read_committed"
+                    async with conn.transaction(isolation=isolation, readonly=kind == "read"):
+                        yield _PgSession(conn)
+                except asyncpg.exceptions.InternalClientError as exc:
+                    # A connection the server dropped (a shutdown) can stay open but stuck mid-protocol
+                    # ("cannot switch to state 15; another operation (2) is in progress"): the pool
+                    # would hand it out again and again. Close it; the pool opens a new one.
+                    conn.terminate()
+                    raise BackendUnavailable(self._scrub(f"PostgreSQL: connection lost: {exc}")) from exc
 
     # -- maintenance ---------------------------------------------------------------------------
 
