@@ -7,6 +7,8 @@ Servers (session-scoped, started on first use, stopped and deleted at the end of
     ``mariadb_server``: ``mariadb-install-db`` into a fresh directory, then ``mariadbd`` on a free
     loopback port (``--user=root`` when root). Both get a ``kinepy`` user with password ``PASSWORD``
     that may create databases. Each start is waited for with a bounded poll.
+    ``make_database_server(kind)`` starts a server of the test's own (function-scoped), which the test
+    may ``stop()`` and ``start()`` again on the same port and data directory (outage tests).
 
 Per test
     ``database`` is parametrised over ``sqlite``, ``postgres`` and ``mariadb`` (marks ``postgres`` and
@@ -45,6 +47,7 @@ import pytest
 __all__ = [
     "database",
     "database_url",
+    "make_database_server",
     "make_kinepy_on",
     "mariadb_server",
     "postgres_server",
@@ -183,6 +186,12 @@ class DatabaseServer:
             _stop(self.proc, signal.SIGINT if self.kind == "postgres" else signal.SIGTERM)
             self.proc = None
 
+    def start(self) -> float:
+        """Start the stopped server again: same port, same data directory. Returns the seconds it
+        took to accept connections."""
+        assert self.proc is None, "the server is running"
+        return _launch_postgres(self) if self.kind == "postgres" else _launch_mariadb(self)
+
 
 def _owner() -> tuple[dict[str, Any], int, int]:
     """Popen arguments running a child as the `postgres` system user when we are root (and its ids)."""
@@ -215,10 +224,21 @@ def _start_postgres() -> DatabaseServer:
     if initdb.returncode != 0:
         pytest.fail(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}\n{initdb.stderr}", pytrace=False)
     server = DatabaseServer("postgres", conftest.free_port(), root, log_path)
+    _launch_postgres(server)
+    server.sql(f"CREATE ROLE {USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'")
+    server.version = server.sql("SHOW server_version")[0][0]
+    server.startup_seconds = time.monotonic() - started
+    return server
+
+
+def _launch_postgres(server: DatabaseServer) -> float:
+    """Run `postgres` on the server's data directory and port; wait until it accepts connections."""
+    as_owner, _, _ = _owner()
+    root = server.root
     argv = [str(PG_BIN / "postgres"), "-D", str(root / "data"), "-p", str(server.port)]
     argv += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}"]
     argv += ["-c", "max_connections=200", "-c", "fsync=on"]
-    with log_path.open("ab") as log:
+    with server.log_path.open("ab") as log:
         server.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **as_owner)
     pg_isready = [
         str(PG_BIN / "pg_isready"),
@@ -230,11 +250,12 @@ def _start_postgres() -> DatabaseServer:
         "-d",
         "postgres",
     ]
-    _wait("postgres", server.proc, lambda: subprocess.run(pg_isready, check=False).returncode == 0, log_path)
-    server.sql(f"CREATE ROLE {USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'")
-    server.version = server.sql("SHOW server_version")[0][0]
-    server.startup_seconds = time.monotonic() - started
-    return server
+    return _wait(
+        "postgres",
+        server.proc,
+        lambda: subprocess.run(pg_isready, check=False).returncode == 0,
+        server.log_path,
+    )
 
 
 def _start_mariadb() -> DatabaseServer:
@@ -249,10 +270,22 @@ def _start_mariadb() -> DatabaseServer:
     if install.returncode != 0:
         pytest.fail(f"mariadb-install-db failed ({install.returncode}):\n{install.stdout}\n{install.stderr}")
     server = DatabaseServer("mariadb", conftest.free_port(), root, log_path)
+    _launch_mariadb(server)
+    server.sql(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
+    server.sql(f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%'")
+    server.version = server.sql("SELECT VERSION()")[0][0]
+    server.startup_seconds = time.monotonic() - started
+    return server
+
+
+def _launch_mariadb(server: DatabaseServer) -> float:
+    """Run `mariadbd` on the server's data directory and port; wait until it accepts connections."""
+    root = server.root
+    as_root = ["--user=root"] if os.geteuid() == 0 else []
     socket_path = root / "mariadbd.sock"
     argv = [str(MARIADBD), "--no-defaults", f"--datadir={root / 'data'}", f"--port={server.port}"]
     argv += ["--bind-address=127.0.0.1", f"--socket={socket_path}", f"--pid-file={root / 'mariadbd.pid'}"]
-    argv += [f"--log-error={log_path}", "--max-connections=300", *as_root]
+    argv += [f"--log-error={server.log_path}", "--max-connections=300", *as_root]
     with (root / "mariadbd.out").open("ab") as out:
         server.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
@@ -263,12 +296,7 @@ def _start_mariadb() -> DatabaseServer:
             return False
         return True
 
-    _wait("mariadbd", server.proc, ready, log_path)
-    server.sql(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
-    server.sql(f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%'")
-    server.version = server.sql("SELECT VERSION()")[0][0]
-    server.startup_seconds = time.monotonic() - started
-    return server
+    return _wait("mariadbd", server.proc, ready, server.log_path)
 
 
 def _session_server(start: Callable[[], DatabaseServer]) -> Iterator[DatabaseServer]:
@@ -291,6 +319,24 @@ def postgres_server() -> Iterator[DatabaseServer]:
 def mariadb_server() -> Iterator[DatabaseServer]:
     """A MariaDB server for the whole session (user ``kinepy``, password ``PASSWORD``)."""
     yield from _session_server(_start_mariadb)
+
+
+@pytest.fixture
+def make_database_server() -> Iterator[Callable[[str], DatabaseServer]]:
+    """Factory: ``make_database_server("postgres" | "mariadb")`` starts a server of the test's own, which
+    the test may ``stop()`` and ``start()`` again (same port, same data directory), unlike the shared
+    session servers. Each is stopped and deleted at teardown."""
+    servers: list[DatabaseServer] = []
+
+    def make(kind: str) -> DatabaseServer:
+        server = _start_postgres() if kind == "postgres" else _start_mariadb()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 @dataclass

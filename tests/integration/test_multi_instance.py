@@ -1,0 +1,441 @@
+"""Two kinepy processes on one PostgreSQL (and one MariaDB) database, through real gRPC.
+
+What several instances on one database must guarantee (issue #4, docs/databases.md "Several
+instances"): writes through either get consecutive revisions; a watcher on each sees the same events
+in the same order with the same revisions and prev_kv; compare-and-swap txns sent to different
+instances never both succeed; a write through one reaches the other's watchers promptly (measured
+here, asserted <= 1 s; the 50 ms / 200 ms targets belong to the benchmarks); an expired lease is
+revoked once, however many instances expire leases; a compaction through one is seen by the other.
+
+The measured cross-instance latencies are printed (run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from databases import *  # noqa: F403 - fixtures: make_kinepy_on, postgres_server, mariadb_server
+from databases import DatabaseServer, KinepyOn
+
+from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
+
+pytestmark = [pytest.mark.kinepy, pytest.mark.slow]
+
+PUT = kv_pb2.Event.PUT
+DELETE = kv_pb2.Event.DELETE
+EVENT_TIMEOUT = 15.0
+CAS_LOOPS = 16
+CAS_INCREMENTS = 16  # per loop: 256 increments in all, ~2,000 txns, several seconds on 2 cores
+LATENCY_SAMPLES = 40
+LATENCY_LIMIT = 1.0  # seconds, put through A to the event on B's watcher
+
+MakeKinepy = Callable[..., KinepyOn]
+
+
+class Client:
+    """Blocking etcd stubs on one channel."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.channel = grpc.insecure_channel(endpoint)
+        self.kv = rpc_pb2_grpc.KVStub(self.channel)
+        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
+        self.watch = rpc_pb2_grpc.WatchStub(self.channel)
+
+    def put(self, key: bytes, value: bytes, **kwargs: Any) -> int:
+        return int(
+            self.kv.Put(rpc_pb2.PutRequest(key=key, value=value, **kwargs), timeout=30).header.revision
+        )
+
+    def get(self, key: bytes, range_end: bytes = b"", **kwargs: Any) -> rpc_pb2.RangeResponse:
+        return self.kv.Range(rpc_pb2.RangeRequest(key=key, range_end=range_end, **kwargs), timeout=30)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class Watch:
+    """One Watch stream; a thread stamps each response with its arrival time (monotonic)."""
+
+    def __init__(self, client: Client, create: rpc_pb2.WatchCreateRequest) -> None:
+        self._requests: queue.Queue[rpc_pb2.WatchRequest | None] = queue.Queue()
+        self._responses: queue.Queue[tuple[float, Any]] = queue.Queue()
+        self._requests.put(rpc_pb2.WatchRequest(create_request=create))
+        self._call = client.watch.Watch(iter(self._requests.get, None))
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for response in self._call:
+                self._responses.put((time.monotonic(), response))
+        except grpc.RpcError as exc:
+            self._responses.put((time.monotonic(), exc))
+
+    def next(self, timeout: float = EVENT_TIMEOUT) -> tuple[float, rpc_pb2.WatchResponse]:
+        try:
+            at, item = self._responses.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no watch response within {timeout} s") from None
+        if isinstance(item, Exception):
+            raise item
+        return at, item
+
+    def created(self) -> rpc_pb2.WatchResponse:
+        _, response = self.next()
+        assert response.created and not response.canceled, response
+        return response
+
+    def events_upto(self, revision: int) -> list[kv_pb2.Event]:
+        """Every event until one at `revision` (inclusive; the whole revision's events)."""
+        events: list[kv_pb2.Event] = []
+        while not events or events[-1].kv.mod_revision < revision:
+            _, response = self.next()
+            assert not response.canceled, response
+            events.extend(response.events)
+        return events
+
+    def timed_events(self, count: int) -> list[tuple[float, kv_pb2.Event]]:
+        out: list[tuple[float, kv_pb2.Event]] = []
+        while len(out) < count:
+            at, response = self.next()
+            out.extend((at, event) for event in response.events)
+        return out
+
+    def quiet(self, seconds: float) -> list[rpc_pb2.WatchResponse]:
+        """Responses arriving within `seconds` (none expected)."""
+        got = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self.next(timeout=left)[1])
+            except AssertionError:
+                break
+        return got
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+
+
+@dataclass
+class Pair:
+    kind: str
+    a: Client
+    b: Client
+    servers: tuple[KinepyOn, KinepyOn]
+
+
+def _start_pair(
+    request: pytest.FixtureRequest, make_kinepy_on: MakeKinepy, *extra_args: str
+) -> Iterator[Pair]:
+    kind: str = request.param
+    server: DatabaseServer = request.getfixturevalue(f"{kind}_server")
+    name = server.create_database()
+    url = server.url(name)
+    one = make_kinepy_on(url, extra_args=list(extra_args))
+    two = make_kinepy_on(url, extra_args=list(extra_args))
+    a, b = Client(one.endpoint), Client(two.endpoint)
+    try:
+        yield Pair(kind, a, b, (one, two))
+    finally:
+        a.close()
+        b.close()
+        for kinepy in (one, two):
+            kinepy.stop()
+        server.drop_database(name)
+
+
+_PARAMS = [
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mysql),
+]
+
+
+@pytest.fixture(params=_PARAMS)
+def pair(request: pytest.FixtureRequest, make_kinepy_on: MakeKinepy) -> Iterator[Pair]:
+    """Two kinepy processes (`a`, `b`) on one fresh database of the parametrised server."""
+    yield from _start_pair(request, make_kinepy_on)
+
+
+@pytest.fixture(params=_PARAMS)
+def auto_compacting_pair(request: pytest.FixtureRequest, make_kinepy_on: MakeKinepy) -> Iterator[Pair]:
+    """Like `pair`, both compacting automatically every 0.5 s, keeping 20 revisions."""
+    yield from _start_pair(request, make_kinepy_on, "--compact-interval", "0.5s", "--compact-retention", "20")
+
+
+def _event_tuple(event: kv_pb2.Event) -> tuple[Any, ...]:
+    kv, prev = event.kv, event.prev_kv
+    return (
+        event.type,
+        kv.key,
+        kv.value,
+        kv.create_revision,
+        kv.mod_revision,
+        kv.version,
+        kv.lease,
+        event.HasField("prev_kv"),
+        (prev.key, prev.value, prev.create_revision, prev.mod_revision, prev.version, prev.lease),
+    )
+
+
+def revisions_between(first: int, last: int) -> list[int]:
+    return list(range(first, last + 1))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_interleaved_writes_reach_both_watchers_identically(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    start = a.put(b"m/seed", b"0") + 1
+    create = rpc_pb2.WatchCreateRequest(key=b"m/", range_end=b"m0", prev_kv=True, start_revision=start)
+    watch_a, watch_b = Watch(a, create), Watch(b, create)
+    try:
+        watch_a.created()
+        watch_b.created()
+
+        def writes(thread: int) -> list[int]:
+            revisions = []
+            for j in range(24):
+                client = (a, b)[(thread + j) % 2]
+                key = b"m/%d/%d" % (thread, j % 3)
+                if j % 4 == 3:
+                    resp = client.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=key), timeout=30)
+                    revisions.append(resp.header.revision)
+                elif j % 4 == 2:
+                    ops = [
+                        rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=b"t%d" % j)),
+                        rpc_pb2.RequestOp(
+                            request_put=rpc_pb2.PutRequest(key=b"m/shared", value=b"%d.%d" % (thread, j))
+                        ),
+                    ]
+                    resp = client.kv.Txn(rpc_pb2.TxnRequest(success=ops), timeout=30)
+                    revisions.append(resp.header.revision)
+                else:
+                    revisions.append(client.put(key, b"v%d.%d" % (thread, j)))
+            return revisions
+
+        with ThreadPoolExecutor(4) as pool:
+            acknowledged = sorted(r for rs in pool.map(writes, range(4)) for r in rs)
+        last = max(int(a.get(b"m/").header.revision), int(b.get(b"m/").header.revision))
+        events_a = watch_a.events_upto(last)
+        events_b = watch_b.events_upto(last)
+    finally:
+        watch_a.close()
+        watch_b.close()
+    assert [_event_tuple(e) for e in events_a] == [_event_tuple(e) for e in events_b]
+    revisions = [e.kv.mod_revision for e in events_a]
+    assert revisions == sorted(revisions)
+    # Every revision from the watch start to the last write is there, none twice, none skipped
+    # (a delete of an absent key commits nothing and returns the current revision).
+    assert sorted(set(revisions)) == revisions_between(start, last)
+    assert acknowledged == revisions_between(start, last)  # each write one revision of its own
+    assert len(events_a) == 4 * (12 + 6 * 2 + 6)  # per thread: puts, txns of two puts, deletes
+    deletes = [e for e in events_a if e.type == DELETE]
+    assert deletes and all(e.HasField("prev_kv") for e in deletes)
+
+
+def test_concurrent_cas_increments_across_instances_lose_nothing(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    key = b"counter"
+    a.put(key, b"0")
+    wins: list[int] = []
+    attempts = [0]
+    lock = threading.Lock()
+
+    def loop(index: int) -> None:
+        client = (a, b)[index % 2]
+        done = 0
+        while done < CAS_INCREMENTS:
+            kv = client.get(key).kvs[0]
+            compare = rpc_pb2.Compare(
+                key=key,
+                target=rpc_pb2.Compare.MOD,
+                result=rpc_pb2.Compare.EQUAL,
+                mod_revision=kv.mod_revision,
+            )
+            put = rpc_pb2.RequestOp(
+                request_put=rpc_pb2.PutRequest(key=key, value=b"%d" % (int(kv.value) + 1))
+            )
+            resp = client.kv.Txn(rpc_pb2.TxnRequest(compare=[compare], success=[put]), timeout=30)
+            with lock:
+                attempts[0] += 1
+                if resp.succeeded:
+                    wins.append(int(resp.header.revision))
+            if resp.succeeded:
+                done += 1
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(CAS_LOOPS) as pool:
+        list(pool.map(loop, range(CAS_LOOPS)))
+    elapsed = time.monotonic() - started
+    total = CAS_LOOPS * CAS_INCREMENTS
+    print(
+        f"\n[{pair.kind}] {CAS_LOOPS} CAS loops x {CAS_INCREMENTS}: {attempts[0]} txns for {total} "
+        f"increments in {elapsed:.1f} s"
+    )
+    assert int(a.get(key).kvs[0].value) == int(b.get(key).kvs[0].value) == total
+    assert len(wins) == total
+    assert len(set(wins)) == total  # no two successful swaps share a revision
+
+
+def test_a_write_through_one_instance_reaches_the_others_watchers_promptly(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    watch = Watch(b, rpc_pb2.WatchCreateRequest(key=b"lat/", range_end=b"lat0"))
+    try:
+        watch.created()
+        latencies: list[float] = []
+        puts: list[float] = []
+        for i in range(LATENCY_SAMPLES):
+            time.sleep(0.02 + (i % 5) * 0.01)  # not in step with a poll interval
+            sent = time.monotonic()
+            revision = a.put(b"lat/k", b"%d" % i)
+            acknowledged = time.monotonic()
+            ((arrived, event),) = watch.timed_events(1)
+            assert event.kv.mod_revision == revision
+            latencies.append(arrived - sent)
+            puts.append(acknowledged - sent)
+    finally:
+        watch.close()
+    p50 = statistics.median(latencies)
+    p90 = statistics.quantiles(latencies, n=10)[-1]
+    worst = max(latencies)
+    print(
+        f"\n[{pair.kind}] put via A -> event on B's watcher, {LATENCY_SAMPLES} samples: "
+        f"p50 {p50 * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms, max {worst * 1000:.1f} ms "
+        f"(the put alone: p50 {statistics.median(puts) * 1000:.1f} ms, max {max(puts) * 1000:.1f} ms)"
+    )
+    assert worst <= LATENCY_LIMIT
+
+
+def test_an_expired_lease_is_revoked_once_by_one_of_the_instances(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    lease = a.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=2), timeout=30)
+    create = rpc_pb2.WatchCreateRequest(key=b"l/", range_end=b"l0")
+    watch_a, watch_b = Watch(a, create), Watch(b, create)
+    try:
+        watch_a.created()
+        watch_b.created()
+        keys = [b"l/1", b"l/2", b"l/3"]
+        for i, key in enumerate(keys):
+            (a, b)[i % 2].put(key, b"v", lease=lease.ID)
+        for watch in (watch_a, watch_b):
+            puts = [e for _, e in watch.timed_events(3)]
+            assert [(e.type, e.kv.key) for e in puts] == [(PUT, k) for k in keys]
+        # Both instances run an expiry loop; the revoke is re-checked inside its transaction.
+        for watch in (watch_a, watch_b):
+            deletes = [e for _, e in watch.timed_events(3)]
+            assert sorted((e.type, e.kv.key) for e in deletes) == [(DELETE, k) for k in keys]
+            assert len({e.kv.mod_revision for e in deletes}) == 1  # one revoke, one revision
+        time.sleep(1.5)  # several more expiry ticks on each instance
+        sentinel = b.put(b"l/sentinel", b"s")
+        for watch in (watch_a, watch_b):
+            ((_, event),) = watch.timed_events(1)
+            assert (event.type, event.kv.key, event.kv.mod_revision) == (PUT, b"l/sentinel", sentinel)
+    finally:
+        watch_a.close()
+        watch_b.close()
+    for client in (a, b):
+        ttl = client.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lease.ID), timeout=30)
+        assert ttl.TTL == -1
+        assert client.get(b"l/", b"l0").count == 1
+
+
+def test_a_compaction_through_one_instance_holds_on_the_other(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    revisions = [(a, b)[i % 2].put(b"c/k", b"%d" % i) for i in range(10)]
+    behind = Watch(b, rpc_pb2.WatchCreateRequest(key=b"c/", range_end=b"c0", start_revision=revisions[0]))
+    try:
+        behind.created()
+        target = revisions[6]
+        a.kv.Compact(rpc_pb2.CompactionRequest(revision=target, physical=True), timeout=30)
+        # At once, on the other instance: reads below the compaction point fail ...
+        with pytest.raises(grpc.RpcError) as info:
+            b.get(b"c/k", revision=revisions[2])
+        assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "compacted" in (info.value.details() or "")
+        assert b.get(b"c/k", revision=target).kvs[0].value == b"6"
+        # ... a watch from below it, created before the other instance has heard of the compaction,
+        # gets the whole history from its memory or is cancelled, never the remains of it ...
+        early = Watch(b, rpc_pb2.WatchCreateRequest(key=b"c/", range_end=b"c0", start_revision=revisions[1]))
+        try:
+            early.created()
+            _, response = early.next()
+            if response.canceled:
+                assert response.compact_revision == target and not response.events, response
+            else:
+                events = list(response.events)
+                while events[-1].kv.mod_revision < revisions[-1]:
+                    events.extend(early.next()[1].events)
+                assert [e.kv.mod_revision for e in events] == revisions[1:]
+        finally:
+            early.close()
+        # ... and once it has (a poll interval later), such a watch is cancelled with the compaction
+        # revision ...
+        time.sleep(0.5)
+        late = Watch(b, rpc_pb2.WatchCreateRequest(key=b"c/", range_end=b"c0", start_revision=revisions[1]))
+        try:
+            _, response = late.next()
+            if response.created and not response.canceled:
+                _, response = late.next()
+            assert response.canceled and not response.events, response
+            assert response.compact_revision == target
+        finally:
+            late.close()
+        # ... one from the compaction point gets every event from there on ...
+        exact = Watch(b, rpc_pb2.WatchCreateRequest(key=b"c/", range_end=b"c0", start_revision=target))
+        try:
+            exact.created()
+            got = [e.kv.mod_revision for e in exact.events_upto(revisions[-1])]
+            assert got == revisions[6:]
+        finally:
+            exact.close()
+        # ... and the watcher that was already there had seen everything before the compaction.
+        got = [e.kv.mod_revision for e in behind.events_upto(revisions[-1])]
+        assert got == revisions
+    finally:
+        behind.close()
+    for client in (a, b):
+        status = client.kv.Range(rpc_pb2.RangeRequest(key=b"c/k"), timeout=30)
+        assert status.kvs[0].value == b"9"
+
+
+_AUTO_COMPACTED = re.compile(r"automatic compaction to revision (\d+)")
+
+
+def test_automatic_compaction_runs_in_one_instance_at_a_time(auto_compacting_pair: Pair) -> None:
+    pair = auto_compacting_pair
+    a, b = pair.a, pair.b
+    deadline = time.monotonic() + 4.0
+    i = 0
+    while time.monotonic() < deadline:
+        (a, b)[i % 2].put(b"auto/%d" % (i % 7), b"%d" % i)
+        i += 1
+        time.sleep(0.005)
+    time.sleep(1.2)  # a last tick on each
+    current = int(a.get(b"auto/").header.revision)
+    logs = [server.log_path.read_text(errors="replace") for server in pair.servers]
+    runs = [[int(r) for r in _AUTO_COMPACTED.findall(text)] for text in logs]
+    assert runs[0] or runs[1], "no automatic compaction happened"
+    # Compacted by one instance at a time: each compaction took the meta row's compaction revision
+    # from where the last one (of either instance) left it, so no two ran for the same interval;
+    # the other instance stood back.
+    targets = sorted(runs[0] + runs[1])
+    assert len(targets) == len(set(targets))
+    assert min(len(runs[0]), len(runs[1])) <= 1, runs
+    for text in logs:
+        assert not re.search(r"automatic compaction to \d+ failed", text), text
+    with pytest.raises(grpc.RpcError) as info:
+        b.get(b"auto/0", revision=2)
+    assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert current - max(targets) >= 20
