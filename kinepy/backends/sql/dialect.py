@@ -471,7 +471,7 @@ class ServerBackend(abc.ABC):
                     lease = lease_of(row)
                     leases[lease.id] = lease
             if read_set.lease_keys:
-                stmt = f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE lease {{in}}"
+                stmt = f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE lease {{in}} AND lease <> 0"
                 for row in await session.fetch_in(stmt, list(read_set.lease_keys), "bigint"):
                     kv = kv_of(row)
                     rows[kv.key] = kv
