@@ -18,7 +18,8 @@ limitations under the License.
 // Package testserver is kinepy's drop-in replacement for
 // k8s.io/apiserver/pkg/storage/etcd3/testserver: the same two functions with the
 // same signatures, but RunEtcd starts a `python3 -m kinepy` process on a fresh
-// SQLite database instead of an embedded etcd.
+// database (SQLite by default, or a new PostgreSQL/MariaDB database) instead of
+// an embedded etcd.
 //
 // tests/apiserver/run.sh copies this file over
 // pkg/storage/etcd3/testserver/test_server.go in a copy of the k8s.io/apiserver
@@ -31,11 +32,22 @@ limitations under the License.
 //	KINEPY_TEST_LOG_DIR keep every server's log there (one file per RunEtcd call); default: the test's
 //	                    temp dir, and the log's tail is printed when the test fails
 //	KINEPY_LOG_LEVEL    passed through to kinepy (default here: info)
+//	KINEPY_APISERVER_DATASTORE
+//	                    the backend: a kinepy --datastore-endpoint template containing "{db}",
+//	                    e.g. postgres://kinepy:pw@127.0.0.1:5432/{db}?sslmode=disable or
+//	                    mysql://kinepy:pw@tcp(127.0.0.1:3306)/{db}. Every RunEtcd replaces {db}
+//	                    with a new name kt_<24 hex digits>, which kinepy creates, so each test
+//	                    gets an empty store at revision 1 as with upstream's fresh embedded etcd.
+//	                    The databases are not dropped here (the launcher has no SQL client);
+//	                    whoever owns the server drops kt_* afterwards or throws it away.
+//	                    Unset or empty: a fresh SQLite file in the config's Dir.
 package testserver
 
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -102,7 +114,7 @@ func NewTestConfig(t testing.TB) *embed.Config {
 var autoPortLock sync.Mutex
 
 // RunEtcd starts a kinepy server with the provided config (or NewTestConfig(t)
-// if nil) on a fresh SQLite database, waits until it answers
+// if nil) on a fresh database (see KINEPY_APISERVER_DATASTORE), waits until it answers
 // Maintenance.Status, and returns a client connected to it, with KV and
 // Kubernetes wrapped in the storage testing recorders like upstream. The server
 // is stopped when the test ends.
@@ -244,11 +256,14 @@ func startKinepy(t testing.TB, cfg *embed.Config, host string) *kinepyServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dbPath := filepath.Join(dir, "state.db")
+	datastore, err := datastoreEndpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	args := []string{"-m", "kinepy",
 		"--listen-address", host,
-		"--datastore-endpoint", "sqlite://" + dbPath, // sqlite:///abs/path/state.db
+		"--datastore-endpoint", datastore,
 	}
 	if cfg.UnsafeNoFsync {
 		args = append(args, "--unsafe-no-fsync")
@@ -320,6 +335,24 @@ func startKinepy(t testing.TB, cfg *embed.Config, host string) *kinepyServer {
 		}
 	}()
 	return s
+}
+
+// datastoreEndpoint is kinepy's --datastore-endpoint for one RunEtcd: a new database
+// named from KINEPY_APISERVER_DATASTORE's {db} if that is set, else dir/state.db on SQLite.
+func datastoreEndpoint(dir string) (string, error) {
+	template := os.Getenv("KINEPY_APISERVER_DATASTORE")
+	if template == "" {
+		return "sqlite://" + filepath.Join(dir, "state.db"), nil // sqlite:///abs/path/state.db
+	}
+	if !strings.Contains(template, "{db}") {
+		// One shared database would carry revisions and keys from test to test.
+		return "", fmt.Errorf("KINEPY_APISERVER_DATASTORE=%q has no {db} placeholder for a fresh database per test", template)
+	}
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return strings.ReplaceAll(template, "{db}", "kt_"+hex.EncodeToString(b[:])), nil
 }
 
 func (s *kinepyServer) waitReady(cli *clientv3.Client, endpoint string) error {
