@@ -10,12 +10,14 @@ import asyncio
 import logging
 import time
 import types
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kinepy.backends.base import Backend
 from kinepy.backends.factory import create_backend
+from kinepy.backends.timing import TimedBackend
 from kinepy.config import GRPC_OVERHEAD_BYTES, Config
 from kinepy.endpoint import BackendSpec, EtcdSpec, parse_endpoint
 from kinepy.metrics import Metrics, MetricsServer
@@ -135,7 +137,9 @@ class App:
 
     async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
         config = self.config
-        backend = create_backend(spec, config)
+        backend = cast(
+            Backend, TimedBackend(create_backend(spec, config), threshold=config.slow_sql_threshold)
+        )
         await backend.start()
         self.backend = backend
         store = KVStore(

@@ -110,6 +110,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "serve Prometheus metrics on http://ADDRESS/metrics (e.g. 127.0.0.1:9090); empty = off",
         metavar="HOST:PORT",
     )
+    add(
+        "--slow-sql-threshold",
+        _DEFAULTS.slow_sql_threshold,
+        "log a warning for each datastore call slower than this (e.g. 500ms); 0 = never",
+        type=duration,
+        metavar="DURATION",
+    )
     add("--log-level", "info", "debug, info, warning or error", metavar="LEVEL")
     add("--log-format", "text", "text or json", metavar="FORMAT")
     add_bool("--unsafe-no-fsync", "acknowledge writes before they reach the disk (faster, not durable)")
@@ -178,6 +185,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         key_file=args.key_file,
         trusted_ca_file=args.trusted_ca_file,
         metrics_address=args.metrics_address,
+        slow_sql_threshold=duration(args.slow_sql_threshold),
         log_level=args.log_level,
         log_format=args.log_format,
         unsafe_no_fsync=args.unsafe_no_fsync,

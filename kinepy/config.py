@@ -35,6 +35,9 @@ class Config:
     trusted_ca_file: str = ""
     """CA bundle (PEM) that client certificates must chain to; setting it turns client-certificate auth on."""
 
+    slow_sql_threshold: float = 1.0
+    """Seconds after which a datastore call is logged as slow (WARNING); 0 turns the warning off."""
+
     metrics_address: str = ""
     """`host:port` serving Prometheus metrics at `/metrics` over HTTP (`:9090`: every interface);
     empty = not served (the registry, `App.metrics.registry`, is kept all the same)."""

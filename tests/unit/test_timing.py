@@ -1,0 +1,44 @@
+"""TimedBackend: slow datastore calls are logged by name, fast ones are not, values never."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from kinepy.backends.timing import TimedBackend
+
+
+class _Fake:
+    shared = False
+
+    async def read_range(self, secret: bytes, *, delay: float) -> str:
+        await asyncio.sleep(delay)
+        return "rows"
+
+
+async def test_a_slow_call_is_logged_without_its_arguments(caplog: pytest.LogCaptureFixture) -> None:
+    backend = TimedBackend(_Fake(), threshold=0.01)
+    with caplog.at_level(logging.WARNING, logger="kinepy.backends.timing"):
+        assert await backend.read_range(b"top-secret-value", delay=0.05) == "rows"
+    [record] = caplog.records
+    assert "slow datastore call: read_range took" in record.getMessage()
+    assert "top-secret" not in record.getMessage()
+
+
+async def test_fast_calls_and_plain_attributes_pass_through_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = TimedBackend(_Fake(), threshold=1.0)
+    with caplog.at_level(logging.WARNING, logger="kinepy.backends.timing"):
+        assert await backend.read_range(b"k", delay=0) == "rows"
+    assert backend.shared is False
+    assert caplog.records == []
+
+
+async def test_threshold_zero_turns_the_warning_off(caplog: pytest.LogCaptureFixture) -> None:
+    backend = TimedBackend(_Fake(), threshold=0)
+    with caplog.at_level(logging.WARNING, logger="kinepy.backends.timing"):
+        await backend.read_range(b"k", delay=0.02)
+    assert caplog.records == []
