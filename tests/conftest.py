@@ -2,9 +2,20 @@
 
 Servers
     ``make_etcd_server()`` starts ``/usr/bin/etcd`` (Debian ``etcd-server``) in a fresh data directory and
-    ``make_kinepy_server()`` starts ``python -m kinepy`` on a fresh SQLite file; both return a handle with
-    ``.endpoint`` (``"127.0.0.1:PORT"``) and ``.stop()``, and both are stopped at teardown. ``etcd_server``
-    and ``kinepy_server`` are one of each. Every server is fresh, so revisions start at 1 in every test.
+    ``make_kinepy_server()`` starts ``python -m kinepy`` on a fresh database of the ``kinepy_backend``;
+    both return a handle with ``.endpoint`` (``"127.0.0.1:PORT"``) and ``.stop()``, and both are stopped
+    at teardown. ``etcd_server`` and ``kinepy_server`` are one of each. Every server is fresh, so
+    revisions start at 1 in every test.
+
+Backends
+    ``kinepy_backend`` is ``"sqlite"`` (a fresh SQLite file per server), unless the test is marked
+    ``kinepy_backends``: then it is parametrised over the backends of ``--kinepy-backends`` (default
+    ``sqlite,postgres,mariadb``; ids ``[sqlite]``, ``[postgres]``, ``[mariadb]``, marks ``postgres`` and
+    ``mysql``). On ``postgres``/``mariadb`` each kinepy gets a new database (kinepy creates it) on a
+    server that tests/databases.py starts once per session (``kinepy_databases``); it is dropped at
+    teardown. ``kinepy_backends("sqlite")`` keeps one test of a marked module on SQLite.
+    ``kinepy_datastore_endpoint`` is such a fresh database's ``--datastore-endpoint``, for a kinepy
+    built in-process.
 
     Without ``/usr/bin/etcd`` the etcd tests are skipped with a loud reason, unless ``CI`` is set: then they
     fail, so CI cannot go green by skipping the parity suite.
@@ -34,9 +45,12 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from databases import SharedDatabaseServers, TestDatabase  # it imports this module: no cycle at run time
 
 ETCD_BIN = "/usr/bin/etcd"
 ETCDCTL_BIN = "/usr/bin/etcdctl"
@@ -46,8 +60,62 @@ ETCDCTL_TIMEOUT = 30.0  # seconds for one etcdctl run (its own --command-timeout
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+KINEPY_BACKENDS = ("sqlite", "postgres", "mariadb")
+_BACKEND_MARKS = {"sqlite": (), "postgres": (pytest.mark.postgres,), "mariadb": (pytest.mark.mysql,)}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kinepy-backends",
+        default=",".join(KINEPY_BACKENDS),
+        help="comma-separated backends for tests marked kinepy_backends (default: %(default)s)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kinepy: needs the kinepy server (python -m kinepy)")
+    config.addinivalue_line(
+        "markers",
+        "kinepy_backends(*names): run make_kinepy_server/kinepy_server on each backend of --kinepy-backends "
+        "(only those of `names` if given)",
+    )
+    unknown = set(_selected_backends(config)) - set(KINEPY_BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"--kinepy-backends: unknown {sorted(unknown)}; known: {KINEPY_BACKENDS}")
+
+
+def _selected_backends(config: pytest.Config) -> list[str]:
+    return [name.strip() for name in config.getoption("--kinepy-backends").split(",") if name.strip()]
+
+
+def kinepy_backend_params(config: pytest.Config, *only: str) -> list[Any]:
+    """``pytest.param`` per backend of ``--kinepy-backends`` (those in `only`, if given)."""
+    return [
+        pytest.param(name, id=name, marks=_BACKEND_MARKS[name])
+        for name in _selected_backends(config)
+        if not only or name in only
+    ]
+
+
+def etcd_and_kinepy_params(config: pytest.Config) -> list[Any]:
+    """``"etcd"``, then each backend of ``--kinepy-backends`` (ids ``kinepy-<backend>``): for a module's
+    ``server`` fixture that starts ``etcd_server`` or ``make_kinepy_server(backend=...)``, so that etcd
+    runs once, not once per backend."""
+    return [
+        pytest.param("etcd", id="etcd"),
+        *(
+            pytest.param(name, id=f"kinepy-{name}", marks=_BACKEND_MARKS[name])
+            for name in _selected_backends(config)
+        ),
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("kinepy_backends")
+    if marker is not None and "kinepy_backend" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "kinepy_backend", kinepy_backend_params(metafunc.config, *marker.args), indirect=True
+        )
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -195,6 +263,8 @@ class KinepyServer(_Server):
     log_level: str = "debug"
     extra_args: list[str] = field(default_factory=list)
     """More flags; a flag given twice takes the later value (``--datastore-endpoint`` for passthrough)."""
+    datastore_endpoint: str = ""
+    """The database, if not the SQLite file ``db_path`` (a PostgreSQL or MySQL URL)."""
 
     def start(self) -> None:
         argv = [
@@ -204,7 +274,7 @@ class KinepyServer(_Server):
             "--listen-address",
             self.endpoint,
             "--datastore-endpoint",
-            f"sqlite:///{self.db_path}",
+            self.datastore_endpoint or f"sqlite:///{self.db_path}",
             "--log-level",
             self.log_level,
             *self.extra_args,
@@ -296,19 +366,54 @@ def etcd_server(make_etcd_server: Callable[[], EtcdServer]) -> EtcdServer:
     return make_etcd_server()
 
 
+@pytest.fixture(scope="session")
+def kinepy_databases() -> Iterator[SharedDatabaseServers]:
+    """The PostgreSQL and MariaDB servers of ``kinepy_backend`` (tests/databases.py), started on first use."""
+    import databases  # not at the top: it imports this module
+
+    shared = databases.SharedDatabaseServers()
+    yield shared
+    shared.close()
+
+
+@pytest.fixture(scope="module")
+def kinepy_backend(request: pytest.FixtureRequest) -> str:
+    """The database kinepy runs on: ``"sqlite"``, or the parameter of the ``kinepy_backends`` mark."""
+    return getattr(request, "param", "sqlite")
+
+
+def _fresh_datastore(backend: str, databases: SharedDatabaseServers, drops: list[TestDatabase]) -> str:
+    """A fresh ``--datastore-endpoint`` on a server `backend` (not sqlite); its database goes in `drops`."""
+    database = databases.fresh_database(backend)
+    drops.append(database)
+    return database.url
+
+
+def _drop(drops: list[TestDatabase]) -> None:
+    for database in drops:
+        assert database.server is not None
+        with contextlib.suppress(Exception):  # the server deletes everything at the end anyway
+            database.server.drop_database(database.name)
+
+
 @pytest.fixture
 def make_kinepy_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    kinepy_backend: str,
+    kinepy_databases: SharedDatabaseServers,
 ) -> Iterator[Callable[..., KinepyServer]]:
-    """Factory: each call starts ``python -m kinepy`` on a free port and a fresh SQLite file.
+    """Factory: each call starts ``python -m kinepy`` on a free port and a fresh database of
+    ``kinepy_backend`` (a SQLite file, or a new PostgreSQL/MariaDB database), or of ``backend=``.
 
-    Keyword arguments override ``KinepyServer`` fields (``log_level``, ``db_path`` to reuse a database,
-    ``extra_args`` for more flags).
+    Keyword arguments override ``KinepyServer`` fields (``log_level``, ``db_path`` to reuse a SQLite
+    database, ``datastore_endpoint`` for any other, ``extra_args`` for more flags).
     The server's log is attached to the report of a failing test.
     """
     servers: list[KinepyServer] = []
+    drops: list[TestDatabase] = []
 
-    def make(**overrides: Any) -> KinepyServer:
+    def make(*, backend: str | None = None, **overrides: Any) -> KinepyServer:
         root = tmp_path_factory.mktemp("kinepy")
         fields: dict[str, Any] = {
             "kind": "kinepy",
@@ -316,6 +421,9 @@ def make_kinepy_server(
             "log_path": root / "kinepy.log",
             "db_path": root / "state.db",
         }
+        backend = backend or kinepy_backend
+        if backend != "sqlite" and not {"db_path", "datastore_endpoint"} & overrides.keys():
+            fields["datastore_endpoint"] = _fresh_datastore(backend, kinepy_databases, drops)
         server = KinepyServer(**(fields | overrides))
         servers.append(server)
         _track(request, server)
@@ -324,6 +432,7 @@ def make_kinepy_server(
 
     yield make
     unclean = [(server, server.stop()) for server in servers]
+    _drop(drops)
     unclean = [(server, code) for server, code in unclean if code not in (None, 0)]
     if unclean:  # SIGTERM must stop kinepy cleanly; a crash during the test shows up here too
         pytest.fail(
@@ -335,8 +444,22 @@ def make_kinepy_server(
 
 @pytest.fixture
 def kinepy_server(make_kinepy_server: Callable[..., KinepyServer]) -> KinepyServer:
-    """A fresh kinepy on SQLite (revision 1, no keys); has ``.db_path``, ``.restart()`` and ``.stop()``."""
+    """A fresh kinepy on ``kinepy_backend`` (revision 1, no keys); has ``.restart()``, ``.stop()`` and, on
+    SQLite, ``.db_path``."""
     return make_kinepy_server()
+
+
+@pytest.fixture
+def kinepy_datastore_endpoint(
+    kinepy_backend: str, kinepy_databases: SharedDatabaseServers, tmp_path: Path
+) -> Iterator[str]:
+    """The ``--datastore-endpoint`` of a fresh database of ``kinepy_backend``, for an in-process kinepy."""
+    if kinepy_backend == "sqlite":
+        yield f"sqlite://{tmp_path / 'state.db'}"
+        return
+    drops: list[TestDatabase] = []
+    yield _fresh_datastore(kinepy_backend, kinepy_databases, drops)
+    _drop(drops)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,8 +15,13 @@ Per test
     ``mysql``): a fresh SQLite file, or a fresh ``kinepy_<random>`` database created on the shared
     server and dropped afterwards. ``database.url`` is its ``--datastore-endpoint``;
     ``database_url`` is just that string.
-    ``make_kinepy_on(url, **overrides)`` starts ``python -m kinepy`` on any endpoint (conftest's
-    ``make_kinepy_server`` always uses SQLite) with the same teardown checks.
+    ``make_kinepy_on(url, **overrides)`` starts ``python -m kinepy`` on any endpoint with the same
+    teardown checks as conftest's ``make_kinepy_server``.
+
+For conftest (``make_kinepy_server`` on ``kinepy_backend``)
+    ``SharedDatabaseServers`` starts a PostgreSQL and a MariaDB server on first use, for the session
+    (conftest's ``kinepy_databases`` holds one); ``fresh_database(kind)`` names a new database on it,
+    which kinepy creates on its first start.
 
 Missing binaries skip the tests loudly, unless ``CI`` is set: then they fail, so CI cannot go green by
 skipping a backend. ``scripts/test`` installs ``postgresql-15`` and ``mariadb-server`` when missing.
@@ -370,6 +375,39 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestDat
     yield TestDatabase(kind, server.url(name), name, server)
     with contextlib.suppress(Exception):  # the server may already be gone; it is deleted at the end anyway
         server.drop_database(name)
+
+
+class SharedDatabaseServers:
+    """A PostgreSQL and a MariaDB server, each started on first use and kept until `close()`.
+
+    Separate from the ``*_server`` fixtures (each module that imports those gets servers of its own):
+    conftest's session fixture ``kinepy_databases`` holds one, so ``make_kinepy_server`` can reach a
+    server without the test module importing this one's fixtures.
+    """
+
+    def __init__(self) -> None:
+        self._servers: dict[str, DatabaseServer] = {}
+
+    def server(self, kind: str) -> DatabaseServer:
+        """The ``"postgres"`` or ``"mariadb"`` server, started now if it is not running yet."""
+        if kind not in self._servers:
+            start = {"postgres": _start_postgres, "mariadb": _start_mariadb}[kind]
+            server = self._servers[kind] = start()
+            sys.stderr.write(f"\n[{kind} {server.version} started in {server.startup_seconds:.1f} s]\n")
+        return self._servers[kind]
+
+    def fresh_database(self, kind: str) -> TestDatabase:
+        """A database name not used before on the `kind` server; the database itself does not exist
+        yet: kinepy creates a missing database when it starts. ``drop_database`` it when done."""
+        server = self.server(kind)
+        name = f"kinepy_{secrets.token_hex(6)}"
+        return TestDatabase(kind, server.url(name), name, server)
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+            shutil.rmtree(server.root, ignore_errors=True)
+        self._servers.clear()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 
-pytestmark = [pytest.mark.etcd, pytest.mark.kinepy]
+pytestmark = [pytest.mark.etcd, pytest.mark.kinepy, pytest.mark.kinepy_backends]
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
@@ -422,11 +422,17 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    """One etcd and one kinepy for the module (conftest's factories, at module scope), compacted once."""
+def servers(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    kinepy_backend: str,
+    kinepy_databases: Any,
+) -> Iterator[Servers]:
+    """One etcd and one kinepy per module and backend (conftest's factories, at module scope), compacted
+    once."""
     factories = [
         conftest.make_etcd_server.__wrapped__(request, tmp_path_factory),
-        conftest.make_kinepy_server.__wrapped__(request, tmp_path_factory),
+        conftest.make_kinepy_server.__wrapped__(request, tmp_path_factory, kinepy_backend, kinepy_databases),
     ]
     make_etcd, make_kinepy = (next(factory) for factory in factories)
     channels = [grpc.insecure_channel(make_etcd().endpoint), grpc.insecure_channel(make_kinepy().endpoint)]

@@ -22,6 +22,8 @@ SCRIPT = Path(__file__).parent / "clients" / "etcd3_script.py"
 ENV = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
 TIMEOUT = 120  # seconds; the pure-Python protobuf runtime is slow, the session takes well under one
 
+pytestmark = pytest.mark.kinepy_backends  # kinepy on each backend (conftest's kinepy_backend)
+
 
 def run_etcd3_session(endpoint: str) -> dict[str, Any]:
     """Run the python-etcd3 session against ``endpoint``; ``{step: result}`` with the endpoint masked."""

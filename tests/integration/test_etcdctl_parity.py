@@ -14,7 +14,8 @@ exit code, stdout and stderr, normalised so that only what the server decided is
 The etcd side is checked on its own too (``test_scenario_on_etcd``): each scenario runs twice on two fresh
 etcd servers and must print the same — proof the normalisation removes everything run-specific — and
 scenarios carry a few expectations about etcd 3.4's answers, so a broken harness cannot pass by comparing
-two empty outputs.
+two empty outputs. That is also why kinepy, on each backend, is compared with one etcd run per scenario
+(``etcd_output``).
 
 etcdctl 3.4 has no ``get --count-only`` (3.5 added it: "Error: unknown flag: --count-only"); ``count`` is
 compared through ``-w json`` here and ``count_only`` through python-etcd3 in ``test_etcd3_client.py``.
@@ -34,6 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+# kinepy on each backend (conftest's kinepy_backend); tests without kinepy run once.
+pytestmark = pytest.mark.kinepy_backends
 
 COMPACTED = "Error: etcdserver: mvcc: required revision has been compacted"
 FUTURE = "Error: etcdserver: mvcc: required revision is a future revision"
@@ -449,14 +453,33 @@ def test_scenario_on_etcd(
     scenario.check(first)
 
 
+@pytest.fixture(scope="module")
+def etcd_outputs() -> dict[str, list[StepOutput]]:
+    """Scenario id → its output on a fresh etcd, for the module: the same on every fresh etcd."""
+    return {}
+
+
+@pytest.fixture
+def etcd_output(
+    scenario: Scenario,
+    etcd_outputs: dict[str, list[StepOutput]],
+    run_scenario: RunScenario,
+    request: pytest.FixtureRequest,
+) -> list[StepOutput]:
+    """The scenario's output on a fresh etcd, run once per module however many backends compare to it."""
+    if scenario.id not in etcd_outputs:
+        etcd = request.getfixturevalue("etcd_server")
+        etcd_outputs[scenario.id] = run_scenario(etcd.endpoint, scenario.steps)
+    return etcd_outputs[scenario.id]
+
+
 @pytest.mark.etcd
 @pytest.mark.kinepy
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_etcdctl_output_matches_etcd(
-    scenario: Scenario, etcd_server: Any, kinepy_server: Any, run_scenario: RunScenario
+    scenario: Scenario, etcd_output: list[StepOutput], kinepy_server: Any, run_scenario: RunScenario
 ) -> None:
-    expected = run_scenario(etcd_server.endpoint, scenario.steps)
-    assert run_scenario(kinepy_server.endpoint, scenario.steps) == expected
+    assert run_scenario(kinepy_server.endpoint, scenario.steps) == etcd_output
 
 
 @pytest.mark.etcd
@@ -465,12 +488,11 @@ def test_etcdctl_output_matches_etcd(
     "scenario", [s for s in SCENARIOS if s.id in ("revision-numbering", "compaction")], ids=lambda s: s.id
 )
 def test_etcdctl_output_matches_etcd_across_kinepy_restart(
-    scenario: Scenario, etcd_server: Any, kinepy_server: Any, run_scenario: RunScenario
+    scenario: Scenario, etcd_output: list[StepOutput], kinepy_server: Any, run_scenario: RunScenario
 ) -> None:
     """Revisions, history and the compact revision survive a SIGTERM and restart on the same database."""
     middle = len(scenario.steps) // 2
-    expected = run_scenario(etcd_server.endpoint, scenario.steps)
     actual = run_scenario(kinepy_server.endpoint, scenario.steps[:middle])
     kinepy_server.restart()
     actual += run_scenario(kinepy_server.endpoint, scenario.steps[middle:])
-    assert actual == expected
+    assert actual == etcd_output

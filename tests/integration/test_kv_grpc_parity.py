@@ -32,7 +32,7 @@ from google.protobuf.message import Message
 
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 
-pytestmark = [pytest.mark.etcd, pytest.mark.kinepy]
+pytestmark = [pytest.mark.etcd, pytest.mark.kinepy, pytest.mark.kinepy_backends]
 
 Cmp = rpc_pb2.Compare
 RR = rpc_pb2.RangeRequest
@@ -158,12 +158,15 @@ def cmp(key: bytes, target: int, result: int, range_end: bytes = b"", **operand:
 
 @pytest.fixture(scope="module")
 def module_servers(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    kinepy_backend: str,
+    kinepy_databases: Any,
 ) -> Iterator[tuple[str, str]]:
-    """One etcd and one kinepy for the whole module, started by conftest's (function-scoped) factories."""
+    """One etcd and one kinepy per module and backend, started by conftest's (function-scoped) factories."""
     factories = [
         conftest.make_etcd_server.__wrapped__(request, tmp_path_factory),
-        conftest.make_kinepy_server.__wrapped__(request, tmp_path_factory),
+        conftest.make_kinepy_server.__wrapped__(request, tmp_path_factory, kinepy_backend, kinepy_databases),
     ]
     make_etcd, make_kinepy = (next(factory) for factory in factories)
     yield make_etcd().endpoint, make_kinepy().endpoint

@@ -26,17 +26,23 @@ from google.protobuf import text_format
 
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
-pytestmark = [pytest.mark.etcd, pytest.mark.kinepy]
+pytestmark = [pytest.mark.etcd, pytest.mark.kinepy, pytest.mark.kinepy_backends]
 
 WAIT = 10.0
 Etcdctl = Callable[..., subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture(params=["etcd", "kinepy"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server" in metafunc.fixturenames:
+        metafunc.parametrize("server", conftest.etcd_and_kinepy_params(metafunc.config), indirect=True)
+
+
+@pytest.fixture
 def server(request: pytest.FixtureRequest) -> conftest.EtcdServer | conftest.KinepyServer:
-    """Each contract test runs on a fresh real etcd and on a fresh kinepy."""
-    name = "etcd_server" if request.param == "etcd" else "kinepy_server"
-    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+    """Each contract test runs on a fresh real etcd and on a fresh kinepy on each backend."""
+    if request.param == "etcd":
+        return request.getfixturevalue("etcd_server")  # type: ignore[no-any-return]
+    return request.getfixturevalue("make_kinepy_server")(backend=request.param)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Restart: kinepy stopped with SIGTERM and started again on the same SQLite file is the same store.
+"""Restart: kinepy stopped with SIGTERM and started again on the same database is the same store.
 
 Revisions, values, versions, create revisions, history at old revisions, the compaction point and the
 cluster and member IDs in every header all survive; the next write continues the revision sequence.
@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 
-pytestmark = pytest.mark.kinepy
+pytestmark = [pytest.mark.kinepy, pytest.mark.kinepy_backends]
 
 RR = rpc_pb2.RangeRequest
 COMPACTED = (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")

@@ -21,7 +21,6 @@ import collections
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import conftest
@@ -33,7 +32,7 @@ from kinepy.app import App
 from kinepy.config import Config
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
-pytestmark = [pytest.mark.etcd, pytest.mark.kinepy]
+pytestmark = [pytest.mark.etcd, pytest.mark.kinepy, pytest.mark.kinepy_backends]
 
 WAIT = 10.0  # seconds: the longest any single expected response may take
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
@@ -535,12 +534,12 @@ async def test_progress_request_never_overtakes_events(kinepy_server: conftest.K
     assert got[progress[-1]].header.revision >= last
 
 
-async def test_progress_notify_on_an_idle_watcher(tmp_path: Path) -> None:
+async def test_progress_notify_on_an_idle_watcher(kinepy_datastore_endpoint: str) -> None:
     """kinepy only (etcd's interval is 10 min in 3.4): an idle progress_notify watcher gets empty
     responses at the current revision; a watcher without the flag gets none."""
     config = Config(
         listen_address="127.0.0.1:0",
-        datastore_endpoint=f"sqlite://{tmp_path / 'state.db'}",
+        datastore_endpoint=kinepy_datastore_endpoint,
         watch_progress_notify_interval=0.2,
     )
     async with App(config) as app, Client(app.endpoint) as client:
