@@ -1,0 +1,85 @@
+"""WatchHub on its own, with a fake backend: ordering, progress, compaction and skipping ahead."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kinepy.backends.base import KeyRange
+from kinepy.store.watch import PROGRESS_WATCH_ID, WatchHub, WatchResponse
+from kinepy.types import Event, EventType, KeyValue
+
+
+class _NoHistory:
+    """A backend whose log holds nothing: the tests serve catch-up from the window."""
+
+    async def read_events(
+        self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
+    ) -> list[Event]:
+        return []
+
+
+def _put(key: bytes, revision: int) -> Event:
+    return Event(EventType.PUT, KeyValue(key, revision, revision, 1, b"v", 0))
+
+
+async def _responses(stream: object, count: int) -> list[WatchResponse]:
+    out = []
+    async with asyncio.timeout(2):
+        for _ in range(count):
+            out.append(await stream.next_response())  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.fixture
+def hub() -> WatchHub:
+    return WatchHub(_NoHistory(), revision=4, compact_revision=-1)  # type: ignore[arg-type]
+
+
+async def test_progress_is_queued_behind_the_events_it_covers(hub: WatchHub) -> None:
+    stream = hub.open_stream()
+    stream.create(b"a", b"b")
+    hub.publish(6, [_put(b"a1", 5), _put(b"a2", 6)])
+    stream.request_progress()
+    created, events, progress = await _responses(stream, 3)
+    assert created.created and created.revision == 4
+    assert [e.kv.mod_revision for e in events.events] == [5, 6]
+    assert progress.watch_id == PROGRESS_WATCH_ID and progress.revision == 6 and not progress.events
+
+
+async def test_progress_waits_while_a_watcher_is_catching_up(hub: WatchHub) -> None:
+    hub.publish(6, [_put(b"a1", 5), _put(b"a2", 6)])
+    stream = hub.open_stream()
+    stream.create(b"a", b"b", start_revision=5)  # unsynced: revisions 5 and 6 come from the window
+    stream.request_progress()
+    [created] = await _responses(stream, 1)
+    assert created.created
+    assert stream.progress_pending  # not answered before the catch-up
+    assert await hub._sync_once()
+    events, progress = await _responses(stream, 2)
+    assert [e.kv.mod_revision for e in events.events] == [5, 6]
+    assert progress.watch_id == PROGRESS_WATCH_ID and progress.revision == 6
+
+
+async def test_skip_to_cancels_watchers_behind_another_process_compaction(hub: WatchHub) -> None:
+    stream = hub.open_stream()
+    stream.create(b"a", b"b")  # next revision 5
+    hub.compacted(10)
+    hub.skip_to(10)
+    assert hub.revision == 10
+    await hub._sync_once()
+    created, canceled = await _responses(stream, 2)
+    assert created.created
+    assert canceled.canceled and canceled.compact_revision == 10
+    assert stream.watchers == {}
+
+
+async def test_events_below_a_future_start_revision_are_not_sent(hub: WatchHub) -> None:
+    stream = hub.open_stream()
+    stream.create(b"a", b"b", start_revision=6)  # future: waits for revision 6
+    hub.publish(5, [_put(b"a1", 5)])
+    hub.publish(6, [_put(b"a2", 6)])
+    created, events = await _responses(stream, 2)
+    assert created.created
+    assert [e.kv.mod_revision for e in events.events] == [6]
