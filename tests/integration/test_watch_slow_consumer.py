@@ -145,7 +145,10 @@ async def test_slow_watcher_keeps_memory_bounded_and_loses_nothing(
         growth = rss_after - rss_before
         summary = f"RSS grew {growth / 2**20:.1f} MiB (buffering all events: {everything / 2**20:.1f} MiB)"
         print(summary, "while the watcher read nothing")
-        assert growth < everything / 4, summary
+        # Half of that: what a buffering server would need, with room for the allocator's and the
+        # databases' own noise (SQLite page caches, the 8192-event window, driver buffers), which
+        # measured 0.7-13 MiB across runs and backends on a loaded 2-core machine.
+        assert growth < everything / 2, summary
 
         seen = 0
         last = (start - 1, b"")
