@@ -198,15 +198,22 @@ class DatabaseServer:
         return _launch_postgres(self) if self.kind == "postgres" else _launch_mariadb(self)
 
 
-def _owner() -> tuple[dict[str, Any], int, int]:
-    """Popen arguments running a child as the `postgres` system user when we are root (and its ids)."""
+def _owner() -> tuple[list[str], int, int]:
+    """An argv prefix running a child as the `postgres` system user when we are root (and its ids).
+
+    `setpriv` rather than Popen's `user=`/`group=`: those make CPython fork() instead of vfork(), and
+    fork() in a test process with live gRPC threads runs gRPC's fork handlers, which can crash the
+    child (a restarted PostgreSQL once died with SIGSEGV before writing a line). `setpriv` drops the
+    privileges after a plain vfork+exec.
+    """
     if os.geteuid() != 0:
-        return {}, -1, -1
+        return [], -1, -1
     try:
         entry = pwd.getpwnam("postgres")
     except KeyError:
         entry = pwd.getpwnam("nobody")
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}, entry.pw_uid, entry.pw_gid
+    uid, gid = entry.pw_uid, entry.pw_gid
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"], uid, gid
 
 
 def _start_postgres() -> DatabaseServer:
@@ -224,7 +231,7 @@ def _start_postgres() -> DatabaseServer:
     argv = [str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", f"--pwfile={password_file}"]
     argv += ["--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
     initdb = subprocess.run(
-        argv, capture_output=True, text=True, timeout=START_TIMEOUT, check=False, **as_owner
+        [*as_owner, *argv], capture_output=True, text=True, timeout=START_TIMEOUT, check=False
     )
     if initdb.returncode != 0:
         pytest.fail(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}\n{initdb.stderr}", pytrace=False)
@@ -244,7 +251,7 @@ def _launch_postgres(server: DatabaseServer) -> float:
     argv += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}"]
     argv += ["-c", "max_connections=200", "-c", "fsync=on"]
     with server.log_path.open("ab") as log:
-        server.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **as_owner)
+        server.proc = subprocess.Popen([*as_owner, *argv], stdout=log, stderr=subprocess.STDOUT)
     pg_isready = [
         str(PG_BIN / "pg_isready"),
         "-q",
