@@ -123,9 +123,11 @@ class Backend(Protocol):
         limit: int,
         keys_only: bool,
         count_only: bool,
+        count: bool = True,
     ) -> RangeRows:
         """Read at most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest) and
-        count the keys in the range.
+        count the keys in the range (unless `count` is False: the caller knows it, and the
+        result's count is then just the number of rows read).
 
         When `revision` is above the current revision or below the compaction point, no rows
         are read: the caller sees both revisions in the result and decides.

@@ -16,6 +16,7 @@ from kinepy.store import mvcc
 from kinepy.store.compactor import Compactor, OnCompact
 from kinepy.store.keys import key_range
 from kinepy.store.leases import LeaseManager
+from kinepy.store.pages import PageCounts
 from kinepy.store.watch import CATCH_UP_MAX_REVISIONS, WatchHub
 from kinepy.store.writer import OnCommit, Writer
 from kinepy.types import (
@@ -73,6 +74,7 @@ class KVStore:
         self.writer = Writer(backend, publish=self._publish, batch_max=write_batch_max, on_commit=on_commit)
         self.compactor = Compactor(backend, batch_revisions=compact_batch_revisions, on_compact=on_compact)
         self.leases = LeaseManager(backend, self.writer, expiry_interval=lease_expiry_interval)
+        self.page_counts = PageCounts()
         self._watch_window_events = watch_window_events
         self._watch_stream_buffer_events = watch_stream_buffer_events
         self.hub: WatchHub | None = None
@@ -212,15 +214,20 @@ class KVStore:
     async def range(self, req: RangeRequest) -> RangeResponse:
         mvcc.validate_range(req)
         fetch = mvcc.range_fetch_limit(req)
+        known_count = self.page_counts.take(req, fetch)
         rows = await self.backend.read_range(
             key_range(req.key, req.range_end),
             revision=req.revision,
             limit=fetch,
             keys_only=req.keys_only and req.sort_target != SortTarget.VALUE,
             count_only=req.count_only,
+            count=known_count is None,
         )
         mvcc.check_read_revision(req.revision, rows.revision, rows.compact_revision)
-        return mvcc.finish_range(req, rows.kvs, rows.count, rows.revision)
+        count = rows.count if known_count is None else known_count
+        resp = mvcc.finish_range(req, rows.kvs, count, rows.revision)
+        self.page_counts.remember(req, fetch, resp)
+        return resp
 
     async def put(self, req: PutRequest) -> PutResponse:
         mvcc.validate_put(req)

@@ -152,6 +152,32 @@ def test_revisions_start_at_one_and_ranges_limit_count_and_more(client: Client) 
     assert client.get(b"zzz").header.revision == 6
 
 
+def test_paginated_list_counts_the_keys_still_ahead_at_the_pinned_revision(client: Client) -> None:
+    """kube-apiserver's list: page 1 at the latest revision, then `[last key + \\0, end)` at that
+    revision while writes go on. Every page's count is the keys of its range at the pinned revision,
+    as a count_only read at that revision says (kinepy carries it from page to page)."""
+    keys = [b"p/%03d" % i for i in range(23)]
+    for k in keys:
+        client.put(k, b"v")
+    first = client.get(b"p/", b"p0", limit=5)
+    pinned = first.header.revision
+    pages, page = [first], first
+    while page.more:
+        # Writes between pages: a create inside the range, a delete of a key ahead, an update.
+        client.put(b"p/%03d~" % len(pages), b"new")
+        client.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=keys[-len(pages)]), timeout=30)
+        client.put(keys[len(pages)], b"changed")
+        page = client.get(page.kvs[-1].key + b"\0", b"p0", limit=5, revision=pinned)
+        pages.append(page)
+    assert [k for p in pages for k in _keys(p)] == keys
+    assert [p.count for p in pages] == [23, 18, 13, 8, 3]
+    for p in pages:
+        oracle = client.get(p.kvs[0].key, b"p0", count_only=True, revision=pinned)
+        assert p.count == oracle.count
+    latest = client.get(b"p/", b"p0", count_only=True)
+    assert latest.count == 23 + 4 - 4  # four creates, four deletes since
+
+
 def test_history_reads_at_old_revisions(client: Client) -> None:
     client.put(b"k", b"v1")  # 2
     client.put(b"k", b"v2")  # 3

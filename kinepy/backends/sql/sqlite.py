@@ -234,23 +234,38 @@ class SQLiteBackend:
     # -- reads -------------------------------------------------------------------------------
 
     async def read_range(
-        self, key_range: KeyRange, *, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        key_range: KeyRange,
+        *,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        count: bool = True,
     ) -> RangeRows:
         if self._inline is not None and key_range.end == key_range.start + b"\x00":
             # A single key is a few index lookups: cheaper on the loop's own connection than the
             # hop to a reader thread and back (measured: docs/performance.md).
             try:
-                return self._read_range_on(self._inline, key_range, revision, limit, keys_only, count_only)
+                return self._read_range_on(
+                    self._inline, key_range, revision, limit, keys_only, count_only, count
+                )
             except sqlite3.Error as exc:
                 raise BackendError(f"SQLite error: {exc}") from exc
         return await self._run(
-            self._readers, self._read_range, key_range, revision, limit, keys_only, count_only
+            self._readers, self._read_range, key_range, revision, limit, keys_only, count_only, count
         )
 
     def _read_range(
-        self, key_range: KeyRange, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        key_range: KeyRange,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        count: bool,
     ) -> RangeRows:
-        return self._read_range_on(self._connect(), key_range, revision, limit, keys_only, count_only)
+        return self._read_range_on(self._connect(), key_range, revision, limit, keys_only, count_only, count)
 
     def _read_range_on(
         self,
@@ -260,11 +275,12 @@ class SQLiteBackend:
         limit: int,
         keys_only: bool,
         count_only: bool,
+        count: bool = True,
     ) -> RangeRows:
         conn.execute("BEGIN")
         try:
             current, compact = conn.execute(sql.SELECT_META).fetchone()
-            rows = _range(conn, key_range, revision, current, compact, limit, keys_only, count_only)
+            rows = _range(conn, key_range, revision, current, compact, limit, keys_only, count_only, count)
             return RangeRows(current, compact, *rows)
         finally:
             conn.execute("COMMIT")
@@ -447,9 +463,11 @@ def _range(
     limit: int,
     keys_only: bool,
     count_only: bool,
+    count: bool = True,
 ) -> tuple[list[KeyValue], int]:
     """At most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest), in key order,
-    and how many keys the range holds; within the caller's read transaction."""
+    and how many keys the range holds (with `count`; else the rows read); within the caller's
+    read transaction."""
     latest = revision <= 0 or revision >= current
     if revision > current or (revision > 0 and revision < compact):
         return [], 0
@@ -461,7 +479,7 @@ def _range(
     else:
         stmt, args = sql.select_at_revision(key_range, revision, keys_only=keys_only, limit=limit)
     kvs = [_kv(row) for row in conn.execute(stmt, args)]
-    if limit <= 0 or len(kvs) < limit:
+    if limit <= 0 or len(kvs) < limit or not count:
         return kvs, len(kvs)
     stmt, args = sql.count_current(key_range) if latest else sql.count_at_revision(key_range, revision)
     return kvs, conn.execute(stmt, args).fetchone()[0]
