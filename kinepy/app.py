@@ -146,7 +146,7 @@ class App:
             backend,
             max_txn_ops=config.max_txn_ops,
             write_batch_max=config.write_batch_max,
-            compact_batch_revisions=config.compact_batch_revisions,
+            compact_batch_rows=config.compact_batch_rows,
             watch_window_events=config.watch_window_events,
             watch_stream_buffer_events=config.watch_stream_buffer_events,
             watch_progress_interval=config.watch_progress_notify_interval,

@@ -76,8 +76,9 @@ class Config:
     compact_retention: int = 1000
     """Automatic compaction keeps this many most recent revisions of history."""
 
-    compact_batch_revisions: int = 1000
-    """Revisions of history removed per compaction transaction; bounds how long a write waits."""
+    compact_batch_rows: int = 1000
+    """History rows one compaction transaction works through (whole revisions); bounds how long
+    a write waits behind compaction."""
 
     datastore_max_connections: int = 10
     """PostgreSQL/MySQL: most connections this process opens to the database (its pool; at least 2).

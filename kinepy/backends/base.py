@@ -156,10 +156,14 @@ class Backend(Protocol):
     async def lease_keys(self, lease_id: int) -> list[bytes]:
         """The keys attached to a lease, in key order."""
 
-    async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
-        """Delete history superseded at `compact_revision` among revisions `(after, upto]`.
+    async def compact_batch(
+        self, compact_revision: int, after: int, upto: int, max_rows: int
+    ) -> tuple[int, int]:
+        """Delete history superseded at `compact_revision` among revisions `(after, reached]`,
+        where `reached <= upto` ends the window at about `max_rows` history rows (whole revisions;
+        a revision alone holding more is taken whole), so one batch stays short.
 
-        Returns the number of rows deleted."""
+        Returns (rows deleted, reached)."""
 
     async def status(self) -> BackendStatus:
         """Revisions and database size."""

@@ -1,9 +1,10 @@
 """Physical compaction: deletes superseded history in small batches.
 
 The logical part (the new compaction revision) commits through the writer like any write; the
-rows themselves are removed here in windows of `batch_revisions` revisions, each its own short
-transaction, so a write never waits behind more than one window. An error backs off and retries;
-it never stops compaction for good.
+rows themselves are removed here in windows of about `batch_rows` history rows (whole revisions),
+each its own short transaction, so a write never waits behind more than one window. Windows count
+rows, not revisions: one revision may hold a txn of 128 puts or a delete of a whole prefix. An
+error backs off and retries; it never stops compaction for good.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ OnCompact = Callable[[float, int], None]
 
 class Compactor:
     def __init__(
-        self, backend: Backend, *, batch_revisions: int = 1000, on_compact: OnCompact | None = None
+        self, backend: Backend, *, batch_rows: int = 1000, on_compact: OnCompact | None = None
     ) -> None:
         self._backend = backend
         self._on_compact = on_compact
-        self._batch_revisions = batch_revisions
+        self._batch_rows = batch_rows
         self._done_upto = 0  # every revision <= this has been compacted physically
         self._target = 0
         self._wakeup = asyncio.Event()
@@ -74,9 +75,8 @@ class Compactor:
                 # revision is deleted now.
                 after = max(0, self._done_upto - 1)
                 while after < target:
-                    upto = min(target, after + self._batch_revisions)
-                    deleted += await self._backend.compact_batch(target, after, upto)
-                    after = upto
+                    rows, after = await self._backend.compact_batch(target, after, target, self._batch_rows)
+                    deleted += rows
                 self._done_upto = target
                 backoff = 0.1
             except Exception as exc:

@@ -47,7 +47,7 @@ class KVStore:
         *,
         max_txn_ops: int = 128,
         write_batch_max: int = 1000,
-        compact_batch_revisions: int = 1000,
+        compact_batch_rows: int = 1000,
         watch_window_events: int = 8192,
         watch_stream_buffer_events: int = 4096,
         lease_expiry_interval: float = 0.5,
@@ -72,7 +72,7 @@ class KVStore:
         self.max_txn_ops = max_txn_ops
         self._max_key_bytes: int = getattr(backend, "max_key_bytes", 0)
         self.writer = Writer(backend, publish=self._publish, batch_max=write_batch_max, on_commit=on_commit)
-        self.compactor = Compactor(backend, batch_revisions=compact_batch_revisions, on_compact=on_compact)
+        self.compactor = Compactor(backend, batch_rows=compact_batch_rows, on_compact=on_compact)
         self.leases = LeaseManager(backend, self.writer, expiry_interval=lease_expiry_interval)
         self.page_counts = PageCounts()
         self._watch_window_events = watch_window_events

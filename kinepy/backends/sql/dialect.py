@@ -573,16 +573,20 @@ class ServerBackend(abc.ABC):
         lock belongs to a connection, takes it around `compact_batch` instead)."""
         return None
 
-    async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
+    async def compact_batch(
+        self, compact_revision: int, after: int, upto: int, max_rows: int
+    ) -> tuple[int, int]:
         # No meta lock: the rows deleted are history at or below the compaction revision, which
         # no writer touches; writers only add rows above the current revision. Batches of several
         # processes (a restart's catch-up while another compacts) take turns on a lock of their own
         # instead of deleting the same rows at once.
         async with self._session("write") as session:
             await self._lock_compaction(session)
+            row = await session.fetchone(sql.COMPACT_WINDOW_END, (after, upto, max_rows))
+            upto = sql.compact_window_end(after, upto, None if row is None else int(row[0]))
             deleted = await session.execute(self.compact_superseded, (after, upto))
             deleted += await session.execute(COMPACT_TOMBSTONES, (after, upto, compact_revision))
-            return deleted
+            return deleted, upto
 
     async def hash_kv(self, revision: int) -> tuple[int, int]:
         async with self._session("read") as session:

@@ -476,7 +476,9 @@ class MySQLBackend(ServerBackend):
 
     # -- maintenance ---------------------------------------------------------------------------
 
-    async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
+    async def compact_batch(
+        self, compact_revision: int, after: int, upto: int, max_rows: int
+    ) -> tuple[int, int]:
         # GET_LOCK belongs to a connection, not a transaction: held on one of its own around the batch.
         async with self._session("none") as lock:
             row = await lock.fetchone("SELECT GET_LOCK(?, ?)", (_COMPACT_LOCK, _COMPACT_LOCK_WAIT))
@@ -485,7 +487,7 @@ class MySQLBackend(ServerBackend):
                     f"MySQL: another kinepy held the compaction lock for {_COMPACT_LOCK_WAIT} s"
                 )
             try:
-                return await super().compact_batch(compact_revision, after, upto)
+                return await super().compact_batch(compact_revision, after, upto, max_rows)
             finally:
                 with contextlib.suppress(Exception):
                     await lock.execute("SELECT RELEASE_LOCK(?)", (_COMPACT_LOCK,))

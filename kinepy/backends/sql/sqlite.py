@@ -373,13 +373,17 @@ class SQLiteBackend:
     def _lease_keys(self, lease_id: int) -> list[bytes]:
         return [bytes(row[0]) for row in self._connect().execute(sql.SELECT_LEASE_KEYS, (lease_id,))]
 
-    async def compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
-        return await self._run(self._writer, self._compact_batch, compact_revision, after, upto)
+    async def compact_batch(
+        self, compact_revision: int, after: int, upto: int, max_rows: int
+    ) -> tuple[int, int]:
+        return await self._run(self._writer, self._compact_batch, compact_revision, after, upto, max_rows)
 
-    def _compact_batch(self, compact_revision: int, after: int, upto: int) -> int:
+    def _compact_batch(self, compact_revision: int, after: int, upto: int, max_rows: int) -> tuple[int, int]:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            row = conn.execute(sql.COMPACT_WINDOW_END, (after, upto, max_rows)).fetchone()
+            upto = sql.compact_window_end(after, upto, None if row is None else row[0])
             deleted = 0
             for stmt, args in sql.compact_log(compact_revision, after, upto):
                 deleted += conn.execute(stmt, args).rowcount
@@ -387,7 +391,7 @@ class SQLiteBackend:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return deleted
+        return deleted, upto
 
     shared = False  # one process owns the file
 

@@ -44,26 +44,36 @@ def count_current(key_range: KeyRange) -> tuple[str, list[object]]:
 
 
 def _at_revision_parts(
-    key_range: KeyRange, revision: int, cols_log: str, cols_cur: str
+    key_range: KeyRange, revision: int, cols_log: str, cols_cur: str, *, limit: int = 0
 ) -> tuple[str, list[object]]:
-    """The keys of `key_range` as they were at `revision`.
+    """The keys of `key_range` as they were at `revision` (unordered); with `limit`, enough of them
+    for the first `limit` in key order.
 
-    Keys not changed since `revision` are read from kv_current; for keys changed since, the newest
-    history row at or below `revision` (unless it is a tombstone). The cost is the matching current
-    rows plus the changes since `revision`, not the whole history.
+    Keys not changed since `revision` are read from kv_current (with a limit, only the first
+    `limit` in key order: an index range scan that stops early, as SQLite does not push an outer
+    LIMIT into a UNION); for keys changed since, the newest history row at or below `revision`
+    (unless it is a tombstone), found through the revision index: left to itself, SQLite scans
+    the `(key, revision)` index over the whole range instead (15 ms for a 500-key page of 200k
+    keys, 0.x ms this way). The cost follows the page plus the changes since `revision`, not the
+    keys stored nor the history.
     """
     cond_cur, p_cur = range_condition(key_range, "key")
     cond_chg, p_chg = range_condition(key_range, "c.key")
+    current = f"SELECT {cols_cur} FROM kv_current WHERE {cond_cur} AND mod_revision <= ?"
+    args: list[object] = [*p_cur, revision]
+    if limit > 0:
+        current = f"SELECT * FROM ({current} ORDER BY key LIMIT ?)"
+        args.append(limit)
     sql = (
-        f"SELECT {cols_cur} FROM kv_current WHERE {cond_cur} AND mod_revision <= ? "
-        "UNION ALL "
+        f"{current} UNION ALL "
         f"SELECT {cols_log} FROM kv_log l "
-        "WHERE l.key IN (SELECT DISTINCT c.key FROM kv_log c WHERE c.revision > ? AND "
+        "WHERE l.key IN (SELECT DISTINCT c.key FROM kv_log c INDEXED BY kv_log_revision "
+        "WHERE c.revision > ? AND "
         f"{cond_chg}) "
         "AND l.revision = (SELECT max(m.revision) FROM kv_log m WHERE m.key = l.key AND m.revision <= ?) "
         "AND l.tombstone = 0"
     )
-    return sql, [*p_cur, revision, revision, *p_chg, revision]
+    return sql, [*args, revision, *p_chg, revision]
 
 
 _LOG_COLS = "l.key, l.create_revision, l.revision, l.version, l.lease, l.value"
@@ -75,7 +85,7 @@ def select_at_revision(
 ) -> tuple[str, list[object]]:
     cols_cur = KV_COLUMNS_KEYS_ONLY if keys_only else KV_COLUMNS
     cols_log = _LOG_COLS_KEYS_ONLY if keys_only else _LOG_COLS
-    inner, args = _at_revision_parts(key_range, revision, cols_log, cols_cur)
+    inner, args = _at_revision_parts(key_range, revision, cols_log, cols_cur, limit=limit)
     sql = f"SELECT * FROM ({inner}) AS r ORDER BY 1"
     if limit > 0:
         sql += " LIMIT ?"
@@ -84,8 +94,23 @@ def select_at_revision(
 
 
 def count_at_revision(key_range: KeyRange, revision: int) -> tuple[str, list[object]]:
-    inner, args = _at_revision_parts(key_range, revision, "l.key", "key")
-    return f"SELECT count(*) FROM ({inner}) AS r", args
+    """How many keys `key_range` held at `revision`: the keys it holds now, corrected by each key
+    changed since (found through the revision index) for whether it exists now and existed then.
+    One index count of the range plus the changes since `revision`: as cheap as a count of the
+    latest revision (6 ms for 100k of 200k keys, against 27 ms for counting the union of
+    `_at_revision_parts`)."""
+    cond_cur, p_cur = range_condition(key_range, "key")
+    cond_chg, p_chg = range_condition(key_range, "c.key")
+    sql = (
+        f"SELECT (SELECT count(*) FROM kv_current WHERE {cond_cur}) + "
+        "(SELECT coalesce(sum(then_ - now_), 0) FROM (SELECT "
+        "(SELECT count(*) FROM kv_current k WHERE k.key = ch.key) AS now_, "
+        "coalesce((SELECT 1 - l.tombstone FROM kv_log l WHERE l.key = ch.key AND l.revision <= ? "
+        "ORDER BY l.revision DESC LIMIT 1), 0) AS then_ "
+        "FROM (SELECT DISTINCT c.key FROM kv_log c INDEXED BY kv_log_revision "
+        f"WHERE c.revision > ? AND {cond_chg}) ch))"
+    )
+    return sql, [*p_cur, revision, revision, *p_chg]
 
 
 INSERT_LOG = (
@@ -106,6 +131,22 @@ SELECT_EXPIRED_LEASES = (
 )
 # `lease != 0` lets the planner use the partial index on kv_current(lease).
 SELECT_LEASE_KEYS = "SELECT key FROM kv_current WHERE lease = ? AND lease != 0 ORDER BY key"
+
+
+# The revision of the history row `offset` rows after `after` (at most `upto`): where a compaction
+# window of `offset` rows ends.
+COMPACT_WINDOW_END = (
+    "SELECT revision FROM kv_log WHERE revision > ? AND revision <= ? ORDER BY revision, sub LIMIT 1 OFFSET ?"
+)
+
+
+def compact_window_end(after: int, upto: int, next_revision: int | None) -> int:
+    """The last revision of a compaction window starting after `after`, given the revision of the
+    first row beyond `max_rows` (None: the rows up to `upto` fit): the revisions before it, or that
+    revision alone when it is the window's first."""
+    if next_revision is None:
+        return upto
+    return next_revision - 1 if next_revision - 1 > after else next_revision
 
 
 def compact_log(compact_revision: int, after: int, upto: int) -> list[tuple[str, list[object]]]:
