@@ -1,0 +1,123 @@
+"""Where a kinepy server's time goes under one workload: py-spy samples, summarised per thread.
+
+    python -m benchmarks.profile create --params '{"concurrency": 64}' [--seconds 5] [--native]
+
+Starts ``python -m kinepy`` on a fresh SQLite file (default, durable settings), runs the load generator
+with the workload's parameters (those of ``--size full`` unless overridden), records the server with
+``py-spy record --threads`` meanwhile, and prints, per thread, how much of the time it was busy and the
+frames where the samples land. py-spy only samples threads that are running, so a thread's sample
+count over the recording's length is its busy share. On the event loop's thread, the samples whose
+innermost Python frame is the loop itself (``Runner.run``) are time in C: gRPC's core and Cython layer
+and uvloop; ``--native`` shows those frames. Needs ``py-spy`` (``pip install py-spy``) and, unless run
+as root, permission to ptrace the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.targets import free_port
+from benchmarks.workloads import SIZES, workloads
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"kinepy did not listen on port {port} within {timeout} s")
+
+
+def _summarise(speedscope: Path, seconds: float, top: int) -> None:
+    data = json.loads(speedscope.read_text())
+    frames = data["shared"]["frames"]
+
+    def name(i: int) -> str:
+        f = frames[i]
+        return f"{f['name']} ({Path(f.get('file') or '?').name}:{f.get('line', '')})"
+
+    for profile in data["profiles"]:
+        weights = profile["weights"]
+        busy = sum(weights)
+        if busy < 0.01 * seconds:
+            continue
+        leaf: collections.Counter[str] = collections.Counter()
+        inclusive: collections.Counter[str] = collections.Counter()
+        for stack, weight in zip(profile["samples"], weights, strict=True):
+            names = [name(i) for i in stack]
+            leaf[names[-1] if names else "?"] += weight
+            for n in set(names):
+                inclusive[n] += weight
+        print(f"\n== {profile['name']}: busy {100 * busy / seconds:.0f}% of {seconds:.0f} s")
+        print("   innermost frame (share of the thread's busy time):")
+        for n, w in leaf.most_common(top):
+            print(f"   {100 * w / busy:5.1f}%  {n}")
+        print("   inclusive:")
+        for n, w in inclusive.most_common(top):
+            print(f"   {100 * w / busy:5.1f}%  {n}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n")[0])
+    parser.add_argument("workload", help="a loadgen workload kind: create, update, put_seq, watch_latency, …")
+    parser.add_argument("--params", default="{}", help="JSON parameters overriding the full size's")
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long to record (default: 5)")
+    parser.add_argument("--native", action="store_true", help="C frames too (slower: lowers throughput)")
+    parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--out", default="", help="keep the speedscope JSON here")
+    args = parser.parse_args()
+    if shutil.which("py-spy") is None:
+        sys.exit("py-spy not found: pip install py-spy")
+    by_kind = {w.kind: w for w in workloads(SIZES["full"]) if not w.dataset.preload}
+    if args.workload not in by_kind:
+        sys.exit(f"no such workload on an empty store; choose from: {', '.join(sorted(by_kind))}")
+    params: dict[str, Any] = dict(by_kind[args.workload].params)
+    params.setdefault("prefix", "/registry/profile/")
+    params.update(json.loads(args.params))
+    params["seconds"] = args.seconds + 2.0
+    with tempfile.TemporaryDirectory(prefix="kinepy-profile-") as workdir:
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "kinepy", "--listen-address", f"127.0.0.1:{port}",
+             "--datastore-endpoint", f"sqlite://{workdir}/state.db", "--log-level", "warning"],
+        )  # fmt: skip
+        try:
+            _wait_for_port(port, timeout=30)
+            spec = {"endpoint": f"127.0.0.1:{port}", "workload": args.workload, "params": params}
+            load = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.loadgen", json.dumps(spec)], stdout=subprocess.PIPE
+            )
+            time.sleep(1.0)  # past the connection set-up
+            out = Path(args.out or os.path.join(workdir, "profile.json"))
+            record = ["py-spy", "record", "-p", str(server.pid), "-d", str(int(args.seconds)), "-r", "200"]
+            record += ["-f", "speedscope", "-o", str(out), "--threads", "--nonblocking"]
+            if args.native:
+                record.append("--native")
+            subprocess.run(record, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            result = json.loads(load.communicate()[0])
+            print(
+                f"{args.workload} {json.dumps(params)}: {result['ops_per_s']:.0f} ops/s, "
+                f"p50 {result['latencies_ms']['p50']:.2f} ms, p99 {result['latencies_ms']['p99']:.2f} ms"
+            )
+            _summarise(out, int(args.seconds), args.top)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
