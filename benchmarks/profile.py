@@ -1,9 +1,10 @@
 """Where a kinepy server's time goes under one workload: py-spy samples, summarised per thread.
 
-    python -m benchmarks.profile create --params '{"concurrency": 64}' [--seconds 5] [--native]
+    python -m benchmarks.profile create-64 [--params '{"concurrency": 32}'] [--seconds 5] [--native]
 
-Starts ``python -m kinepy`` on a fresh SQLite file (default, durable settings), runs the load generator
-with the workload's parameters (those of ``--size full`` unless overridden), records the server with
+Starts ``python -m kinepy`` on a fresh SQLite file (default, durable settings), loads the workload's
+dataset, runs the load generator with the workload's parameters (those of ``--size full``, as
+``python -m benchmarks list`` names them, unless overridden), records the server with
 ``py-spy record --threads`` meanwhile, and prints, per thread, how much of the time it was busy and the
 frames where the samples land. py-spy only samples threads that are running, so a thread's sample
 count over the recording's length is its busy share. On the event loop's thread, the samples whose
@@ -42,6 +43,13 @@ def _wait_for_port(port: int, timeout: float) -> None:
     sys.exit(f"kinepy did not listen on port {port} within {timeout} s")
 
 
+def _loadgen(endpoint: str, kind: str, params: dict[str, Any]) -> None:
+    spec = {"endpoint": endpoint, "workload": kind, "params": params}
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.loadgen", json.dumps(spec)], check=True, stdout=subprocess.DEVNULL
+    )
+
+
 def _summarise(speedscope: Path, seconds: float, top: int) -> None:
     data = json.loads(speedscope.read_text())
     frames = data["shared"]["frames"]
@@ -73,7 +81,7 @@ def _summarise(speedscope: Path, seconds: float, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n")[0])
-    parser.add_argument("workload", help="a loadgen workload kind: create, update, put_seq, watch_latency, …")
+    parser.add_argument("workload", help="a workload of --size full: create-64, list-10k, watch-100, …")
     parser.add_argument("--params", default="{}", help="JSON parameters overriding the full size's")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to record (default: 5)")
     parser.add_argument("--native", action="store_true", help="C frames too (slower: lowers throughput)")
@@ -82,11 +90,11 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
         sys.exit("py-spy not found: pip install py-spy")
-    by_kind = {w.kind: w for w in workloads(SIZES["full"]) if not w.dataset.preload}
-    if args.workload not in by_kind:
-        sys.exit(f"no such workload on an empty store; choose from: {', '.join(sorted(by_kind))}")
-    params: dict[str, Any] = dict(by_kind[args.workload].params)
-    params.setdefault("prefix", "/registry/profile/")
+    by_name = {w.name: w for w in workloads(SIZES["full"])}
+    if args.workload not in by_name:
+        sys.exit(f"no such workload; choose from: {', '.join(by_name)}")
+    workload = by_name[args.workload]
+    params: dict[str, Any] = dict(workload.params)
     params.update(json.loads(args.params))
     params["seconds"] = args.seconds + 2.0
     with tempfile.TemporaryDirectory(prefix="kinepy-profile-") as workdir:
@@ -97,7 +105,11 @@ def main() -> None:
         )  # fmt: skip
         try:
             _wait_for_port(port, timeout=30)
-            spec = {"endpoint": f"127.0.0.1:{port}", "workload": args.workload, "params": params}
+            endpoint = f"127.0.0.1:{port}"
+            for prefix, keys, value_size, rounds in workload.dataset.preload:
+                preload = {"prefix": prefix, "keys": keys, "value_size": value_size, "rounds": rounds}
+                _loadgen(endpoint, "preload", {**preload, "batch": 100, "channels": 4})
+            spec = {"endpoint": endpoint, "workload": workload.kind, "params": params}
             load = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.loadgen", json.dumps(spec)], stdout=subprocess.PIPE
             )
@@ -110,7 +122,7 @@ def main() -> None:
             subprocess.run(record, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             result = json.loads(load.communicate()[0])
             print(
-                f"{args.workload} {json.dumps(params)}: {result['ops_per_s']:.0f} ops/s, "
+                f"{args.workload} {json.dumps(params)}: {result['ops_per_s']:.0f} {workload.unit}/s, "
                 f"p50 {result['latencies_ms']['p50']:.2f} ms, p99 {result['latencies_ms']['p99']:.2f} ms"
             )
             _summarise(out, int(args.seconds), args.top)
