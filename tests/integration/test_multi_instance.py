@@ -5,7 +5,9 @@ instances"): writes through either get consecutive revisions; a watcher on each 
 in the same order with the same revisions and prev_kv; compare-and-swap txns sent to different
 instances never both succeed; a write through one reaches the other's watchers promptly (measured
 here, asserted <= 1 s; the 50 ms / 200 ms targets belong to the benchmarks); an expired lease is
-revoked once, however many instances expire leases; a compaction through one is seen by the other.
+revoked once, however many instances expire leases; a compaction through one is seen by the other;
+an instance cut off from the database (a TCP proxy, `tests/netproxy.py`, resets its connections)
+while the other writes and compacts catches its watchers up after, or cancels them as compacted.
 
 The measured cross-instance latencies are printed (run with ``-s`` to see them).
 """
@@ -26,6 +28,7 @@ import grpc
 import pytest
 from databases import *  # noqa: F403 - fixtures: make_kinepy_on, postgres_server, mariadb_server
 from databases import DatabaseServer, KinepyOn
+from netproxy import Proxy
 
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
@@ -439,3 +442,123 @@ def test_automatic_compaction_runs_in_one_instance_at_a_time(auto_compacting_pai
         b.get(b"auto/0", revision=2)
     assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert current - max(targets) >= 20
+
+
+# --------------------------------------------------------------------------------------------------
+# One instance cut off from the database while the other writes.
+
+
+@pytest.fixture(params=_PARAMS)
+def cut_pair(request: pytest.FixtureRequest, make_kinepy_on: MakeKinepy) -> Iterator[tuple[Pair, Proxy]]:
+    """Like `pair`, but `a` reaches the database through a `Proxy` the test can cut."""
+    kind: str = request.param
+    server: DatabaseServer = request.getfixturevalue(f"{kind}_server")
+    name = server.create_database()
+    url = server.url(name)
+    proxy = Proxy(server.port)
+    via_proxy = url.replace(f"127.0.0.1:{server.port}", f"127.0.0.1:{proxy.port}")
+    assert via_proxy != url
+    one = make_kinepy_on(via_proxy)
+    two = make_kinepy_on(url)
+    a, b = Client(one.endpoint), Client(two.endpoint)
+    try:
+        yield Pair(kind, a, b, (one, two)), proxy
+    finally:
+        a.close()
+        b.close()
+        proxy.close()
+        for kinepy in (one, two):
+            kinepy.stop()
+        server.drop_database(name)
+
+
+def _put_while_cut(a: Client, b: Client, proxy: Proxy, prefix: bytes, seconds: float) -> list[int]:
+    """Cut `a` off (a read through it fails), put through `b` for `seconds`, restore; the revisions
+    written."""
+    proxy.cut()
+    with pytest.raises(grpc.RpcError) as info:
+        a.get(prefix, prefix + b"\xff")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    written = []
+    deadline = time.monotonic() + seconds
+    i = 0
+    try:
+        while time.monotonic() < deadline:
+            written.append(b.put(prefix + b"%04d" % (i % 7), b"%d" % i))
+            i += 1
+            time.sleep(0.02)
+    finally:
+        proxy.restore()
+    return written
+
+
+def test_an_instance_cut_off_from_the_database_catches_its_watchers_up_after(
+    cut_pair: tuple[Pair, Proxy],
+) -> None:
+    """While `a` cannot reach the database, `b` goes on writing; `a`'s watcher neither skips nor
+    repeats an event once `a` is back: it gets what `b`'s watcher gets, in the same order."""
+    pair, proxy = cut_pair
+    a, b = pair.a, pair.b
+    start = a.put(b"p/seed", b"0") + 1
+    on_a = Watch(
+        a, rpc_pb2.WatchCreateRequest(key=b"p/", range_end=b"p0", start_revision=start, prev_kv=True)
+    )
+    on_b = Watch(
+        b, rpc_pb2.WatchCreateRequest(key=b"p/", range_end=b"p0", start_revision=start, prev_kv=True)
+    )
+    try:
+        on_a.created()
+        on_b.created()
+        before = [b.put(b"p/before", b"%d" % i) for i in range(5)]
+        during = _put_while_cut(a, b, proxy, b"p/during/", 2.0)
+        # `a` is back: a write through it lands after everything `b` wrote.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                last = a.put(b"p/after", b"x")
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                assert time.monotonic() < deadline, "a did not recover within 30 s"
+                time.sleep(0.1)
+        assert last > during[-1] > before[-1] and len(during) > 10
+        seen_b = [_event_tuple(e) for e in on_b.events_upto(last)]
+        seen_a = [_event_tuple(e) for e in on_a.events_upto(last)]
+        assert seen_a == seen_b
+        assert [t[4] for t in seen_a] == revisions_between(start, last)
+    finally:
+        on_a.close()
+        on_b.close()
+
+
+def test_a_watcher_behind_a_compaction_made_while_its_instance_was_cut_off_is_cancelled(
+    cut_pair: tuple[Pair, Proxy],
+) -> None:
+    """`b` writes and compacts past what `a`'s watcher has seen while `a` is cut off: once back, `a`
+    cancels that watcher with the compaction revision (etcd's rule), never skips the history."""
+    pair, proxy = cut_pair
+    a, b = pair.a, pair.b
+    start = a.put(b"q/seed", b"0") + 1
+    on_a = Watch(a, rpc_pb2.WatchCreateRequest(key=b"q/", range_end=b"q0", start_revision=start))
+    try:
+        on_a.created()
+        first = b.put(b"q/k", b"first")
+        assert [e.kv.mod_revision for e in on_a.events_upto(first)] == [first]
+        proxy.cut()
+        try:
+            written = [b.put(b"q/k", b"%d" % i) for i in range(20)]
+            target = written[-5]
+            b.kv.Compact(rpc_pb2.CompactionRequest(revision=target, physical=True), timeout=30)
+        finally:
+            proxy.restore()
+        got: list[int] = []
+        while True:
+            _, response = on_a.next(timeout=30)
+            got.extend(e.kv.mod_revision for e in response.events)
+            if response.canceled:
+                assert response.compact_revision == target, response
+                break
+        # Whatever it delivered before the cancel is the history in order, from where it was.
+        assert got == written[: len(got)]
+    finally:
+        on_a.close()
