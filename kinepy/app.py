@@ -177,10 +177,11 @@ class App:
         """Refuse new calls, let in-flight ones finish (up to `grace` s), drain writes, close."""
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        if self.store is not None and self.store.hub is not None:
-            # Watch streams never end by themselves: end them now, UNAVAILABLE, so that clients
-            # re-watch elsewhere (or after the restart) and the grace below is for unary calls.
-            self.store.hub.end_streams()
+        if self.store is not None:
+            # Watch and LeaseKeepAlive streams never end by themselves: end them now, UNAVAILABLE,
+            # so that clients retry elsewhere (or after the restart) and the grace below is for
+            # unary calls.
+            self.store.end_streams()
         if self._server is not None:
             await self._let_received_calls_start(min(grace, QUIESCE_MAX_SECONDS))
             await self._server.stop(grace)

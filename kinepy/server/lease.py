@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
 
+from kinepy.errors import StoppedError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
-from kinepy.server.status import etcd_errors
+from kinepy.server.status import etcd_errors, status_code
 from kinepy.store.kv import KVStore
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,30 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
         request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
-        async for request in request_iterator:
-            ttl = await self._leases.keep_alive(request.ID)
-            yield rpc_pb2.LeaseKeepAliveResponse(
-                header=self._headers(self._revision()), ID=request.ID, TTL=ttl
-            )
+        # Each request is awaited next to the shutdown signal: at shutdown the stream ends at once,
+        # UNAVAILABLE, as etcd's does, instead of holding the server for its whole grace period.
+        requests = aiter(request_iterator)
+        stopping = asyncio.ensure_future(self._store.streams_ended.wait())
+        next_request: asyncio.Future[rpc_pb2.LeaseKeepAliveRequest] | None = None
+        try:
+            while True:
+                next_request = asyncio.ensure_future(anext(requests))
+                await asyncio.wait((next_request, stopping), return_when=asyncio.FIRST_COMPLETED)
+                if not next_request.done():
+                    next_request.cancel()
+                    await context.abort(status_code(StoppedError.code), StoppedError.message)
+                try:
+                    request = next_request.result()
+                except StopAsyncIteration:
+                    return
+                ttl = await self._leases.keep_alive(request.ID)
+                yield rpc_pb2.LeaseKeepAliveResponse(
+                    header=self._headers(self._revision()), ID=request.ID, TTL=ttl
+                )
+        finally:
+            stopping.cancel()
+            if next_request is not None and not next_request.done():
+                next_request.cancel()
 
     @etcd_errors
     async def LeaseTimeToLive(

@@ -78,6 +78,8 @@ class KVStore:
         self._watch_window_events = watch_window_events
         self._watch_stream_buffer_events = watch_stream_buffer_events
         self.hub: WatchHub | None = None
+        self.streams_ended = asyncio.Event()
+        """Set at shutdown: streams that never end by themselves (Watch, LeaseKeepAlive) end now."""
 
     async def _publish(self, revision: int, events: list[Event]) -> None:
         """Hand a commit's events to the watch hub, after any revisions other processes committed
@@ -166,6 +168,13 @@ class KVStore:
             self._follow_task = asyncio.create_task(self._follow(), name="kinepy-log-follower")
         if self._compact_interval > 0:
             self._auto_compact_task = asyncio.create_task(self._auto_compact(), name="kinepy-auto-compact")
+
+    def end_streams(self) -> None:
+        """Shutdown: end every Watch stream once its queue is sent, and every LeaseKeepAlive stream
+        (`streams_ended`), so that clients retry elsewhere instead of waiting out the grace."""
+        self.streams_ended.set()
+        if self.hub is not None:
+            self.hub.end_streams()
 
     async def aclose(self) -> None:
         for task in (self._auto_compact_task, self._follow_task):

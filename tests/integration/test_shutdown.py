@@ -1,5 +1,5 @@
-"""SIGTERM: watch streams end at once with a retryable status, writes in flight are answered, and what
-was acknowledged is there after a restart."""
+"""SIGTERM: watch and lease keepalive streams end at once with a retryable status, writes in flight
+are answered, and what was acknowledged is there after a restart."""
 
 from __future__ import annotations
 
@@ -85,3 +85,36 @@ async def test_writes_in_flight_at_sigterm_are_answered_and_kept(
     stored = {kv.key for kv in resp.kvs}
     assert acked <= stored, f"{len(acked - stored)} acknowledged writes lost"
     assert resp.header.revision == 1 + len(stored)  # nothing half-written
+
+
+def test_sigterm_ends_open_lease_keepalive_streams_with_unavailable(
+    make_kinepy_server: Callable[..., conftest.KinepyServer],
+) -> None:
+    """kube-apiserver holds a LeaseKeepAlive stream open all the time: at SIGTERM it ends at once,
+    UNAVAILABLE, like a Watch stream, instead of holding the shutdown for the whole grace."""
+    server = make_kinepy_server()
+    done = threading.Event()
+    with grpc.insecure_channel(server.endpoint) as channel:
+        lease = rpc_pb2_grpc.LeaseStub(channel)
+        lease_id = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60), timeout=10).ID
+
+        def keepalives() -> Iterator[rpc_pb2.LeaseKeepAliveRequest]:
+            yield rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)
+            done.wait()
+
+        responses = lease.LeaseKeepAlive(keepalives(), timeout=30)
+        try:
+            assert next(responses).TTL == 60
+            assert server.proc is not None
+            proc = server.proc
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.RpcError) as info:
+                next(responses)
+            ended = time.monotonic() - started
+        finally:
+            done.set()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    assert info.value.details() == "etcdserver: server stopped"
+    assert ended < 1.0, f"the keepalive stream ended {ended:.2f}s after SIGTERM"
+    assert proc.wait(timeout=EXIT_SECONDS) == 0, server.log_tail()
