@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from kinepy import __version__
 from kinepy.errors import AuthNotEnabledError, KinepyError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
@@ -23,6 +22,10 @@ _SNAPSHOT_CHUNK = 64 * 1024
 EMULATED_ETCD_VERSION = "3.6.6"
 
 
+@unimplemented_by_default(
+    "Maintenance",
+    {"Hash": "a test-only call; use HashKV", "MoveLeader": "kinepy is a single member"},
+)
 class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     def __init__(self, store: KVStore, headers: convert.Headers) -> None:
         self._store = store
@@ -100,29 +103,8 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
                 header=header, remaining_bytes=0, blob=digest.digest(), version="3.6.0"
             )
 
-    async def Hash(
-        self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.HashResponse:
-        await _unsupported(context, "Hash (a test-only call; use HashKV)")
-        raise AssertionError  # abort raised
 
-    async def MoveLeader(
-        self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.MoveLeaderResponse:
-        await _unsupported(context, "MoveLeader (kinepy is a single member)")
-        raise AssertionError
-
-    async def Downgrade(
-        self, request: rpc_pb2.DowngradeRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.DowngradeResponse:
-        await _unsupported(context, "Downgrade")
-        raise AssertionError
-
-
-async def _unsupported(context: grpc.aio.ServicerContext, what: str) -> None:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"kinepy {__version__}: {what} is not supported")
-
-
+@unimplemented_by_default("Cluster", {"MemberAdd": "run more kinepy processes on one database instead"})
 class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
     def __init__(
         self, store: KVStore, headers: convert.Headers, *, name: str, client_urls: list[str]
@@ -145,30 +127,6 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
             isLearner=False,
         )
         return rpc_pb2.MemberListResponse(header=self._headers(status.revision), members=[member])
-
-    async def MemberAdd(
-        self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.MemberAddResponse:
-        await _unsupported(context, "MemberAdd (run more kinepy processes on one database instead)")
-        raise AssertionError
-
-    async def MemberRemove(
-        self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.MemberRemoveResponse:
-        await _unsupported(context, "MemberRemove")
-        raise AssertionError
-
-    async def MemberUpdate(
-        self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.MemberUpdateResponse:
-        await _unsupported(context, "MemberUpdate")
-        raise AssertionError
-
-    async def MemberPromote(
-        self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.MemberPromoteResponse:
-        await _unsupported(context, "MemberPromote")
-        raise AssertionError
 
 
 @unimplemented_by_default("Auth")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -42,24 +42,28 @@ def etcd_errors(method: F) -> F:
 T = TypeVar("T", bound=type)
 
 
-def unimplemented_by_default(service: str) -> Callable[[T], T]:
+def unimplemented_by_default(service: str, hints: Mapping[str, str] | None = None) -> Callable[[T], T]:
     """Answer every RPC the class does not define with UNIMPLEMENTED and a message naming it
-    (instead of grpc's generic "Method not implemented!")."""
+    (instead of grpc's generic "Method not implemented!"), with `hints[name]` after it if given:
+    `kinepy: Maintenance.Hash is not supported (a test-only call; use HashKV)`."""
 
     def decorate(cls: T) -> T:
         base = cls.__mro__[1]
         for name, member in vars(base).items():
             if name.startswith("_") or not callable(member) or name in vars(cls):
                 continue
-            setattr(cls, name, _unimplemented(f"{service}.{name}"))
+            hint = (hints or {}).get(name)
+            setattr(cls, name, _unimplemented(f"{service}.{name}", hint))
         return cls
 
     return decorate
 
 
-def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
+def _unimplemented(what: str, hint: str | None) -> Callable[..., Awaitable[Any]]:
+    message = f"kinepy: {what} is not supported" + (f" ({hint})" if hint else "")
+
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"kinepy: {what} is not supported")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
     handler.__name__ = what.rsplit(".", 1)[-1]
     return handler

@@ -134,3 +134,25 @@ def test_snapshot_save_like_etcd(
     assert outputs[1] == outputs[0] == (0, "Snapshot saved at <path>\n")
     with (tmp_path / "kinepy.db").open("rb") as f:
         assert f.read(16) == b"SQLite format 3\x00"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["move-leader", "1"], "kinepy: Maintenance.MoveLeader is not supported (kinepy is a single member)"),
+        (
+            ["member", "add", "m2", "--peer-urls=http://127.0.0.1:2380"],
+            "kinepy: Cluster.MemberAdd is not supported",
+        ),
+        (["member", "remove", "1"], "kinepy: Cluster.MemberRemove is not supported"),
+    ],
+)
+def test_membership_changes_are_refused_with_a_message_naming_the_call(
+    make_kinepy_server: Callable[..., conftest.KinepyServer], etcdctl: Etcdctl, args: list[str], message: str
+) -> None:
+    """What etcdctl prints for the calls a single-member kinepy does not serve: the call named, and a
+    hint where there is one, not grpc's bare 'Method not implemented!'."""
+    server = make_kinepy_server()
+    proc = etcdctl(server.endpoint, *args)
+    assert proc.returncode != 0
+    assert "Unimplemented" in proc.stderr and message in proc.stderr, proc.stderr
