@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
+from benchmarks.drive import loadgen, preload
 from benchmarks.targets import (
     TARGETS,
     DatabaseServers,
@@ -49,25 +50,6 @@ CLIENT_BOUND = 0.85  # client CPU / wall time above which a run is flagged: the 
 def log(message: str) -> None:
     sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
-
-
-def loadgen(endpoint: str, kind: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
-    spec = json.dumps({"endpoint": endpoint, "workload": kind, "params": params})
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loadgen", spec],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"loadgen {kind} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def compact(target: Target) -> tuple[int, float]:
@@ -152,22 +134,6 @@ def measure(target: Target, workload: Workload, repeat: int) -> dict[str, Any]:
         "client_loop": result["client_loop"],
     }
     return row
-
-
-def preload(target: Target, workload_list: list[Workload]) -> float:
-    """Load the dataset of `workload_list` into `target`; returns the seconds it took."""
-    started = time.perf_counter()
-    for prefix, keys, value_size, rounds in workload_list[0].dataset.preload:
-        params = {
-            "prefix": prefix,
-            "keys": keys,
-            "value_size": value_size,
-            "rounds": rounds,
-            "batch": 100 if target.multi_op_txn else 1,
-            "channels": 4,
-        }
-        loadgen(target.endpoint, "preload", params, timeout=4 * 3600)
-    return time.perf_counter() - started
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:

@@ -2,15 +2,15 @@
 
     python -m benchmarks.profile create-64 [--params '{"concurrency": 32}'] [--seconds 5] [--native]
 
-Starts ``python -m kinepy`` on a fresh SQLite file (default, durable settings), loads the workload's
-dataset, runs the load generator with the workload's parameters (those of ``--size full``, as
-``python -m benchmarks list`` names them, unless overridden), records the server with
-``py-spy record --threads`` meanwhile, and prints, per thread, how much of the time it was busy and the
-frames where the samples land. py-spy only samples threads that are running, so a thread's sample
-count over the recording's length is its busy share. On the event loop's thread, the samples whose
-innermost Python frame is the loop itself (``Runner.run``) are time in C: gRPC's core and Cython layer
-and uvloop; ``--native`` shows those frames. Needs ``py-spy`` (``pip install py-spy``) and, unless run
-as root, permission to ptrace the server.
+Starts kinepy as the suite's ``kinepy-sqlite`` target (a fresh SQLite file, default durable
+settings), loads the workload's dataset, runs the load generator with the workload's parameters
+(those of ``--size full``, as ``python -m benchmarks list`` names them, unless overridden), records
+the server with ``py-spy record --threads`` meanwhile, and prints, per thread, how much of the
+time it was busy and the frames where the samples land. py-spy only samples threads that are
+running, so a thread's sample count over the recording's length is its busy share. On the event
+loop's thread, the samples whose innermost Python frame is the loop itself (``Runner.run``) are
+time in C: gRPC's core and Cython layer and uvloop; ``--native`` shows those frames. Needs
+``py-spy`` (``pip install py-spy``) and, unless run as root, permission to ptrace the server.
 """
 
 from __future__ import annotations
@@ -18,36 +18,18 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.targets import free_port
+from benchmarks.drive import loadgen, preload
+from benchmarks.targets import Kinepy
 from benchmarks.workloads import SIZES, workloads
-
-
-def _wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"kinepy did not listen on port {port} within {timeout} s")
-
-
-def _loadgen(endpoint: str, kind: str, params: dict[str, Any]) -> None:
-    spec = {"endpoint": endpoint, "workload": kind, "params": params}
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.loadgen", json.dumps(spec)], check=True, stdout=subprocess.DEVNULL
-    )
 
 
 def _summarise(speedscope: Path, seconds: float, top: int) -> None:
@@ -95,40 +77,31 @@ def main() -> None:
         sys.exit(f"no such workload; choose from: {', '.join(by_name)}")
     workload = by_name[args.workload]
     params: dict[str, Any] = dict(workload.params)
+    params.setdefault("prefix", f"/registry/bench/{workload.name}/profile/")  # as the suite's runs do
     params.update(json.loads(args.params))
     params["seconds"] = args.seconds + 2.0
-    with tempfile.TemporaryDirectory(prefix="kinepy-profile-") as workdir:
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "kinepy", "--listen-address", f"127.0.0.1:{port}",
-             "--datastore-endpoint", f"sqlite://{workdir}/state.db", "--log-level", "warning"],
-        )  # fmt: skip
-        try:
-            _wait_for_port(port, timeout=30)
-            endpoint = f"127.0.0.1:{port}"
-            for prefix, keys, value_size, rounds in workload.dataset.preload:
-                preload = {"prefix": prefix, "keys": keys, "value_size": value_size, "rounds": rounds}
-                _loadgen(endpoint, "preload", {**preload, "batch": 100, "channels": 4})
-            spec = {"endpoint": endpoint, "workload": workload.kind, "params": params}
-            load = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.loadgen", json.dumps(spec)], stdout=subprocess.PIPE
-            )
+    server = Kinepy("kinepy-sqlite")  # the suite's own target: a fresh SQLite file, default settings
+    server.start()
+    try:
+        assert server.proc is not None
+        preload(server, [workload])
+        with ThreadPoolExecutor(1) as pool, tempfile.TemporaryDirectory(prefix="kinepy-profile-") as tmp:
+            load = pool.submit(loadgen, server.endpoint, workload.kind, params, timeout=600)
             time.sleep(1.0)  # past the connection set-up
-            out = Path(args.out or os.path.join(workdir, "profile.json"))
-            record = ["py-spy", "record", "-p", str(server.pid), "-d", str(int(args.seconds)), "-r", "200"]
-            record += ["-f", "speedscope", "-o", str(out), "--threads", "--nonblocking"]
+            out = Path(args.out or Path(tmp) / "profile.json")
+            record = ["py-spy", "record", "-p", str(server.proc.pid), "-d", str(int(args.seconds))]
+            record += ["-r", "200", "-f", "speedscope", "-o", str(out), "--threads", "--nonblocking"]
             if args.native:
                 record.append("--native")
             subprocess.run(record, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            result = json.loads(load.communicate()[0])
+            result = load.result()
             print(
                 f"{args.workload} {json.dumps(params)}: {result['ops_per_s']:.0f} {workload.unit}/s, "
                 f"p50 {result['latencies_ms']['p50']:.2f} ms, p99 {result['latencies_ms']['p99']:.2f} ms"
             )
             _summarise(out, int(args.seconds), args.top)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
