@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import conftest
 import grpc
@@ -23,6 +24,17 @@ def _watch_requests(done: threading.Event) -> Iterator[rpc_pb2.WatchRequest]:
     done.wait()
 
 
+def _sigterm_ends(server: conftest.KinepyServer, responses: Iterator[Any]) -> tuple[grpc.RpcError, float]:
+    """SIGTERM `server`; the error that ends the open stream `responses`, and how many seconds after
+    the signal it came."""
+    assert server.proc is not None
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    with pytest.raises(grpc.RpcError) as info:
+        next(responses)
+    return info.value, time.monotonic() - started
+
+
 def test_sigterm_ends_open_watches_with_unavailable_and_exits_0(
     make_kinepy_server: Callable[..., conftest.KinepyServer],
 ) -> None:
@@ -32,20 +44,14 @@ def test_sigterm_ends_open_watches_with_unavailable_and_exits_0(
         responses = rpc_pb2_grpc.WatchStub(channel).Watch(_watch_requests(done), timeout=30)
         try:
             assert next(responses).created
-            assert server.proc is not None
-            proc = server.proc
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            with pytest.raises(grpc.RpcError) as info:
-                next(responses)
-            ended = time.monotonic() - started
+            error, ended = _sigterm_ends(server, responses)
         finally:
             done.set()
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
-    assert info.value.details() == "etcdserver: server stopped"
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+    assert error.details() == "etcdserver: server stopped"
     # Before this change the stream was held for the whole 2 s grace and then cut by grpc.
     assert ended < 1.0, f"the watch ended {ended:.2f}s after SIGTERM"
-    assert proc.wait(timeout=EXIT_SECONDS) == 0, server.log_tail()
+    assert server.proc is not None and server.proc.wait(timeout=EXIT_SECONDS) == 0, server.log_tail()
 
 
 async def test_writes_in_flight_at_sigterm_are_answered_and_kept(
@@ -105,16 +111,10 @@ def test_sigterm_ends_open_lease_keepalive_streams_with_unavailable(
         responses = lease.LeaseKeepAlive(keepalives(), timeout=30)
         try:
             assert next(responses).TTL == 60
-            assert server.proc is not None
-            proc = server.proc
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            with pytest.raises(grpc.RpcError) as info:
-                next(responses)
-            ended = time.monotonic() - started
+            error, ended = _sigterm_ends(server, responses)
         finally:
             done.set()
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
-    assert info.value.details() == "etcdserver: server stopped"
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+    assert error.details() == "etcdserver: server stopped"
     assert ended < 1.0, f"the keepalive stream ended {ended:.2f}s after SIGTERM"
-    assert proc.wait(timeout=EXIT_SECONDS) == 0, server.log_tail()
+    assert server.proc is not None and server.proc.wait(timeout=EXIT_SECONDS) == 0, server.log_tail()
