@@ -90,9 +90,9 @@ def main() -> None:
             time.sleep(1.0)  # past the connection set-up
             out = Path(args.out or Path(tmp) / "profile.json")
             record = ["py-spy", "record", "-p", str(server.proc.pid), "-d", str(int(args.seconds))]
-            record += ["-r", "200", "-f", "speedscope", "-o", str(out), "--threads", "--nonblocking"]
-            if args.native:
-                record.append("--native")
+            record += ["-r", "200", "-f", "speedscope", "-o", str(out), "--threads"]
+            # py-spy reads C stacks only from a stopped process, so --native cannot be --nonblocking
+            record.append("--native" if args.native else "--nonblocking")
             subprocess.run(record, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             result = load.result()
             print(
