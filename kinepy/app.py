@@ -27,7 +27,7 @@ from kinepy.server.kv import KVServicer
 from kinepy.server.lease import LeaseServicer
 from kinepy.server.maintenance import AuthServicer, ClusterServicer, MaintenanceServicer
 from kinepy.server.passthrough import PassthroughHandler
-from kinepy.server.watch import WatchServicer
+from kinepy.server.watch import WatchServicer, add_watch_servicer
 from kinepy.store.kv import KVStore
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,7 @@ class App:
         rpc_pb2_grpc.add_KVServicer_to_server(
             KVServicer(store, headers, max_request_bytes=config.max_request_bytes), server
         )
-        rpc_pb2_grpc.add_WatchServicer_to_server(
-            WatchServicer(store, headers, max_request_bytes=config.max_request_bytes), server
-        )
+        add_watch_servicer(WatchServicer(store, headers, max_request_bytes=config.max_request_bytes), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(store, headers), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(store, headers), server)
         rpc_pb2_grpc.add_AuthServicer_to_server(AuthServicer(store, headers), server)
