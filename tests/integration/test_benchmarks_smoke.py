@@ -85,3 +85,23 @@ def test_unknown_target_is_refused() -> None:
         check=False,
     )
     assert proc.returncode != 0 and "unknown target 'nope'" in proc.stderr
+
+
+def test_floor_measures_every_shape(tmp_path: Path) -> None:
+    """`python -m benchmarks.floor` (the canned grpc.aio server docs/performance.md compares with)
+    runs every shape and reports figures that mean something."""
+    out = tmp_path / "floor.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.floor", "--seconds", "0.5", "--out", str(out)],
+        cwd=conftest.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"benchmarks.floor exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    results = json.loads(out.read_text())["results"]
+    assert len(results) == 6
+    for r in results:
+        assert r["ops_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"], r
+        assert r["shape"] in proc.stdout

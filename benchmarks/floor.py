@@ -1,0 +1,239 @@
+"""The ceiling of a Python gRPC server on this machine: grpc.aio on uvloop answering with canned
+bytes, doing no storage work at all, driven by a grpc.aio client in another process.
+
+    python -m benchmarks.floor [--seconds 4] [--out floor.json]
+
+Each row mirrors one workload's shape (request and reply sizes, calls in flight, channels): the
+figure is what kinepy would reach if reading, writing and encoding cost nothing. The client here
+skips protobuf parsing (raw bytes), so the ceilings are, if anything, generous. docs/performance.md
+sets them beside etcd's figures: a target above its ceiling is out of reach for any Python server
+built on grpc.aio, whatever it does with the time it has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from multiprocessing.synchronize import Event as ProcessEvent
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from benchmarks.loadgen import percentile
+
+_CHANNELS = 4  # as the suite's load generator
+_OPTIONS = [("grpc.max_send_message_length", 1 << 26), ("grpc.max_receive_message_length", 1 << 26)]
+
+
+def _raw(message: bytes) -> bytes:
+    return message
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    like: str  # the suite's workload it mirrors
+    request_bytes: int = 0
+    reply_bytes: int = 0
+    in_flight: int = 1
+    processes: int = 1  # server processes sharing the port (SO_REUSEPORT)
+    watchers: int = 0  # > 0: watch fan-out instead of unary calls
+
+
+SHAPES = [
+    Shape("unary, 1 in flight, small reply", "count-10k, put-seq", 60, 40),
+    Shape("unary, 64 in flight, 1 KiB request", "create-64, update-1000", 1100, 40, in_flight=64),
+    Shape("  the same on 2 server processes", "create-64, update-1000", 1100, 40, in_flight=64, processes=2),
+    Shape("unary, 1 in flight, 536 KB reply", "list-10k (a 500-key page)", 60, 536_000),
+    Shape("watch fan-out to 1 stream, 100 puts/s", "watch-1", 300, watchers=1),
+    Shape("watch fan-out to 100 streams, 100 puts/s", "watch-100", 300, watchers=100),
+]
+
+
+def _serve(port: int, reply_bytes: int, ready: ProcessEvent) -> None:
+    import uvloop
+
+    reply = os.urandom(reply_bytes)
+
+    async def main() -> None:
+        streams: list[asyncio.Queue[bytes]] = []
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return reply
+
+        async def put(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            for queue in streams:
+                queue.put_nowait(request)
+            return reply
+
+        async def watch(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            queue: asyncio.Queue[bytes] = asyncio.Queue()
+            streams.append(queue)
+            yield b"created"
+            while True:
+                yield await queue.get()
+
+        def unary(fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=_raw, response_serializer=_raw
+            )
+
+        handlers = {
+            "Call": unary(call),
+            "Put": unary(put),
+            "Watch": grpc.stream_stream_rpc_method_handler(
+                watch, request_deserializer=_raw, response_serializer=_raw
+            ),
+        }
+        server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", 1)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Floor", handlers),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    uvloop.install()
+    asyncio.run(main())
+
+
+async def _unary(port: int, shape: Shape, seconds: float) -> dict[str, float]:
+    channels = [
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(_CHANNELS)
+    ]
+    calls = [
+        c.unary_unary("/floor.Floor/Call", request_serializer=_raw, response_deserializer=_raw)
+        for c in channels
+    ]
+    request = os.urandom(shape.request_bytes)
+    latencies: list[float] = []
+
+    async def worker(w: int, until: float, record: bool) -> None:
+        call = calls[w % len(calls)]
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            await call(request)
+            if record:
+                latencies.append(time.perf_counter() - started)
+
+    warm = time.perf_counter() + 1.0
+    await asyncio.gather(*(worker(w, warm, False) for w in range(shape.in_flight)))
+    cpu, started = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(w, started + seconds, True) for w in range(shape.in_flight)))
+    wall = time.perf_counter() - started
+    for c in channels:
+        await c.close()
+    latencies.sort()
+    return {
+        "ops_per_s": len(latencies) / wall,
+        "p50_ms": 1e3 * percentile(latencies, 0.5),
+        "p99_ms": 1e3 * percentile(latencies, 0.99),
+        "client_cpu": (time.process_time() - cpu) / wall,
+    }
+
+
+async def _watch(port: int, shape: Shape, seconds: float) -> dict[str, float]:
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(_CHANNELS)
+    ]
+    latencies: list[float] = []
+    created = [asyncio.Event() for _ in range(shape.watchers)]
+    done = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"watch"
+        await done.wait()
+
+    async def watcher(i: int) -> None:
+        method = channels[i % len(channels)].stream_stream(
+            "/floor.Floor/Watch", request_serializer=_raw, response_deserializer=_raw
+        )
+        async for message in method(requests()):
+            if message == b"created":
+                created[i].set()
+            else:
+                latencies.append(time.perf_counter() - struct.unpack_from("<d", message)[0])
+
+    tasks = [asyncio.create_task(watcher(i)) for i in range(shape.watchers)]
+    for event in created:
+        await event.wait()
+    put = channels[0].unary_unary("/floor.Floor/Put", request_serializer=_raw, response_deserializer=_raw)
+    padding = os.urandom(shape.request_bytes - 8)
+    rate, started, n = 100, time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        n += 1
+        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        await put(struct.pack("<d", time.perf_counter()) + padding)
+    await asyncio.sleep(0.5)  # the last puts' events
+    done.set()
+    for task in tasks:
+        task.cancel()
+    for c in channels:
+        await c.close()
+    latencies.sort()
+    return {
+        "ops_per_s": len(latencies) / seconds,
+        "p50_ms": 1e3 * percentile(latencies, 0.5),
+        "p99_ms": 1e3 * percentile(latencies, 0.99),
+        "client_cpu": 0.0,
+    }
+
+
+def measure(shape: Shape, seconds: float) -> dict[str, float]:
+    """Start the canned server (`shape.processes` of them on one port), drive it, stop it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    servers = []
+    try:
+        for _ in range(shape.processes):
+            ready = multiprocessing.Event()
+            proc = multiprocessing.Process(target=_serve, args=(port, shape.reply_bytes, ready), daemon=True)
+            proc.start()
+            if not ready.wait(20):
+                raise RuntimeError("floor server did not start")
+            servers.append(proc)
+        import uvloop
+
+        run = _watch if shape.watchers else _unary
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(run(port, shape, seconds))
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="how long each shape runs (default: 4)")
+    parser.add_argument("--out", default="", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    results = []
+    print(f"{'shape':44} {'mirrors':28} {'ops/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'client CPU':>10}")
+    for shape in SHAPES:
+        r = measure(shape, args.seconds)
+        results.append({"shape": shape.name.strip(), "mirrors": shape.like, **r})
+        cpu = f"{r['client_cpu']:.2f}" if r["client_cpu"] else "-"
+        figures = f"{r['ops_per_s']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {cpu:>10}"
+        print(f"{shape.name:44} {shape.like:28} {figures}", flush=True)
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps({"date": time.strftime("%F"), "seconds": args.seconds, "results": results})
+        )
+
+
+if __name__ == "__main__":
+    main()
