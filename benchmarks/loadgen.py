@@ -494,7 +494,8 @@ async def preload(c: Client, p: dict[str, Any], rec: Recorder) -> float:
 async def compact_during_writes(c: Client, p: dict[str, Any], rec: Recorder) -> float:
     """One writer puts sequentially (latencies recorded) while the history under the store is compacted
     up to the current revision in `batches` Compact calls, one after another. `extra` holds the longest
-    write stall (the slowest put while compaction ran) and the compaction's total time."""
+    write stall (the slowest put while compaction ran), the writer's rate meanwhile and the compaction's
+    total time."""
     kv, prefix = c.kv(), p["prefix"].encode()
     value = os.urandom(p["value_size"])
     head = (await kv.Range(rpc_pb2.RangeRequest(key=b"\0"))).header.revision
@@ -542,6 +543,7 @@ async def compact_during_writes(c: Client, p: dict[str, Any], rec: Recorder) -> 
     rec.extra["compacted_revisions"] = head - start_rev
     rec.extra["longest_batch_seconds"] = max(batch_seconds)
     rec.extra["longest_write_stall_ms"] = max(during, default=0.0) * 1000
+    rec.extra["writes_per_s_while_compacting"] = len(during) / compaction if compaction else 0.0
     rec.extra["writes_during_compaction"] = len(during)
     return time.perf_counter() - started
 

@@ -3,8 +3,11 @@
 The logical part (the new compaction revision) commits through the writer like any write; the
 rows themselves are removed here in windows of about `batch_rows` history rows (whole revisions),
 each its own short transaction, so a write never waits behind more than one window. Windows count
-rows, not revisions: one revision may hold a txn of 128 puts or a delete of a whole prefix. An
-error backs off and retries; it never stops compaction for good.
+rows, not revisions: one revision may hold a txn of 128 puts or a delete of a whole prefix. When
+writes arrived during a window, the next one waits as long as that window took, so writes keep at
+least half of the database's time while a large backlog is compacted (back to back, a sequential
+writer waited behind every window: 35 puts/s while compacting 300k rows). An error backs off and
+retries; it never stops compaction for good.
 """
 
 from __future__ import annotations
@@ -21,12 +24,21 @@ log = logging.getLogger(__name__)
 OnCompact = Callable[[float, int], None]
 """Told of every finished physical compaction: (seconds it took, rows deleted)."""
 
+WriteDemand = Callable[[], int]
+"""A counter that grows with every write submitted (`Writer.submitted`)."""
+
 
 class Compactor:
     def __init__(
-        self, backend: Backend, *, batch_rows: int = 1000, on_compact: OnCompact | None = None
+        self,
+        backend: Backend,
+        *,
+        batch_rows: int = 1000,
+        on_compact: OnCompact | None = None,
+        write_demand: WriteDemand | None = None,
     ) -> None:
         self._backend = backend
+        self._write_demand = write_demand
         self._on_compact = on_compact
         self._batch_rows = batch_rows
         self._done_upto = 0  # every revision <= this has been compacted physically
@@ -75,8 +87,12 @@ class Compactor:
                 # revision is deleted now.
                 after = max(0, self._done_upto - 1)
                 while after < target:
+                    demand = self._write_demand() if self._write_demand else 0
+                    window_started = time.monotonic()
                     rows, after = await self._backend.compact_batch(target, after, target, self._batch_rows)
                     deleted += rows
+                    if self._write_demand and self._write_demand() != demand and after < target:
+                        await asyncio.sleep(time.monotonic() - window_started)
                 self._done_upto = target
                 backoff = 0.1
             except Exception as exc:

@@ -72,7 +72,12 @@ class KVStore:
         self.max_txn_ops = max_txn_ops
         self._max_key_bytes: int = getattr(backend, "max_key_bytes", 0)
         self.writer = Writer(backend, publish=self._publish, batch_max=write_batch_max, on_commit=on_commit)
-        self.compactor = Compactor(backend, batch_rows=compact_batch_rows, on_compact=on_compact)
+        self.compactor = Compactor(
+            backend,
+            batch_rows=compact_batch_rows,
+            on_compact=on_compact,
+            write_demand=lambda: self.writer.submitted,
+        )
         self.leases = LeaseManager(backend, self.writer, expiry_interval=lease_expiry_interval)
         self.page_counts = PageCounts()
         self._watch_window_events = watch_window_events

@@ -61,6 +61,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = BatchStats()
+        self.submitted = 0  # requests ever queued: the compactor watches it for write demand
         self.revision = 0
         self.compact_revision = -1
 
@@ -80,6 +81,7 @@ class Writer:
         if self._closing:
             raise UnavailableError("kinepy: server is shutting down")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.submitted += 1
         self._queue.put_nowait(_Pending(request, future))
         return await future
 
