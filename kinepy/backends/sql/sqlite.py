@@ -30,7 +30,6 @@ from kinepy.backends.base import (
     WriteSet,
 )
 from kinepy.backends.sql import statements as sql
-from kinepy.backends.sql.checkpointer import BACKSTOP_PAGES, Checkpointer
 from kinepy.errors import BackendError, BackendUnavailable
 from kinepy.types import Event, EventType, KeyValue, Lease
 
@@ -125,7 +124,6 @@ class SQLiteBackend:
         self._lock = threading.Lock()
         self._closed = False
         self._inline: sqlite3.Connection | None = None
-        self._checkpointer = None if self._memory else Checkpointer(self._open)
         self.cluster_id = 0
         self.member_id = 0
 
@@ -151,7 +149,6 @@ class SQLiteBackend:
         # keys of 1 KiB stored; docs/performance.md).
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")  # see checkpointer.py
         with self._lock:
             self._connections.append(conn)
         return conn
@@ -178,8 +175,6 @@ class SQLiteBackend:
         await self._run(self._writer, self._create_schema)
         if not self._memory:
             self._inline = self._open()
-        if self._checkpointer is not None:
-            self._checkpointer.start()
         log.info("SQLite database %s ready (synchronous=%s)", self.path, self._synchronous)
 
     def _create_schema(self) -> None:
@@ -228,8 +223,6 @@ class SQLiteBackend:
     def _shutdown(self, pools: Iterable[ThreadPoolExecutor]) -> None:
         for pool in pools:
             pool.shutdown(wait=True)
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         with self._lock:
             for conn in self._connections:
                 try:
@@ -294,10 +287,6 @@ class SQLiteBackend:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _committed(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.note_commit()
-
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
         return await self._run(self._writer, self._write, read_set, evaluate)
 
@@ -342,8 +331,6 @@ class SQLiteBackend:
             if write_set is not None:
                 _apply(conn, write_set, compact)
             conn.execute("COMMIT")
-            if write_set is not None:
-                self._committed()
             return write_set
         except BaseException:
             conn.execute("ROLLBACK")
@@ -401,7 +388,6 @@ class SQLiteBackend:
             for stmt, args in sql.compact_log(compact_revision, after, upto):
                 deleted += conn.execute(stmt, args).rowcount
             conn.execute("COMMIT")
-            self._committed()
         except BaseException:
             conn.execute("ROLLBACK")
             raise
