@@ -199,8 +199,10 @@ def measure(shape: Shape, seconds: float) -> dict[str, float]:
     servers = []
     try:
         for _ in range(shape.processes):
-            ready = multiprocessing.Event()
-            proc = multiprocessing.Process(target=_serve, args=(port, shape.reply_bytes, ready), daemon=True)
+            # spawned, not forked: this process has run gRPC channels, and gRPC's threads do not survive fork
+            spawn = multiprocessing.get_context("spawn")
+            ready = spawn.Event()
+            proc = spawn.Process(target=_serve, args=(port, shape.reply_bytes, ready), daemon=True)
             proc.start()
             if not ready.wait(20):
                 raise RuntimeError("floor server did not start")
