@@ -17,7 +17,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +28,7 @@ from typing import Any
 import grpc
 
 from benchmarks.loadgen import percentile
+from benchmarks.targets import free_port
 
 _CHANNELS = 4  # as the suite's load generator
 _OPTIONS = [("grpc.max_send_message_length", 1 << 26), ("grpc.max_receive_message_length", 1 << 26)]
@@ -105,13 +105,28 @@ def _serve(port: int, reply_bytes: int, ready: ProcessEvent) -> None:
     asyncio.run(main())
 
 
+def _channels(port: int) -> list[grpc.aio.Channel]:
+    options = [*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    return [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(_CHANNELS)]
+
+
+async def _figures(
+    channels: list[grpc.aio.Channel], latencies: list[float], ops_per_s: float, client_cpu: float
+) -> dict[str, float]:
+    """Close the channels; the run's figures."""
+    for c in channels:
+        await c.close()
+    latencies.sort()
+    return {
+        "ops_per_s": ops_per_s,
+        "p50_ms": 1e3 * percentile(latencies, 0.5),
+        "p99_ms": 1e3 * percentile(latencies, 0.99),
+        "client_cpu": client_cpu,
+    }
+
+
 async def _unary(port: int, shape: Shape, seconds: float) -> dict[str, float]:
-    channels = [
-        grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", options=[*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-        )
-        for _ in range(_CHANNELS)
-    ]
+    channels = _channels(port)
     calls = [
         c.unary_unary("/floor.Floor/Call", request_serializer=_raw, response_deserializer=_raw)
         for c in channels
@@ -132,22 +147,11 @@ async def _unary(port: int, shape: Shape, seconds: float) -> dict[str, float]:
     cpu, started = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(w, started + seconds, True) for w in range(shape.in_flight)))
     wall = time.perf_counter() - started
-    for c in channels:
-        await c.close()
-    latencies.sort()
-    return {
-        "ops_per_s": len(latencies) / wall,
-        "p50_ms": 1e3 * percentile(latencies, 0.5),
-        "p99_ms": 1e3 * percentile(latencies, 0.99),
-        "client_cpu": (time.process_time() - cpu) / wall,
-    }
+    return await _figures(channels, latencies, len(latencies) / wall, (time.process_time() - cpu) / wall)
 
 
 async def _watch(port: int, shape: Shape, seconds: float) -> dict[str, float]:
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(_CHANNELS)
-    ]
+    channels = _channels(port)
     latencies: list[float] = []
     created = [asyncio.Event() for _ in range(shape.watchers)]
     done = asyncio.Event()
@@ -180,22 +184,12 @@ async def _watch(port: int, shape: Shape, seconds: float) -> dict[str, float]:
     done.set()
     for task in tasks:
         task.cancel()
-    for c in channels:
-        await c.close()
-    latencies.sort()
-    return {
-        "ops_per_s": len(latencies) / seconds,
-        "p50_ms": 1e3 * percentile(latencies, 0.5),
-        "p99_ms": 1e3 * percentile(latencies, 0.99),
-        "client_cpu": 0.0,
-    }
+    return await _figures(channels, latencies, len(latencies) / seconds, 0.0)
 
 
 def measure(shape: Shape, seconds: float) -> dict[str, float]:
     """Start the canned server (`shape.processes` of them on one port), drive it, stop it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     servers = []
     try:
         for _ in range(shape.processes):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
 
 import grpc
 
@@ -23,51 +24,28 @@ _EVENT_TYPES = {EventType.PUT: kv_pb2.Event.PUT, EventType.DELETE: kv_pb2.Event.
 _NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
 _NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
 
-
-class _EventCache:
-    """Each committed event converted to protobuf once, however many watchers receive it.
-
-    Keyed by the event object's identity (the entry keeps the object alive, so the id cannot be
-    reused while cached); cleared wholesale when it grows past `size`."""
-
-    __slots__ = ("_entries", "_size")
-
-    def __init__(self, size: int = 4096) -> None:
-        self._entries: dict[tuple[int, bool], tuple[Event, kv_pb2.Event]] = {}
-        self._size = size
-
-    def get(self, event: Event, prev_kv: bool) -> kv_pb2.Event:
-        key = (id(event), prev_kv and event.prev_kv is not None)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is event:
-            return entry[1]
-        converted = _event(event, key[1])
-        if len(self._entries) >= self._size:
-            self._entries.clear()
-        self._entries[key] = (event, converted)
-        return converted
+V = TypeVar("V")
 
 
-class _EncodingCache:
-    """Serialized event responses, keyed by watch id, revision, options and the events' identities.
-
-    An entry keeps its events alive, so their ids cannot be reused while it is cached; cleared
-    wholesale when it grows past `size`."""
+class _IdentityCache(Generic[V]):
+    """Conversions of committed events, keyed by the identities of the events they came from (plus
+    whatever else they depend on). An entry keeps its source objects alive, so their ids cannot be
+    reused while it is cached; cleared wholesale when it grows past `size`."""
 
     __slots__ = ("_entries", "_size")
 
-    def __init__(self, size: int = 256) -> None:
-        self._entries: dict[tuple[object, ...], tuple[list[Event], list[bytes]]] = {}
+    def __init__(self, size: int) -> None:
+        self._entries: dict[tuple[object, ...], tuple[object, V]] = {}
         self._size = size
 
-    def get(self, key: tuple[object, ...]) -> list[bytes] | None:
+    def get(self, key: tuple[object, ...]) -> V | None:
         entry = self._entries.get(key)
         return None if entry is None else entry[1]
 
-    def put(self, key: tuple[object, ...], events: list[Event], encoded: list[bytes]) -> None:
+    def put(self, key: tuple[object, ...], sources: object, value: V) -> None:
         if len(self._entries) >= self._size:
             self._entries.clear()
-        self._entries[key] = (events, encoded)
+        self._entries[key] = (sources, value)
 
 
 def _event(event: Event, prev_kv: bool) -> kv_pb2.Event:
@@ -92,8 +70,10 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
     def __init__(self, store: KVStore, headers: convert.Headers, *, max_request_bytes: int) -> None:
         self._store = store
         self._headers = headers
-        self._events = _EventCache()
-        self._encodings = _EncodingCache()
+        # Each committed event converted once however many watchers get it, and each revision's
+        # response serialized once for every stream it goes to alike.
+        self._events: _IdentityCache[kv_pb2.Event] = _IdentityCache(4096)
+        self._encodings: _IdentityCache[list[bytes]] = _IdentityCache(256)
         # etcd's watch server splits at MaxRequestBytes + grpcOverheadBytes (NewWatchServer), not at
         # MaxRequestBytes: 2 MiB with the defaults.
         self._max_request_bytes = max_request_bytes + GRPC_OVERHEAD_BYTES
@@ -157,6 +137,14 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
             self._encodings.put(key, resp.events, encoded)
         return encoded
 
+    def _event(self, event: Event, prev_kv: bool) -> kv_pb2.Event:
+        key = (id(event), prev_kv and event.prev_kv is not None)
+        converted = self._events.get(key)
+        if converted is None:
+            converted = _event(event, key[1])
+            self._events.put(key, event, converted)
+        return converted
+
     def _messages(self, resp: WatchResponse) -> list[rpc_pb2.WatchResponse]:
         message = rpc_pb2.WatchResponse(
             header=self._headers(resp.revision),
@@ -165,7 +153,7 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
             canceled=resp.canceled,
             compact_revision=resp.compact_revision,
             cancel_reason=resp.cancel_reason,
-            events=[self._events.get(e, resp.prev_kv) for e in resp.events],
+            events=[self._event(e, resp.prev_kv) for e in resp.events],
         )
         if not resp.fragment or len(message.events) < 2 or message.ByteSize() < self._max_request_bytes:
             return [message]

@@ -35,7 +35,7 @@ class Compactor:
         *,
         batch_rows: int = 1000,
         on_compact: OnCompact | None = None,
-        write_demand: WriteDemand | None = None,
+        write_demand: WriteDemand = lambda: 0,
     ) -> None:
         self._backend = backend
         self._write_demand = write_demand
@@ -87,11 +87,11 @@ class Compactor:
                 # revision is deleted now.
                 after = max(0, self._done_upto - 1)
                 while after < target:
-                    demand = self._write_demand() if self._write_demand else 0
+                    demand = self._write_demand()
                     window_started = time.monotonic()
                     rows, after = await self._backend.compact_batch(target, after, target, self._batch_rows)
                     deleted += rows
-                    if self._write_demand and self._write_demand() != demand and after < target:
+                    if self._write_demand() != demand and after < target:
                         await asyncio.sleep(time.monotonic() - window_started)
                 self._done_upto = target
                 backoff = 0.1
