@@ -28,7 +28,7 @@ from kinepy.server.lease import LeaseServicer
 from kinepy.server.maintenance import AuthServicer, ClusterServicer, MaintenanceServicer
 from kinepy.server.passthrough import PassthroughHandler
 from kinepy.server.watch import WatchServicer, add_watch_servicer
-from kinepy.store.kv import KVStore
+from kinepy.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class App:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.backend: Backend | None = None
-        self.store: KVStore | None = None
+        self.store: Store | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._passthrough: PassthroughHandler | None = None
@@ -142,7 +142,7 @@ class App:
         )
         await backend.start()
         self.backend = backend
-        store = KVStore(
+        store = Store(
             backend,
             max_txn_ops=config.max_txn_ops,
             write_batch_max=config.write_batch_max,

@@ -46,7 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kinepy.errors import ConfigError
-from kinepy.store.kv import KVStore
+from kinepy.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Metrics:
             registry=self.registry,
         )
         ProcessCollector(registry=self.registry)
-        self.store: KVStore | None = None
+        self.store: Store | None = None
         self.registry.register(_StoreCollector(self))
         self.interceptor = _RequestInterceptor(self)
         self.calls_started = 0

@@ -8,7 +8,7 @@ from kinepy.errors import RequestTooLargeError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.status import etcd_errors
-from kinepy.store.kv import KVStore
+from kinepy.store.store import Store
 
 # etcd limits the raft entry it proposes, not the request: an InternalRaftRequest holding the request
 # (1 tag byte and its length) next to a RequestHeader{ID} (2 tag bytes, 1 length byte, 1 tag byte and
@@ -24,7 +24,7 @@ def _raft_request_size(request_bytes: int) -> int:
 
 
 class KVServicer(rpc_pb2_grpc.KVServicer):
-    def __init__(self, store: KVStore, headers: convert.Headers, *, max_request_bytes: int) -> None:
+    def __init__(self, store: Store, headers: convert.Headers, *, max_request_bytes: int) -> None:
         self._store = store
         self._headers = headers
         self._max_request_bytes = max_request_bytes

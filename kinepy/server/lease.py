@@ -12,13 +12,13 @@ from kinepy.errors import StoppedError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.status import etcd_errors, status_code
-from kinepy.store.kv import KVStore
+from kinepy.store.store import Store
 
 log = logging.getLogger(__name__)
 
 
 class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, store: KVStore, headers: convert.Headers) -> None:
+    def __init__(self, store: Store, headers: convert.Headers) -> None:
         self._store = store
         self._leases = store.leases
         self._headers = headers

@@ -13,8 +13,8 @@ from kinepy.errors import AuthNotEnabledError, KinepyError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.status import etcd_errors, unimplemented_by_default
-from kinepy.store.kv import KVStore
-from kinepy.store.mvcc import check_read_revision
+from kinepy.store.store import Store
+from kinepy.store.txn import check_read_revision
 
 _SNAPSHOT_CHUNK = 64 * 1024
 
@@ -27,7 +27,7 @@ EMULATED_ETCD_VERSION = "3.6.6"
     {"Hash": "a test-only call; use HashKV", "MoveLeader": "kinepy is a single member"},
 )
 class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
-    def __init__(self, store: KVStore, headers: convert.Headers) -> None:
+    def __init__(self, store: Store, headers: convert.Headers) -> None:
         self._store = store
         self._headers = headers
 
@@ -106,9 +106,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
 
 @unimplemented_by_default("Cluster", {"MemberAdd": "run more kinepy processes on one database instead"})
 class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
-    def __init__(
-        self, store: KVStore, headers: convert.Headers, *, name: str, client_urls: list[str]
-    ) -> None:
+    def __init__(self, store: Store, headers: convert.Headers, *, name: str, client_urls: list[str]) -> None:
         self._store = store
         self._headers = headers
         self._name = name
@@ -133,7 +131,7 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
 class AuthServicer(rpc_pb2_grpc.AuthServicer):
     """Authentication is not enabled: clients that try it get etcd's own answer."""
 
-    def __init__(self, store: KVStore, headers: convert.Headers) -> None:
+    def __init__(self, store: Store, headers: convert.Headers) -> None:
         self._store = store
         self._headers = headers
 

@@ -14,7 +14,7 @@ from kinepy.errors import StoppedError
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.status import status_code
-from kinepy.store.kv import KVStore
+from kinepy.store.store import Store
 from kinepy.store.watch import WatchResponse, WatchStream
 from kinepy.types import Event, EventType
 
@@ -48,7 +48,7 @@ class _IdentityCache(Generic[V]):
         self._entries[key] = (sources, value)
 
 
-def _event(event: Event, prev_kv: bool) -> kv_pb2.Event:
+def _event_message(event: Event, prev_kv: bool) -> kv_pb2.Event:
     out = kv_pb2.Event(type=_EVENT_TYPES[event.type], kv=convert.kv(event.kv))
     if prev_kv and event.prev_kv is not None:
         out.prev_kv.CopyFrom(convert.kv(event.prev_kv))
@@ -67,7 +67,7 @@ def add_watch_servicer(servicer: WatchServicer, server: grpc.aio.Server) -> None
 
 
 class WatchServicer(rpc_pb2_grpc.WatchServicer):
-    def __init__(self, store: KVStore, headers: convert.Headers, *, max_request_bytes: int) -> None:
+    def __init__(self, store: Store, headers: convert.Headers, *, max_request_bytes: int) -> None:
         self._store = store
         self._headers = headers
         # Each committed event converted once however many watchers get it, and each revision's
@@ -141,7 +141,7 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
         key = (id(event), prev_kv and event.prev_kv is not None)
         converted = self._events.get(key)
         if converted is None:
-            converted = _event(event, key[1])
+            converted = _event_message(event, key[1])
             self._events.put(key, event, converted)
         return converted
 

@@ -19,7 +19,7 @@ from typing import cast
 
 from kinepy import errors
 from kinepy.backends.base import Backend
-from kinepy.store import mvcc
+from kinepy.store import txn
 from kinepy.store.writer import Writer
 from kinepy.types import Lease
 
@@ -57,19 +57,19 @@ class LeaseManager:
         if ttl > MAX_LEASE_TTL:
             raise errors.LeaseTTLTooLargeError()
         ttl = max(ttl, MIN_LEASE_TTL)
-        req = mvcc.LeaseGrantRequest(lease_id, ttl, time.time(), _pick_id)
-        resp = cast(mvcc.LeaseResponse, await self._writer.submit(req))
+        req = txn.LeaseGrantRequest(lease_id, ttl, time.time(), _pick_id)
+        resp = cast(txn.LeaseResponse, await self._writer.submit(req))
         assert resp.lease is not None
         return resp.revision, resp.lease
 
     async def revoke(self, lease_id: int) -> int:
-        resp = cast(mvcc.LeaseResponse, await self._writer.submit(mvcc.LeaseRevokeRequest(lease_id)))
+        resp = cast(txn.LeaseResponse, await self._writer.submit(txn.LeaseRevokeRequest(lease_id)))
         return resp.revision
 
     async def keep_alive(self, lease_id: int) -> int:
         """Renew a lease; returns its TTL, or 0 if it does not exist or has expired."""
-        req = mvcc.LeaseKeepAliveRequest(lease_id, time.time())
-        resp = cast(mvcc.LeaseResponse, await self._writer.submit(req))
+        req = txn.LeaseKeepAliveRequest(lease_id, time.time())
+        resp = cast(txn.LeaseResponse, await self._writer.submit(req))
         return 0 if resp.lease is None else resp.lease.ttl
 
     async def time_to_live(self, lease_id: int, *, keys: bool) -> tuple[Lease, int, list[bytes]] | None:
@@ -97,7 +97,7 @@ class LeaseManager:
         expired = await self._backend.expired_leases(now, _EXPIRE_PER_TICK)
         # Submitted together, the revokes commit in one batch.
         results = await asyncio.gather(
-            *(self._writer.submit(mvcc.LeaseRevokeRequest(lease.id, expired_at=now)) for lease in expired),
+            *(self._writer.submit(txn.LeaseRevokeRequest(lease.id, expired_at=now)) for lease in expired),
             return_exceptions=True,
         )
         revoked = 0
@@ -106,7 +106,7 @@ class LeaseManager:
                 continue  # revoked meanwhile (by a client or another kinepy)
             if isinstance(result, BaseException):
                 raise result
-            if cast(mvcc.LeaseResponse, result).lease is not None:
+            if cast(txn.LeaseResponse, result).lease is not None:
                 revoked += 1
                 log.debug("lease %x expired", lease.id)
         return revoked

@@ -49,5 +49,5 @@ class PageCounts:
 
 
 def _qualifies(req: RangeRequest, fetch_limit: int) -> bool:
-    # A fetch limit of limit + 1 means: key order, no sort, no revision filters (mvcc.range_fetch_limit).
+    # A fetch limit of limit + 1 means: key order, no sort, no revision filters (txn.range_fetch_limit).
     return bool(req.range_end) and req.limit > 0 and fetch_limit == req.limit + 1 and not req.count_only

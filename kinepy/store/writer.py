@@ -17,12 +17,11 @@ from typing import Any
 
 from kinepy.backends.base import Backend, ReadSet, Snapshot, WriteSet
 from kinepy.errors import EtcdError, UnavailableError
-from kinepy.store import mvcc
-from kinepy.types import Event, WriteRequest
+from kinepy.store import txn
+from kinepy.types import Event
 
 log = logging.getLogger(__name__)
 
-Request = WriteRequest | mvcc.CompactRequest | mvcc.LeaseRequest
 Publish = Callable[[int, list[Event]], Awaitable[None]]
 OnCommit = Callable[[float, int], None]
 """Told of every committed batch: (seconds the database transaction took, requests in it)."""
@@ -30,7 +29,7 @@ OnCommit = Callable[[float, int], None]
 
 @dataclass(slots=True)
 class _Pending:
-    request: Request
+    request: txn.BatchRequest
     future: asyncio.Future[Any]
     result: Any = None
     error: BaseException | None = None
@@ -76,7 +75,7 @@ class Writer:
         self._queue.put_nowait(None)
         await self._task
 
-    async def submit(self, request: Request) -> Any:
+    async def submit(self, request: txn.BatchRequest) -> Any:
         """Queue `request` and wait until its batch has committed (or failed)."""
         if self._closing:
             raise UnavailableError("kinepy: server is shutting down")
@@ -106,7 +105,7 @@ class Writer:
             item = self._queue.get_nowait()
             if item is None:
                 return batch, True
-            if mvcc.needs_own_snapshot(item.request):
+            if txn.needs_own_snapshot(item.request):
                 self._carry = item
                 break
             batch.append(item)
@@ -119,15 +118,15 @@ class Writer:
             return
         read_set = ReadSet()
         for pending in batch:
-            mvcc.add_to_read_set(pending.request, read_set)
+            txn.add_to_read_set(pending.request, read_set)
         events: list[Event] = []
 
         def evaluate(snapshot: Snapshot) -> WriteSet | None:
             # Runs wherever the backend runs its transaction (maybe a database thread): pure.
-            state = mvcc.BatchState.of(snapshot)
+            state = txn.BatchState.of(snapshot)
             for pending in batch:
                 try:
-                    pending.result = mvcc.apply(state, pending.request)
+                    pending.result = txn.apply(state, pending.request)
                     pending.error = None
                 except EtcdError as exc:
                     pending.result = None

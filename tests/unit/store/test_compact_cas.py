@@ -7,24 +7,24 @@ import pytest
 
 from kinepy import errors
 from kinepy.backends.base import Snapshot
-from kinepy.store import mvcc
+from kinepy.store import txn
 
 
-def _state(revision: int, compact: int) -> mvcc.BatchState:
-    return mvcc.BatchState.of(Snapshot(revision, compact, {}, {}, {}))
+def _state(revision: int, compact: int) -> txn.BatchState:
+    return txn.BatchState.of(Snapshot(revision, compact, {}, {}, {}))
 
 
 def test_compaction_is_refused_when_another_process_compacted_first() -> None:
     state = _state(20, 8)
     with pytest.raises(errors.CompactedError):
-        mvcc.apply(state, mvcc.CompactRequest(15, expected_compact=5))
+        txn.apply(state, txn.CompactRequest(15, expected_compact=5))
     assert state.write_set() is None
 
 
 def test_compaction_succeeds_when_the_compaction_revision_is_the_expected_one() -> None:
     state = _state(20, 8)
-    resp = mvcc.apply(state, mvcc.CompactRequest(15, expected_compact=8))
-    assert isinstance(resp, mvcc.CompactResponse) and resp.revision == 20
+    resp = txn.apply(state, txn.CompactRequest(15, expected_compact=8))
+    assert isinstance(resp, txn.CompactResponse) and resp.revision == 20
     write_set = state.write_set()
     assert write_set is not None and write_set.compact_revision == 15 and write_set.log == []
 
@@ -35,9 +35,9 @@ def test_compaction_succeeds_when_the_compaction_revision_is_the_expected_one() 
 )
 def test_compaction_revision_rules(revision: int, error: type[errors.EtcdError]) -> None:
     with pytest.raises(error):
-        mvcc.apply(_state(20, 8), mvcc.CompactRequest(revision))
+        txn.apply(_state(20, 8), txn.CompactRequest(revision))
 
 
 def test_compact_zero_on_a_fresh_store_and_compact_current_are_allowed() -> None:
-    assert mvcc.apply(_state(1, -1), mvcc.CompactRequest(0)).revision == 1  # type: ignore[union-attr]
-    assert mvcc.apply(_state(20, 8), mvcc.CompactRequest(20)).revision == 20  # type: ignore[union-attr]
+    assert txn.apply(_state(1, -1), txn.CompactRequest(0)).revision == 1  # type: ignore[union-attr]
+    assert txn.apply(_state(20, 8), txn.CompactRequest(20)).revision == 20  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from kinepy.backends.sql.sqlite import SQLiteBackend
-from kinepy.store.kv import KVStore
+from kinepy.store.store import Store
 from kinepy.types import PutRequest, TxnRequest
 
 KEYS = 20
@@ -38,7 +38,7 @@ class SlowWindows(SQLiteBackend):
 async def test_the_window_after_a_write_waits_as_long_as_the_last_took(tmp_path: Path) -> None:
     backend = SlowWindows(str(tmp_path / "state.db"))
     await backend.start()
-    store = KVStore(backend, compact_batch_rows=KEYS)  # one revision per window
+    store = Store(backend, compact_batch_rows=KEYS)  # one revision per window
     await store.start()
     try:
         for round_ in range(TXNS):

@@ -8,17 +8,17 @@ from pathlib import Path
 
 from kinepy.backends.base import KeyRange
 from kinepy.backends.sql.sqlite import SQLiteBackend
-from kinepy.store.kv import KVStore
+from kinepy.store.store import Store
 from kinepy.types import PutRequest, TxnRequest
 
 KEYS = 50
 TXNS = 20  # revisions 2..21, each one txn putting all KEYS keys
 
 
-async def _loaded(tmp_path: Path) -> tuple[SQLiteBackend, KVStore]:
+async def _loaded(tmp_path: Path) -> tuple[SQLiteBackend, Store]:
     backend = SQLiteBackend(str(tmp_path / "state.db"))
     await backend.start()
-    store = KVStore(backend)
+    store = Store(backend)
     await store.start()
     for round_ in range(TXNS):
         puts = [PutRequest(b"k/%03d" % i, b"v%d" % round_) for i in range(KEYS)]

@@ -1,4 +1,4 @@
-"""`kinepy.store.mvcc` on its own: etcd's rules against hand-made snapshots, no server, no database."""
+"""`kinepy.store.txn` on its own: etcd's rules against hand-made snapshots, no server, no database."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from kinepy import errors
 from kinepy.backends.base import KeyRange, ReadSet, Snapshot
-from kinepy.store import mvcc
+from kinepy.store import txn
 from kinepy.store.keys import key_range
 from kinepy.types import (
     Compare,
@@ -50,8 +50,8 @@ def snapshot(
     )
 
 
-def state(*kvs: KeyValue, **kw: object) -> mvcc.BatchState:
-    return mvcc.BatchState.of(snapshot(*kvs, **kw))  # type: ignore[arg-type]
+def state(*kvs: KeyValue, **kw: object) -> txn.BatchState:
+    return txn.BatchState.of(snapshot(*kvs, **kw))  # type: ignore[arg-type]
 
 
 def cmp(
@@ -65,7 +65,7 @@ def cmp(
 
 
 @pytest.mark.parametrize(
-    "txn",
+    "txn_request",
     [
         TxnRequest(
             compare=[cmp(b"k%d" % i, CompareTarget.VERSION, CompareResult.EQUAL, 0) for i in range(129)]
@@ -79,13 +79,13 @@ def cmp(
     ],
     ids=["129-compares", "129-success", "129-failure", "nested-over-the-remaining-27"],
 )
-def test_more_than_max_txn_ops_is_refused(txn: TxnRequest) -> None:
+def test_more_than_max_txn_ops_is_refused(txn_request: TxnRequest) -> None:
     with pytest.raises(errors.TooManyOpsError):
-        mvcc.validate_txn(txn, MAX_OPS)
+        txn.validate_txn(txn_request, MAX_OPS)
 
 
 @pytest.mark.parametrize(
-    "txn",
+    "txn_request",
     [
         TxnRequest(
             compare=[cmp(b"k%d" % i, CompareTarget.VERSION, CompareResult.EQUAL, 0) for i in range(128)]
@@ -98,12 +98,12 @@ def test_more_than_max_txn_ops_is_refused(txn: TxnRequest) -> None:
     ],
     ids=["128-compares", "128-each-branch", "nested-within-the-remaining-27"],
 )
-def test_up_to_max_txn_ops_is_accepted(txn: TxnRequest) -> None:
-    mvcc.validate_txn(txn, MAX_OPS)
+def test_up_to_max_txn_ops_is_accepted(txn_request: TxnRequest) -> None:
+    txn.validate_txn(txn_request, MAX_OPS)
 
 
 @pytest.mark.parametrize(
-    ("txn", "error"),
+    ("txn_request", "error"),
     [
         (
             TxnRequest(compare=[cmp(b"", CompareTarget.MOD, CompareResult.EQUAL, 0)]),
@@ -128,9 +128,9 @@ def test_up_to_max_txn_ops_is_accepted(txn: TxnRequest) -> None:
         "bad-sort-target",
     ],
 )
-def test_invalid_txn_ops_are_refused(txn: TxnRequest, error: type[errors.EtcdError]) -> None:
+def test_invalid_txn_ops_are_refused(txn_request: TxnRequest, error: type[errors.EtcdError]) -> None:
     with pytest.raises(error):
-        mvcc.validate_txn(txn, MAX_OPS)
+        txn.validate_txn(txn_request, MAX_OPS)
 
 
 def D(key: bytes, end: bytes = b"") -> DeleteRangeRequest:
@@ -172,9 +172,9 @@ def T(success: list[object] = (), failure: list[object] = ()) -> TxnRequest:  # 
 )
 def test_a_key_put_twice_or_put_and_deleted_in_one_branch_is_a_duplicate(ops: list[object]) -> None:
     with pytest.raises(errors.DuplicateKeyError):
-        mvcc.validate_txn(T(ops), MAX_OPS)
+        txn.validate_txn(T(ops), MAX_OPS)
     with pytest.raises(errors.DuplicateKeyError):
-        mvcc.validate_txn(T(failure=ops), MAX_OPS)
+        txn.validate_txn(T(failure=ops), MAX_OPS)
 
 
 @pytest.mark.parametrize(
@@ -197,11 +197,11 @@ def test_a_key_put_twice_or_put_and_deleted_in_one_branch_is_a_duplicate(ops: li
     ],
 )
 def test_keys_that_cannot_both_be_written_are_not_duplicates(ops: list[object]) -> None:
-    mvcc.validate_txn(T(ops, ops), MAX_OPS)  # the then and else branches may repeat each other too
+    txn.validate_txn(T(ops, ops), MAX_OPS)  # the then and else branches may repeat each other too
 
 
 def test_check_intervals_reports_the_branch_puts_and_deletes() -> None:
-    puts, deletes = mvcc._check_intervals([P(b"a"), D(b"m", b"n"), D(b"x"), T([P(b"b")], [P(b"c")])])
+    puts, deletes = txn._check_intervals([P(b"a"), D(b"m", b"n"), D(b"x"), T([P(b"b")], [P(b"c")])])
     assert puts == {b"a", b"b", b"c"}
     assert deletes == [(b"m", b"n"), (b"x", b"x\x00")]
 
@@ -236,19 +236,19 @@ def keys(resp: RangeResponse) -> list[bytes]:
 def test_finish_range_sorts_by_each_target(target: SortTarget, ascending: bytes) -> None:
     expected = [bytes([c]) for c in ascending]
     for order, want in ((SortOrder.ASCEND, expected), (SortOrder.DESCEND, expected[::-1])):
-        resp = mvcc.finish_range(RangeRequest(b"a", b"z", sort_order=order, sort_target=target), ROWS, 5, 30)
+        resp = txn.finish_range(RangeRequest(b"a", b"z", sort_order=order, sort_target=target), ROWS, 5, 30)
         assert keys(resp) == want
-    none = mvcc.finish_range(RangeRequest(b"a", b"z", sort_target=target), ROWS, 5, 30)
+    none = txn.finish_range(RangeRequest(b"a", b"z", sort_target=target), ROWS, 5, 30)
     assert keys(none) == expected  # a target without an order sorts ascending
 
 
 def test_sort_target_without_order_keeps_the_limit_plus_one_fetch() -> None:
     req = RangeRequest(b"a", b"z", limit=2, sort_target=SortTarget.VALUE)
-    fetch = mvcc.range_fetch_limit(req)
+    fetch = txn.range_fetch_limit(req)
     assert fetch == 3
-    resp = mvcc.finish_range(req, ROWS[:fetch], 5, 30)
+    resp = txn.finish_range(req, ROWS[:fetch], 5, 30)
     assert keys(resp) == [b"b", b"a"] and resp.more and resp.count == 5
-    assert mvcc.range_fetch_limit(RangeRequest(b"a", b"z", limit=2, sort_order=SortOrder.ASCEND)) == 0
+    assert txn.range_fetch_limit(RangeRequest(b"a", b"z", limit=2, sort_order=SortOrder.ASCEND)) == 0
 
 
 @pytest.mark.parametrize(
@@ -264,30 +264,30 @@ def test_sort_target_without_order_keeps_the_limit_plus_one_fetch() -> None:
 def test_revision_filters_are_inclusive_and_leave_count_alone(
     filters: dict[str, int], expected: bytes
 ) -> None:
-    assert mvcc.range_fetch_limit(RangeRequest(b"a", b"z", limit=1, **filters)) == 0
-    resp = mvcc.finish_range(RangeRequest(b"a", b"z", **filters), ROWS, 5, 30)
+    assert txn.range_fetch_limit(RangeRequest(b"a", b"z", limit=1, **filters)) == 0
+    resp = txn.finish_range(RangeRequest(b"a", b"z", **filters), ROWS, 5, 30)
     assert keys(resp) == [bytes([c]) for c in expected] and resp.count == 5
-    limited = mvcc.finish_range(RangeRequest(b"a", b"z", limit=1, **filters), ROWS, 5, 30)
+    limited = txn.finish_range(RangeRequest(b"a", b"z", limit=1, **filters), ROWS, 5, 30)
     assert keys(limited) == [expected[:1]] and limited.more == (len(expected) > 1)
 
 
 def test_limit_more_keys_only_and_count_only() -> None:
-    resp = mvcc.finish_range(RangeRequest(b"a", b"z", limit=2, keys_only=True), ROWS[:3], 5, 30)
+    resp = txn.finish_range(RangeRequest(b"a", b"z", limit=2, keys_only=True), ROWS[:3], 5, 30)
     assert resp.more and resp.count == 5 and resp.revision == 30
     assert resp.kvs == [kv(b"a", 3, 24, 4), kv(b"b", 5, 26, 2)]
-    assert not mvcc.finish_range(RangeRequest(b"a", b"z", limit=5), ROWS, 5, 30).more
-    counted = mvcc.finish_range(RangeRequest(b"a", b"z", limit=1, count_only=True), [], 5, 30)
+    assert not txn.finish_range(RangeRequest(b"a", b"z", limit=5), ROWS, 5, 30).more
+    counted = txn.finish_range(RangeRequest(b"a", b"z", limit=1, count_only=True), [], 5, 30)
     assert (counted.kvs, counted.more, counted.count) == ([], False, 5)
 
 
 def test_read_revision_may_equal_the_compact_revision() -> None:
-    mvcc.check_read_revision(5, current=10, compact=5)
-    mvcc.check_read_revision(0, current=10, compact=5)
-    mvcc.check_read_revision(10, current=10, compact=5)
+    txn.check_read_revision(5, current=10, compact=5)
+    txn.check_read_revision(0, current=10, compact=5)
+    txn.check_read_revision(10, current=10, compact=5)
     with pytest.raises(errors.CompactedError):
-        mvcc.check_read_revision(4, current=10, compact=5)
+        txn.check_read_revision(4, current=10, compact=5)
     with pytest.raises(errors.FutureRevisionError):
-        mvcc.check_read_revision(11, current=10, compact=5)
+        txn.check_read_revision(11, current=10, compact=5)
 
 
 def test_invalid_sort_enums_are_refused() -> None:
@@ -297,7 +297,7 @@ def test_invalid_sort_enums_are_refused() -> None:
         RangeRequest(b"a", sort_order=-1),
     ):
         with pytest.raises(errors.InvalidSortOptionError):
-            mvcc.validate_range(req)
+            txn.validate_range(req)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,9 +306,9 @@ def test_invalid_sort_enums_are_refused() -> None:
 
 def test_put_creates_then_versions_a_key_and_returns_prev_kv() -> None:
     st = state(revision=10)
-    first = mvcc.apply(st, PutRequest(b"k", b"1", prev_kv=True))
+    first = txn.apply(st, PutRequest(b"k", b"1", prev_kv=True))
     assert first == PutResponse(11, None)
-    second = mvcc.apply(st, PutRequest(b"k", b"2", prev_kv=True))
+    second = txn.apply(st, PutRequest(b"k", b"2", prev_kv=True))
     assert second == PutResponse(12, kv(b"k", 11, 11, 1, b"1"))
     assert st.get(b"k") == kv(b"k", 11, 12, 2, b"2")
     assert [(e.type, e.kv.mod_revision) for e in st.events] == [(EventType.PUT, 11), (EventType.PUT, 12)]
@@ -318,9 +318,9 @@ def test_put_creates_then_versions_a_key_and_returns_prev_kv() -> None:
 
 def test_put_ignore_value_and_ignore_lease_keep_the_stored_ones() -> None:
     st = state(kv(b"k", 2, 5, 3, b"old", lease=7), leases=(7,))
-    mvcc.apply(st, PutRequest(b"k", ignore_value=True, ignore_lease=True))
+    txn.apply(st, PutRequest(b"k", ignore_value=True, ignore_lease=True))
     assert st.get(b"k") == kv(b"k", 2, 11, 4, b"old", lease=7)
-    mvcc.apply(st, PutRequest(b"k", b"new", ignore_lease=True))
+    txn.apply(st, PutRequest(b"k", b"new", ignore_lease=True))
     assert st.get(b"k") == kv(b"k", 2, 12, 5, b"new", lease=7)
 
 
@@ -337,8 +337,8 @@ def test_put_ignore_value_and_ignore_lease_keep_the_stored_ones() -> None:
         ),
         (TxnRequest(success=[PutRequest(b"a"), RangeRequest(b"k", revision=11)]), errors.FutureRevisionError),
         (TxnRequest(success=[PutRequest(b"a"), RangeRequest(b"k", revision=3)]), errors.CompactedError),
-        (mvcc.CompactRequest(4), errors.CompactedError),
-        (mvcc.CompactRequest(11), errors.FutureRevisionError),
+        (txn.CompactRequest(4), errors.CompactedError),
+        (txn.CompactRequest(11), errors.FutureRevisionError),
     ],
     ids=[
         "ignore-value-missing",
@@ -355,27 +355,27 @@ def test_put_ignore_value_and_ignore_lease_keep_the_stored_ones() -> None:
 def test_a_failing_request_leaves_no_trace(request_: object, error: type[errors.EtcdError]) -> None:
     st = state(kv(b"k", 2, 5, 1, b"v"), compact_revision=4)
     with pytest.raises(error):
-        mvcc.apply(st, request_)  # type: ignore[arg-type]
+        txn.apply(st, request_)  # type: ignore[arg-type]
     assert st.revision == 10 and st.compact_revision == 4 and not st.log and not st.events
     assert st.write_set() is None and st.get(b"k") == kv(b"k", 2, 5, 1, b"v")
 
 
 def test_delete_range_deletes_in_key_order_at_one_revision() -> None:
     st = state(kv(b"b", 2, 2, 1, b"B"), kv(b"a", 3, 3, 1, b"A"), kv(b"c", 4, 4, 1, b"C"))
-    resp = mvcc.apply(st, DeleteRangeRequest(b"a", b"c", prev_kv=True))
+    resp = txn.apply(st, DeleteRangeRequest(b"a", b"c", prev_kv=True))
     assert resp == DeleteRangeResponse(11, 2, [kv(b"a", 3, 3, 1, b"A"), kv(b"b", 2, 2, 1, b"B")])
     assert [(e.type, e.kv, r.sub) for e, r in zip(st.events, st.log, strict=True)] == [
         (EventType.DELETE, kv(b"a", 0, 11, 0), 0),
         (EventType.DELETE, kv(b"b", 0, 11, 0), 1),
     ]
-    assert mvcc.apply(st, DeleteRangeRequest(b"a", b"c")) == DeleteRangeResponse(11, 0, [])  # no bump
+    assert txn.apply(st, DeleteRangeRequest(b"a", b"c")) == DeleteRangeResponse(11, 0, [])  # no bump
 
 
 def test_compares_treat_a_missing_key_as_zeros_except_for_value() -> None:
     st = state(kv(b"k", 2, 5, 3, b"v", lease=7), kv(b"l", 4, 4, 1, b"w"), leases=(7,))
 
     def holds(*compares: Compare) -> bool:
-        resp = mvcc.apply(st, TxnRequest(list(compares)))
+        resp = txn.apply(st, TxnRequest(list(compares)))
         assert isinstance(resp, TxnResponse)
         return resp.succeeded
 
@@ -403,7 +403,7 @@ def test_nested_compares_are_decided_before_any_write_of_the_txn() -> None:
         [PutRequest(b"seen", b"old"), RangeRequest(b"flag")],
         [PutRequest(b"seen", b"new")],
     )
-    resp = mvcc.apply(st, TxnRequest([], [PutRequest(b"flag", b"new"), inner]))
+    resp = txn.apply(st, TxnRequest([], [PutRequest(b"flag", b"new"), inner]))
     assert isinstance(resp, TxnResponse) and resp.revision == 11
     nested = resp.responses[1]
     assert isinstance(nested, TxnResponse) and nested.succeeded and nested.revision == 0
@@ -416,7 +416,7 @@ def test_nested_compares_are_decided_before_any_write_of_the_txn() -> None:
 
 def test_txn_reads_see_its_own_writes_and_report_the_revision_then() -> None:
     st = state(kv(b"a", 2, 2, 1, b"1"))
-    resp = mvcc.apply(st, TxnRequest([], [RangeRequest(b"a"), PutRequest(b"a", b"2"), RangeRequest(b"a")]))
+    resp = txn.apply(st, TxnRequest([], [RangeRequest(b"a"), PutRequest(b"a", b"2"), RangeRequest(b"a")]))
     assert isinstance(resp, TxnResponse)
     before, put, after = resp.responses
     assert isinstance(before, RangeResponse) and before.revision == 10 and before.kvs[0].value == b"1"
@@ -430,14 +430,14 @@ def test_txn_range_at_an_explicit_revision_reads_the_historic_rows() -> None:
     """Even at the committed revision: the read set (`add_to_read_set`) holds such a range only there."""
     whole = key_range(b"a", b"")
     rs = ReadSet()
-    mvcc.add_to_read_set(TxnRequest([], [RangeRequest(b"a", revision=10)]), rs)
+    txn.add_to_read_set(TxnRequest([], [RangeRequest(b"a", revision=10)]), rs)
     assert (rs.keys, rs.ranges, rs.historic) == (set(), [], [(whole, 10)])
     st = state(
         revision=10,
         compact_revision=4,
         historic={(whole, 5): [kv(b"a", 2, 5, 1, b"then")], (whole, 10): [kv(b"a", 2, 9, 3, b"now")]},
     )
-    resp = mvcc.apply(
+    resp = txn.apply(
         st,
         TxnRequest(
             [],
@@ -457,7 +457,7 @@ def test_txn_range_at_an_explicit_revision_reads_the_historic_rows() -> None:
 
 def test_read_only_and_no_op_txns_do_not_bump_the_revision() -> None:
     st = state(kv(b"a", 2, 2, 1))
-    for txn in (
+    for request in (
         TxnRequest([], [RangeRequest(b"a")]),
         TxnRequest([], [DeleteRangeRequest(b"missing")]),
         TxnRequest(
@@ -467,18 +467,18 @@ def test_read_only_and_no_op_txns_do_not_bump_the_revision() -> None:
         ),
         TxnRequest([], [TxnRequest([], [DeleteRangeRequest(b"m", b"n")])]),
     ):
-        resp = mvcc.apply(st, txn)
+        resp = txn.apply(st, request)
         assert isinstance(resp, TxnResponse) and resp.revision == 10
     assert st.write_set() is None
 
 
 def test_compact_rules() -> None:
     st = state(revision=10)
-    assert mvcc.apply(st, mvcc.CompactRequest(0)) == mvcc.CompactResponse(10)  # fresh: compact revision -1
+    assert txn.apply(st, txn.CompactRequest(0)) == txn.CompactResponse(10)  # fresh: compact revision -1
     with pytest.raises(errors.CompactedError):
-        mvcc.apply(st, mvcc.CompactRequest(0))
-    assert mvcc.apply(st, mvcc.CompactRequest(10)) == mvcc.CompactResponse(10)  # == current
+        txn.apply(st, txn.CompactRequest(0))
+    assert txn.apply(st, txn.CompactRequest(10)) == txn.CompactResponse(10)  # == current
     with pytest.raises(errors.CompactedError):
-        mvcc.apply(st, mvcc.CompactRequest(9))
+        txn.apply(st, txn.CompactRequest(9))
     ws = st.write_set()
     assert ws is not None and ws.compact_revision == 10 and not ws.log

@@ -1,4 +1,4 @@
-"""`KVStore`: etcd's KV service over a backend, protobuf-free."""
+"""`Store`: etcd's KV service over a backend, protobuf-free."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import cast
 
 from kinepy import errors
 from kinepy.backends.base import Backend, KeyRange
-from kinepy.store import mvcc
+from kinepy.store import txn
 from kinepy.store.compactor import Compactor, OnCompact
 from kinepy.store.keys import key_range
 from kinepy.store.leases import LeaseManager
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _EVERYTHING = KeyRange(b"", None)
 
 
-class KVStore:
+class Store:
     """The store: reads go straight to the backend; writes, lease changes and compactions go
     through the group-commit writer; committed events feed the watch hub."""
 
@@ -226,8 +226,8 @@ class KVStore:
                 log.warning("automatic compaction to %d failed, will retry: %s", target, exc)
 
     async def range(self, req: RangeRequest) -> RangeResponse:
-        mvcc.validate_range(req)
-        fetch = mvcc.range_fetch_limit(req)
+        txn.validate_range(req)
+        fetch = txn.range_fetch_limit(req)
         known_count = self.page_counts.take(req, fetch)
         rows = await self.backend.read_range(
             key_range(req.key, req.range_end),
@@ -237,32 +237,32 @@ class KVStore:
             count_only=req.count_only,
             count=known_count is None,
         )
-        mvcc.check_read_revision(req.revision, rows.revision, rows.compact_revision)
+        txn.check_read_revision(req.revision, rows.revision, rows.compact_revision)
         count = rows.count if known_count is None else known_count
-        resp = mvcc.finish_range(req, rows.kvs, count, rows.revision)
+        resp = txn.finish_range(req, rows.kvs, count, rows.revision)
         self.page_counts.remember(req, fetch, resp)
         return resp
 
     async def put(self, req: PutRequest) -> PutResponse:
-        mvcc.validate_put(req)
-        mvcc.check_key_lengths(req, self._max_key_bytes)
+        txn.validate_put(req)
+        txn.check_key_lengths(req, self._max_key_bytes)
         return cast(PutResponse, await self.writer.submit(req))
 
     async def delete_range(self, req: DeleteRangeRequest) -> DeleteRangeResponse:
-        mvcc.validate_delete_range(req)
+        txn.validate_delete_range(req)
         return cast(DeleteRangeResponse, await self.writer.submit(req))
 
     async def txn(self, req: TxnRequest) -> TxnResponse:
-        mvcc.validate_txn(req, self.max_txn_ops)
-        mvcc.check_key_lengths(req, self._max_key_bytes)
+        txn.validate_txn(req, self.max_txn_ops)
+        txn.check_key_lengths(req, self._max_key_bytes)
         return cast(TxnResponse, await self.writer.submit(req))
 
     async def compact(self, revision: int, *, physical: bool = False, expected: int | None = None) -> int:
         """Compact history up to `revision` (if `expected` is given: only if the compaction revision
         is still `expected`, else CompactedError); returns the header revision."""
         self._compacting_to = revision
-        req = mvcc.CompactRequest(revision, physical, expected)
-        resp = cast(mvcc.CompactResponse, await self.writer.submit(req))
+        req = txn.CompactRequest(revision, physical, expected)
+        resp = cast(txn.CompactResponse, await self.writer.submit(req))
         # Watchers learn the new compaction revision before any history is deleted.
         if self.hub is not None:
             self.hub.compacted(revision)

@@ -1,4 +1,4 @@
-"""etcd's request rules, evaluated in memory against a snapshot.
+"""etcd's request rules (etcd keeps them in etcdserver/txn), evaluated in memory against a snapshot.
 
 Three steps, as in etcd's server: *validate* a request on its own (no state), work out what it
 must *read* (its read set), then *apply* it to a `BatchState` (the snapshot plus the writes of the
@@ -82,6 +82,8 @@ class LeaseResponse:
 
 
 LeaseRequest = LeaseGrantRequest | LeaseRevokeRequest | LeaseKeepAliveRequest
+BatchRequest = WriteRequest | CompactRequest | LeaseRequest
+"""Anything the writer commits in a batch."""
 
 
 # -- validation (etcd's api/v3rpc/key.go) ------------------------------------------------------
@@ -192,7 +194,7 @@ def check_key_lengths(req: WriteRequest, limit: int) -> None:
 # -- read sets -------------------------------------------------------------------------------
 
 
-def add_to_read_set(req: WriteRequest | CompactRequest | LeaseRequest, rs: ReadSet) -> None:
+def add_to_read_set(req: BatchRequest, rs: ReadSet) -> None:
     """Everything `req` may read when applied, whichever branches its compares choose."""
     if isinstance(req, LeaseGrantRequest | LeaseKeepAliveRequest):
         rs.leases.add(req.id)
@@ -226,7 +228,7 @@ def _add_range(rs: ReadSet, kr: KeyRange) -> None:
         rs.ranges.append(kr)
 
 
-def needs_own_snapshot(req: WriteRequest | CompactRequest | LeaseRequest) -> bool:
+def needs_own_snapshot(req: BatchRequest) -> bool:
     """A txn reading at an explicit revision must see exactly the committed state, so it is
     evaluated first in its batch (its read set is taken before any other write of the batch)."""
     if not isinstance(req, TxnRequest):
@@ -346,8 +348,8 @@ class BatchState:
         )
 
 
-class _Writes:
-    """The writes of one request: all at `revision`, numbered by `sub`."""
+class _NewRevision:
+    """The revision one request writes: every change at `revision`, numbered by `sub`."""
 
     __slots__ = ("changed", "revision", "state", "sub")
 
@@ -392,10 +394,10 @@ class _Writes:
             self.state.revision = self.revision
 
 
-AnyResponse = PutResponse | DeleteRangeResponse | TxnResponse | CompactResponse | LeaseResponse
+BatchResponse = PutResponse | DeleteRangeResponse | TxnResponse | CompactResponse | LeaseResponse
 
 
-def apply(state: BatchState, req: WriteRequest | CompactRequest | LeaseRequest) -> AnyResponse:
+def apply(state: BatchState, req: BatchRequest) -> BatchResponse:
     """Apply one request to `state`; raises an `EtcdError` (and changes nothing) if it fails."""
     if isinstance(req, LeaseGrantRequest):
         return _lease_grant(state, req)
@@ -406,14 +408,14 @@ def apply(state: BatchState, req: WriteRequest | CompactRequest | LeaseRequest) 
     if isinstance(req, PutRequest):
         _check_put_lease(state, req)
         _check_put_prev(state, req)
-        writes = _Writes(state)
-        put_resp = _put(state, writes, req)
-        writes.done()
+        new_rev = _NewRevision(state)
+        put_resp = _put(state, new_rev, req)
+        new_rev.done()
         return put_resp
     if isinstance(req, DeleteRangeRequest):
-        writes = _Writes(state)
-        del_resp = _delete_range(state, writes, req)
-        writes.done()
+        new_rev = _NewRevision(state)
+        del_resp = _delete_range(state, new_rev, req)
+        new_rev.done()
         return del_resp
     if isinstance(req, TxnRequest):
         return _txn(state, req)
@@ -430,19 +432,19 @@ def _check_put_prev(state: BatchState, req: PutRequest) -> None:
         raise errors.KeyNotFoundError()
 
 
-def _put(state: BatchState, writes: _Writes, req: PutRequest) -> PutResponse:
+def _put(state: BatchState, new_rev: _NewRevision, req: PutRequest) -> PutResponse:
     prev = state.get(req.key)
     value = prev.value if req.ignore_value and prev is not None else req.value
     lease = prev.lease if req.ignore_lease and prev is not None else req.lease
-    writes.put(req.key, value, lease)
-    return PutResponse(writes.revision, prev if req.prev_kv else None)
+    new_rev.put(req.key, value, lease)
+    return PutResponse(new_rev.revision, prev if req.prev_kv else None)
 
 
-def _delete_range(state: BatchState, writes: _Writes, req: DeleteRangeRequest) -> DeleteRangeResponse:
+def _delete_range(state: BatchState, new_rev: _NewRevision, req: DeleteRangeRequest) -> DeleteRangeResponse:
     doomed = state.range(key_range(req.key, req.range_end))
     for kv in doomed:
-        writes.delete(kv)
-    revision = writes.revision if writes.changed else writes.revision - 1
+        new_rev.delete(kv)
+    revision = new_rev.revision if new_rev.changed else new_rev.revision - 1
     return DeleteRangeResponse(revision, len(doomed), doomed if req.prev_kv else [])
 
 
@@ -520,32 +522,34 @@ def _txn(state: BatchState, req: TxnRequest) -> TxnResponse:
     for op in ops:
         if isinstance(op, RangeRequest) and op.revision > 0:
             check_read_revision(op.revision, state.revision, state.compact_revision)
-    writes = _Writes(state)
-    resp = _apply_txn(state, writes, req, path)
-    writes.done()
-    resp.revision = writes.current_revision()
+    new_rev = _NewRevision(state)
+    resp = _apply_txn(state, new_rev, req, path)
+    new_rev.done()
+    resp.revision = new_rev.current_revision()
     return resp
 
 
-def _apply_txn(state: BatchState, writes: _Writes, req: TxnRequest, path: dict[int, bool]) -> TxnResponse:
+def _apply_txn(
+    state: BatchState, new_rev: _NewRevision, req: TxnRequest, path: dict[int, bool]
+) -> TxnResponse:
     succeeded = path[id(req)]
     responses: list[ResponseOp] = []
     for op in req.success if succeeded else req.failure:
         if isinstance(op, RangeRequest):
-            responses.append(_txn_range(state, writes, op))
+            responses.append(_txn_range(state, new_rev, op))
         elif isinstance(op, PutRequest):
-            responses.append(_put(state, writes, op))
+            responses.append(_put(state, new_rev, op))
         elif isinstance(op, DeleteRangeRequest):
-            responses.append(_delete_range(state, writes, op))
+            responses.append(_delete_range(state, new_rev, op))
         elif isinstance(op, TxnRequest):
-            responses.append(_apply_txn(state, writes, op, path))
+            responses.append(_apply_txn(state, new_rev, op, path))
     # A nested txn's header carries no revision; the outer one is set by the caller.
     return TxnResponse(0, succeeded, responses)
 
 
-def _txn_range(state: BatchState, writes: _Writes, req: RangeRequest) -> RangeResponse:
+def _txn_range(state: BatchState, new_rev: _NewRevision, req: RangeRequest) -> RangeResponse:
     kr = key_range(req.key, req.range_end)
-    current = writes.current_revision()
+    current = new_rev.current_revision()
     if req.revision > 0:
         # The read set holds this range only as of `req.revision` (at most the committed revision:
         # a later one failed as future); at the committed revision that is the current state.
@@ -594,13 +598,13 @@ def _lease_revoke(state: BatchState, req: LeaseRevokeRequest) -> LeaseResponse:
         raise errors.LeaseNotFoundError()
     if req.expired_at is not None and lease.expires_at > req.expired_at:
         return LeaseResponse(state.revision, None)  # kept alive meanwhile
-    writes = _Writes(state)
+    new_rev = _NewRevision(state)
     attached = sorted(
         (kv for kv in state.rows.values() if kv is not None and kv.lease == req.id), key=_by_key
     )
     for kv in attached:
-        writes.delete(kv)
-    writes.done()
+        new_rev.delete(kv)
+    new_rev.done()
     del state.leases[req.id]
     state.touched_leases[req.id] = None
     return LeaseResponse(state.revision, lease)
