@@ -12,8 +12,8 @@ serves gRPC) and ``db_pid`` (a database server whose CPU is part of the target's
     kine-sqlite       kine vX (``go install github.com/k3s-io/kine@KINE_VERSION``) with its default SQLite
                       (./db/state.db, WAL, synchronous=NORMAL), exactly as k3s runs it
 
-The PostgreSQL and MariaDB servers are the test suite's own (``tests/databases.py``: temporary data
-directory, free port, fsync on), started once per run on first use.
+The PostgreSQL and MariaDB servers are the test suite's own (``kinepy/testing/databases.py``: temporary
+data directory, free port, fsync on), started once per run on first use.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kinepy.testing.databases import DatabaseServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ETCD_BIN = "/usr/bin/etcd"
@@ -143,18 +146,20 @@ class Target:
 @dataclass
 class Kinepy(Target):
     backend: str = "sqlite"
-    database: Any = None  # a tests/databases.py DatabaseServer for postgres and mariadb
+    database: DatabaseServer | None = None  # for postgres and mariadb
     _db_name: str = ""
 
     def prepare(self) -> None:
         if self.backend != "sqlite":
+            assert self.database is not None
             self._db_name = self.database.create_database()
 
     def datastore(self) -> str:
         assert self.workdir is not None
         if self.backend == "sqlite":
             return f"sqlite://{self.workdir / 'state.db'}"
-        return str(self.database.url(self._db_name))
+        assert self.database is not None
+        return self.database.url(self._db_name)
 
     def argv(self) -> list[str]:
         return [
@@ -176,10 +181,12 @@ class Kinepy(Target):
 
     @property
     def db_pid(self) -> int | None:
-        return self.database.proc.pid if self.database is not None else None
+        if self.database is None or self.database.proc is None:
+            return None
+        return self.database.proc.pid
 
     def cleanup(self) -> None:
-        if self._db_name:
+        if self._db_name and self.database is not None:
             with contextlib.suppress(Exception):
                 self.database.drop_database(self._db_name)
             self._db_name = ""
@@ -262,37 +269,31 @@ def build_kine(log: Callable[[str], None]) -> Path:
 
 
 class DatabaseServers:
-    """The PostgreSQL and MariaDB servers of `tests/databases.py`, started on first use, stopped by
-    `close()`. The test helpers report problems through pytest; those become `TargetUnavailable`."""
+    """The PostgreSQL and MariaDB servers of `kinepy.testing.databases`, started on first use, stopped by
+    `close()`. A server that cannot start becomes `TargetUnavailable`."""
 
     def __init__(self) -> None:
-        self._servers: dict[str, Any] = {}
+        self._servers: dict[str, DatabaseServer] = {}
 
-    def get(self, kind: str) -> Any:
+    def get(self, kind: str) -> DatabaseServer:
         if kind not in self._servers:
-            tests = str(REPO_ROOT / "tests")
-            if tests not in sys.path:
-                sys.path.insert(0, tests)
-            try:
-                import databases  # tests/databases.py
+            # Imported here: only runs with a database target pay for it (it imports the pytest plugin).
+            from kinepy.testing.databases import (
+                DatabaseStartError,
+                DatabaseUnavailable,
+                start_database_server,
+            )
 
-                start = databases._start_postgres if kind == "postgres" else databases._start_mariadb
-                self._servers[kind] = start()
-            except ImportError as exc:
-                raise TargetUnavailable(
-                    f"cannot import tests/databases.py ({exc}); pip install -e '.[test]'"
-                ) from exc
-            except BaseException as exc:  # pytest.fail / pytest.skip raise BaseException subclasses
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
+            try:
+                self._servers[kind] = start_database_server(kind)
+            except (DatabaseUnavailable, DatabaseStartError) as exc:
                 raise TargetUnavailable(f"{kind} server did not start: {exc}") from exc
         return self._servers[kind]
 
     def close(self) -> None:
         for server in self._servers.values():
             with contextlib.suppress(Exception):
-                server.stop()
-                shutil.rmtree(server.root, ignore_errors=True)
+                server.remove()
         self._servers.clear()
 
 

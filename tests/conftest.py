@@ -12,13 +12,23 @@ Backends
     ``kinepy_backends``: then it is parametrised over the backends of ``--kinepy-backends`` (default
     ``sqlite,postgres,mariadb``; ids ``[sqlite]``, ``[postgres]``, ``[mariadb]``, marks ``postgres`` and
     ``mysql``). On ``postgres``/``mariadb`` each kinepy gets a new database (kinepy creates it) on a
-    server that tests/databases.py starts once per session (``kinepy_databases``); it is dropped at
+    server that kinepy.testing.databases starts once per session (``kinepy_databases``); it is dropped at
     teardown. ``kinepy_backends("sqlite")`` keeps one test of a marked module on SQLite.
     ``kinepy_datastore_endpoint`` is such a fresh database's ``--datastore-endpoint``, for a kinepy
     built in-process.
 
     Without ``/usr/bin/etcd`` the etcd tests are skipped with a loud reason, unless ``CI`` is set: then they
-    fail, so CI cannot go green by skipping the parity suite.
+    fail, so CI cannot go green by skipping the parity suite. The same holds for PostgreSQL and MariaDB.
+
+Database servers (kinepy/testing/databases.py; one PostgreSQL and one MariaDB for the whole session)
+    ``postgres_server`` and ``mariadb_server`` are the session's servers (user ``kinepy``, password
+    ``PASSWORD``), the ones ``kinepy_databases`` holds. ``make_database_server(kind)`` starts a server of
+    the test's own, which the test may ``stop()`` and ``start()`` again on the same port and data
+    directory (outage tests). ``database`` is parametrised over ``sqlite``, ``postgres`` and ``mariadb``
+    (marks ``postgres`` and ``mysql``): a fresh SQLite file, or a fresh database created on the session's
+    server and dropped afterwards; ``database.url`` (also the fixture ``database_url``) is its
+    ``--datastore-endpoint``. ``make_kinepy_on(url, **overrides)`` is ``make_kinepy_server`` on any
+    endpoint.
 
 etcdctl
     ``etcdctl(endpoint, *args, input=None)`` runs ``/usr/bin/etcdctl`` (API v3) and returns the
@@ -45,12 +55,19 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import pytest
 
-if TYPE_CHECKING:
-    from databases import SharedDatabaseServers, TestDatabase  # it imports this module: no cycle at run time
+from kinepy.testing.databases import (
+    DatabaseServer,
+    DatabaseStartError,
+    DatabaseUnavailable,
+    SharedDatabaseServers,
+    TestDatabase,
+    start_database_server,
+)
+from kinepy.testing.databases import free_port as free_port  # tests call conftest.free_port()
 
 ETCD_BIN = "/usr/bin/etcd"
 ETCDCTL_BIN = "/usr/bin/etcdctl"
@@ -170,13 +187,6 @@ def pytest_runtest_makereport(
 
 # --------------------------------------------------------------------------------------------------
 # Ports and processes.
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_accepts(port: int) -> bool:
@@ -366,14 +376,90 @@ def etcd_server(make_etcd_server: Callable[[], EtcdServer]) -> EtcdServer:
     return make_etcd_server()
 
 
+_T = TypeVar("_T")
+
+
+def _database_outcome(start: Callable[[], _T]) -> _T:
+    """``start()``; missing database binaries skip the test loudly (fail it when ``CI`` is set), a server
+    that does not start fails it."""
+    try:
+        return start()
+    except DatabaseUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    except DatabaseStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _announce(line: str) -> None:
+    sys.stderr.write(f"\n{line}\n")
+
+
 @pytest.fixture(scope="session")
 def kinepy_databases() -> Iterator[SharedDatabaseServers]:
-    """The PostgreSQL and MariaDB servers of ``kinepy_backend`` (tests/databases.py), started on first use."""
-    import databases  # not at the top: it imports this module
-
-    shared = databases.SharedDatabaseServers()
+    """The session's PostgreSQL and MariaDB servers (kinepy/testing/databases.py), started on first use."""
+    shared = SharedDatabaseServers(announce=_announce)
     yield shared
     shared.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(kinepy_databases: SharedDatabaseServers) -> DatabaseServer:
+    """The session's PostgreSQL 15 server (user ``kinepy``, password ``PASSWORD``)."""
+    return _database_outcome(lambda: kinepy_databases.server("postgres"))
+
+
+@pytest.fixture(scope="session")
+def mariadb_server(kinepy_databases: SharedDatabaseServers) -> DatabaseServer:
+    """The session's MariaDB server (user ``kinepy``, password ``PASSWORD``)."""
+    return _database_outcome(lambda: kinepy_databases.server("mariadb"))
+
+
+@pytest.fixture
+def make_database_server() -> Iterator[Callable[[str], DatabaseServer]]:
+    """Factory: ``make_database_server("postgres" | "mariadb")`` starts a server of the test's own, which
+    the test may ``stop()`` and ``start()`` again (same port, same data directory), unlike the shared
+    session servers. Each is stopped and deleted at teardown."""
+    servers: list[DatabaseServer] = []
+
+    def make(kind: str) -> DatabaseServer:
+        server = _database_outcome(lambda: start_database_server(kind))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.remove()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", id="mariadb", marks=pytest.mark.mysql),
+    ]
+)
+def database(
+    request: pytest.FixtureRequest, tmp_path: Path, kinepy_databases: SharedDatabaseServers
+) -> Iterator[TestDatabase]:
+    """A fresh, empty database on each backend in turn (the session's servers start on first use)."""
+    kind: str = request.param
+    if kind == "sqlite":
+        path = tmp_path / "state.db"
+        yield TestDatabase(kind, f"sqlite://{path}", str(path))
+        return
+    server = _database_outcome(lambda: kinepy_databases.server(kind))
+    name = server.create_database()
+    yield TestDatabase(kind, server.url(name), name, server)
+    with contextlib.suppress(Exception):  # the server may already be gone; it is deleted at the end anyway
+        server.drop_database(name)
+
+
+@pytest.fixture
+def database_url(database: TestDatabase) -> str:
+    """The ``--datastore-endpoint`` of a fresh database, for each of sqlite, postgres and mariadb."""
+    return database.url
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +470,7 @@ def kinepy_backend(request: pytest.FixtureRequest) -> str:
 
 def _fresh_datastore(backend: str, databases: SharedDatabaseServers, drops: list[TestDatabase]) -> str:
     """A fresh ``--datastore-endpoint`` on a server `backend` (not sqlite); its database goes in `drops`."""
-    database = databases.fresh_database(backend)
+    database = _database_outcome(lambda: databases.fresh_database(backend))
     drops.append(database)
     return database.url
 
@@ -447,6 +533,17 @@ def kinepy_server(make_kinepy_server: Callable[..., KinepyServer]) -> KinepyServ
     """A fresh kinepy on ``kinepy_backend`` (revision 1, no keys); has ``.restart()``, ``.stop()`` and, on
     SQLite, ``.db_path``."""
     return make_kinepy_server()
+
+
+@pytest.fixture
+def make_kinepy_on(make_kinepy_server: Callable[..., KinepyServer]) -> Callable[..., KinepyServer]:
+    """Factory: ``make_kinepy_on(url, **overrides)`` is ``make_kinepy_server`` on datastore endpoint `url`
+    (any backend, whatever ``kinepy_backend`` is)."""
+
+    def make(url: str, **overrides: Any) -> KinepyServer:
+        return make_kinepy_server(datastore_endpoint=url, **overrides)
+
+    return make
 
 
 @pytest.fixture

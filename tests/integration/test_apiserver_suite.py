@@ -6,7 +6,7 @@ builds the test binaries and runs them through the real etcd Go client. This tes
 per backend and fails if any Kubernetes test fails (or a binary crashes), quoting the per-test summary.
 
 Backends: ``sqlite`` (a fresh file per test), ``postgres`` and ``mariadb`` (the session servers of
-tests/databases.py; the launcher gets ``KINEPY_APISERVER_DATASTORE`` = the server's endpoint with a
+kinepy/testing/databases.py; the launcher gets ``KINEPY_APISERVER_DATASTORE`` = the server's endpoint with a
 ``{db}`` placeholder, and every test's kinepy creates its own ``kt_<hex>`` database, which this test
 drops afterwards).
 
@@ -36,7 +36,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from databases import DatabaseServer, mariadb_server, postgres_server  # noqa: F401 - session fixtures
+
+from kinepy.testing.databases import DatabaseServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 RUN_SH = REPO_ROOT / "tests" / "apiserver" / "run.sh"

@@ -1,6 +1,6 @@
 """Every backend through real gRPC: the same KV, watch and lease checks on SQLite, PostgreSQL and MariaDB.
 
-Each test gets a fresh database (``database`` from ``tests/databases.py``: a SQLite file, or a new
+Each test gets a fresh database (``database`` from ``tests/conftest.py``: a SQLite file, or a new
 database on the session's PostgreSQL or MariaDB server) and a ``python -m kinepy`` subprocess on it.
 The checks are etcd's rules, so a backend that orders, stores or reads rows differently fails here:
 revisions from 1, limits and counts, history at old revisions, compaction, bytewise key order for keys
@@ -22,11 +22,11 @@ from typing import Any
 import conftest
 import grpc
 import pytest
-from databases import *  # noqa: F403 - fixtures: database, database_url, make_kinepy_on, *_server
-from databases import KinepyOn, TestDatabase
+from conftest import KinepyServer
 from google.protobuf.message import Message
 
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from kinepy.testing.databases import TestDatabase
 
 pytestmark = pytest.mark.kinepy
 
@@ -37,7 +37,7 @@ COMPACTED = (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision 
 FUTURE = (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
 EVENT_TIMEOUT = 15.0
 
-MakeKinepy = Callable[..., KinepyOn]
+MakeKinepy = Callable[..., KinepyServer]
 
 
 class Client:
@@ -108,12 +108,12 @@ class Watch:
 
 
 @pytest.fixture
-def server(database: TestDatabase, make_kinepy_on: MakeKinepy) -> KinepyOn:
+def server(database: TestDatabase, make_kinepy_on: MakeKinepy) -> KinepyServer:
     return make_kinepy_on(database.url)
 
 
 @pytest.fixture
-def client(server: KinepyOn) -> Iterator[Client]:
+def client(server: KinepyServer) -> Iterator[Client]:
     c = Client(server.endpoint)
     yield c
     c.close()

@@ -2,9 +2,10 @@
 
 ``tests/kube-apiserver/build.sh`` builds ``kube-apiserver`` and ``kubectl`` once into
 ``${KINEPY_CACHE:-~/.cache/kinepy}/kube-1.35.4/bin`` (5-10 min cold on 2 cores; later runs reuse it, and
-need no Go at all). Per backend (``sqlite``, ``postgres``, ``mariadb``: tests/databases.py) this test starts
-kinepy, then kube-apiserver with ``--etcd-servers=http://127.0.0.1:PORT`` on free ports (token auth, RBAC, a
-generated service-account key, a self-signed serving certificate in tmp), waits for ``/readyz``, and:
+need no Go at all). Per backend (``sqlite``, ``postgres``, ``mariadb``: kinepy/testing/databases.py) this
+test starts kinepy, then kube-apiserver with ``--etcd-servers=http://127.0.0.1:PORT`` on free ports (token
+auth, RBAC, a generated service-account key, a self-signed serving certificate in tmp), waits for
+``/readyz``, and:
 
 1. kubectl: creates a namespace, configmaps and a secret; ``kubectl apply``s a CRD, waits for it to be
    Established, applies objects of it (client-side, then a server-side apply changing one); lists with
@@ -46,7 +47,6 @@ from typing import Any
 import conftest
 import pytest
 from conftest import free_port
-from databases import *  # noqa: F403 - fixtures: database, make_kinepy_on, postgres_server, mariadb_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BUILD_SH = REPO_ROOT / "tests" / "kube-apiserver" / "build.sh"

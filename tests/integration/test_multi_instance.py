@@ -6,7 +6,7 @@ in the same order with the same revisions and prev_kv; compare-and-swap txns sen
 instances never both succeed; a write through one reaches the other's watchers promptly (measured
 here, asserted <= 1 s; the 50 ms / 200 ms targets belong to the benchmarks); an expired lease is
 revoked once, however many instances expire leases; a compaction through one is seen by the other;
-an instance cut off from the database (a TCP proxy, `tests/netproxy.py`, resets its connections)
+an instance cut off from the database (a TCP proxy, `kinepy/testing/netproxy.py`, resets its connections)
 while the other writes and compacts catches its watchers up after, or cancels them as compacted.
 
 The measured cross-instance latencies are printed (run with ``-s`` to see them).
@@ -26,11 +26,11 @@ from typing import Any
 
 import grpc
 import pytest
-from databases import *  # noqa: F403 - fixtures: make_kinepy_on, postgres_server, mariadb_server
-from databases import DatabaseServer, KinepyOn
-from netproxy import Proxy
+from conftest import KinepyServer
 
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from kinepy.testing.databases import DatabaseServer
+from kinepy.testing.netproxy import Proxy
 
 pytestmark = [pytest.mark.kinepy, pytest.mark.slow]
 
@@ -42,7 +42,7 @@ CAS_INCREMENTS = 16  # per loop: 256 increments in all, ~2,000 txns, several sec
 LATENCY_SAMPLES = 40
 LATENCY_LIMIT = 1.0  # seconds, put through A to the event on B's watcher
 
-MakeKinepy = Callable[..., KinepyOn]
+MakeKinepy = Callable[..., KinepyServer]
 
 
 class Client:
@@ -135,7 +135,7 @@ class Pair:
     kind: str
     a: Client
     b: Client
-    servers: tuple[KinepyOn, KinepyOn]
+    servers: tuple[KinepyServer, KinepyServer]
 
 
 def _start_pair(

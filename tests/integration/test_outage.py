@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from databases import *  # noqa: F403 - fixtures: make_database_server, make_kinepy_on
-from databases import PASSWORD, DatabaseServer, KinepyOn
+from conftest import KinepyServer
 
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
+from kinepy.testing.databases import PASSWORD, DatabaseServer
 
 pytestmark = [pytest.mark.kinepy, pytest.mark.slow]
 
@@ -73,7 +73,7 @@ def _wait_for(what: str, condition: Callable[[], bool], timeout: float) -> float
 def test_database_outage_fails_requests_cleanly_and_recovers_by_itself(
     kind: str,
     make_database_server: Callable[[str], DatabaseServer],
-    make_kinepy_on: Callable[..., KinepyOn],
+    make_kinepy_on: Callable[..., KinepyServer],
 ) -> None:
     server = make_database_server(kind)
     kinepy = make_kinepy_on(server.url(server.create_database()))

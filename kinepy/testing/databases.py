@@ -1,62 +1,39 @@
-"""Real database servers for the test suite: PostgreSQL 15 and MariaDB, started by the suite itself.
+"""Real database servers for tests and benchmarks: PostgreSQL 15 and MariaDB on free loopback ports.
 
-Servers (session-scoped, started on first use, stopped and deleted at the end of the session)
-    ``postgres_server``: ``initdb`` into a fresh directory under /tmp, then ``postgres`` on a free
-    loopback port, its Unix socket in that directory; password (SCRAM) auth on TCP. As root the
-    cluster belongs to, and runs as, the ``postgres`` system user: PostgreSQL refuses to run as root.
-    ``mariadb_server``: ``mariadb-install-db`` into a fresh directory, then ``mariadbd`` on a free
-    loopback port (``--user=root`` when root). Both get a ``kinepy`` user with password ``PASSWORD``
-    that may create databases. Each start is waited for with a bounded poll.
-    ``make_database_server(kind)`` starts a server of the test's own (function-scoped), which the test
-    may ``stop()`` and ``start()`` again on the same port and data directory (outage tests).
+``start_database_server("postgres" | "mariadb")`` creates a fresh data directory under /tmp and starts
+the server on a free loopback port, waiting for it with a bounded poll:
 
-Per test
-    ``database`` is parametrised over ``sqlite``, ``postgres`` and ``mariadb`` (marks ``postgres`` and
-    ``mysql``): a fresh SQLite file, or a fresh ``kinepy_<random>`` database created on the shared
-    server and dropped afterwards. ``database.url`` is its ``--datastore-endpoint``;
-    ``database_url`` is just that string.
-    ``make_kinepy_on(url, **overrides)`` starts ``python -m kinepy`` on any endpoint with the same
-    teardown checks as conftest's ``make_kinepy_server``.
+- PostgreSQL: ``initdb``, then ``postgres`` with its Unix socket in that directory; password (SCRAM)
+  auth on TCP. As root the cluster belongs to, and runs as, the ``postgres`` system user: PostgreSQL
+  refuses to run as root.
+- MariaDB: ``mariadb-install-db``, then ``mariadbd`` (``--user=root`` when root).
 
-For conftest (``make_kinepy_server`` on ``kinepy_backend``)
-    ``SharedDatabaseServers`` starts a PostgreSQL and a MariaDB server on first use, for the session
-    (conftest's ``kinepy_databases`` holds one); ``fresh_database(kind)`` names a new database on it,
-    which kinepy creates on its first start.
+Both get a ``kinepy`` user with password ``PASSWORD`` that may create databases. A ``DatabaseServer``
+can be ``stop()``-ped and ``start()``-ed again on the same port and data directory (outage tests);
+``remove()`` stops it and deletes its directory. ``SharedDatabaseServers`` holds one server of each
+kind, started on first use.
 
-Missing binaries skip the tests loudly, unless ``CI`` is set: then they fail, so CI cannot go green by
-skipping a backend. ``scripts/test`` installs ``postgresql-15`` and ``mariadb-server`` when missing.
-
-Use it from a test module with ``from databases import *  # noqa: F403`` (it exports only fixtures).
+Missing binaries raise ``DatabaseUnavailable`` (its message says which package to install); a server
+that fails to start raises ``DatabaseStartError`` with its log. The test suite's conftest turns these
+into skips and failures; nothing here depends on pytest. Debian's packages: ``postgresql-15``,
+``mariadb-server`` (``scripts/test`` installs them).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import conftest
-import pytest
-
-__all__ = [
-    "database",
-    "database_url",
-    "make_database_server",
-    "make_kinepy_on",
-    "mariadb_server",
-    "postgres_server",
-]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MARIADBD = Path("/usr/sbin/mariadbd")
@@ -65,19 +42,31 @@ USER = "kinepy"
 PASSWORD = "kinepy-test-Secret-42"
 START_TIMEOUT = 60.0  # seconds for initdb/install-db plus the first accepted connection
 STOP_TIMEOUT = 20.0
+KINDS = ("postgres", "mariadb")
+
+
+class DatabaseUnavailable(Exception):
+    """The server's binaries are not installed; the message names them and the package to install."""
+
+
+class DatabaseStartError(RuntimeError):
+    """The server did not start; the message holds the end of its log."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _require(what: str, paths: list[Path], package: str) -> None:
     missing = [str(path) for path in paths if not path.exists()]
-    if not missing:
-        return
-    reason = (
-        f"!!! {', '.join(missing)} not installed: the {what} backend tests did NOT run. "
-        f"Install with `apt-get install -y {package}` (scripts/test does). !!!"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    if missing:
+        raise DatabaseUnavailable(
+            f"!!! {', '.join(missing)} not installed: the {what} backend tests did NOT run. "
+            f"Install with `apt-get install -y {package}` (scripts/test does). !!!"
+        )
 
 
 def _tail(path: Path, max_chars: int = 6000) -> str:
@@ -89,19 +78,19 @@ def _tail(path: Path, max_chars: int = 6000) -> str:
 
 
 def _wait(what: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path) -> float:
-    """Poll `ready()` until it holds (returns the seconds it took); fail if the process exits or
+    """Poll `ready()` until it holds (returns the seconds it took); raise if the process exits or
     `START_TIMEOUT` passes."""
     started = time.monotonic()
     while True:
         if proc.poll() is not None:
-            pytest.fail(
-                f"{what} exited with {proc.returncode} before it was ready:\n{_tail(log)}", pytrace=False
+            raise DatabaseStartError(
+                f"{what} exited with {proc.returncode} before it was ready:\n{_tail(log)}"
             )
         if ready():
             return time.monotonic() - started
         if time.monotonic() - started > START_TIMEOUT:
             _stop(proc, signal.SIGINT)
-            pytest.fail(f"{what} not ready after {START_TIMEOUT} s:\n{_tail(log)}", pytrace=False)
+            raise DatabaseStartError(f"{what} not ready after {START_TIMEOUT} s:\n{_tail(log)}")
         time.sleep(0.05)
 
 
@@ -197,6 +186,20 @@ class DatabaseServer:
         assert self.proc is None, "the server is running"
         return _launch_postgres(self) if self.kind == "postgres" else _launch_mariadb(self)
 
+    def remove(self) -> None:
+        """Stop the server and delete its data directory."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_database_server(kind: str) -> DatabaseServer:
+    """A new ``"postgres"`` or ``"mariadb"`` server in a fresh directory, accepting connections."""
+    if kind == "postgres":
+        return _start_postgres()
+    if kind == "mariadb":
+        return _start_mariadb()
+    raise ValueError(f"unknown database server {kind!r}; known: {KINDS}")
+
 
 def _owner() -> tuple[list[str], int, int]:
     """An argv prefix running a child as the `postgres` system user when we are root (and its ids).
@@ -234,8 +237,8 @@ def _start_postgres() -> DatabaseServer:
         [*as_owner, *argv], capture_output=True, text=True, timeout=START_TIMEOUT, check=False
     )
     if initdb.returncode != 0:
-        pytest.fail(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}\n{initdb.stderr}", pytrace=False)
-    server = DatabaseServer("postgres", conftest.free_port(), root, log_path)
+        raise DatabaseStartError(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}\n{initdb.stderr}")
+    server = DatabaseServer("postgres", free_port(), root, log_path)
     _launch_postgres(server)
     server.sql(f"CREATE ROLE {USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'")
     server.version = server.sql("SHOW server_version")[0][0]
@@ -280,8 +283,10 @@ def _start_mariadb() -> DatabaseServer:
     argv += ["--auth-root-authentication-method=normal", "--skip-test-db", *as_root]
     install = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
     if install.returncode != 0:
-        pytest.fail(f"mariadb-install-db failed ({install.returncode}):\n{install.stdout}\n{install.stderr}")
-    server = DatabaseServer("mariadb", conftest.free_port(), root, log_path)
+        raise DatabaseStartError(
+            f"mariadb-install-db failed ({install.returncode}):\n{install.stdout}\n{install.stderr}"
+        )
+    server = DatabaseServer("mariadb", free_port(), root, log_path)
     _launch_mariadb(server)
     server.sql(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
     server.sql(f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%'")
@@ -311,46 +316,6 @@ def _launch_mariadb(server: DatabaseServer) -> float:
     return _wait("mariadbd", server.proc, ready, server.log_path)
 
 
-def _session_server(start: Callable[[], DatabaseServer]) -> Iterator[DatabaseServer]:
-    server = start()
-    sys.stderr.write(f"\n[{server.kind} {server.version} started in {server.startup_seconds:.1f} s]\n")
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[DatabaseServer]:
-    """A PostgreSQL 15 server for the whole session (user ``kinepy``, password ``PASSWORD``)."""
-    yield from _session_server(_start_postgres)
-
-
-@pytest.fixture(scope="session")
-def mariadb_server() -> Iterator[DatabaseServer]:
-    """A MariaDB server for the whole session (user ``kinepy``, password ``PASSWORD``)."""
-    yield from _session_server(_start_mariadb)
-
-
-@pytest.fixture
-def make_database_server() -> Iterator[Callable[[str], DatabaseServer]]:
-    """Factory: ``make_database_server("postgres" | "mariadb")`` starts a server of the test's own, which
-    the test may ``stop()`` and ``start()`` again (same port, same data directory), unlike the shared
-    session servers. Each is stopped and deleted at teardown."""
-    servers: list[DatabaseServer] = []
-
-    def make(kind: str) -> DatabaseServer:
-        server = _start_postgres() if kind == "postgres" else _start_mariadb()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
-
-
 @dataclass
 class TestDatabase:
     """One fresh database: `url` is the kinepy endpoint; `server` is None for SQLite."""
@@ -363,44 +328,19 @@ class TestDatabase:
     server: DatabaseServer | None = None
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", id="mariadb", marks=pytest.mark.mysql),
-    ]
-)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestDatabase]:
-    """A fresh, empty database on each backend in turn (servers start on first use)."""
-    kind: str = request.param
-    if kind == "sqlite":
-        path = tmp_path / "state.db"
-        yield TestDatabase(kind, f"sqlite://{path}", str(path))
-        return
-    server: DatabaseServer = request.getfixturevalue(f"{kind}_server")
-    name = server.create_database()
-    yield TestDatabase(kind, server.url(name), name, server)
-    with contextlib.suppress(Exception):  # the server may already be gone; it is deleted at the end anyway
-        server.drop_database(name)
-
-
 class SharedDatabaseServers:
-    """A PostgreSQL and a MariaDB server, each started on first use and kept until `close()`.
+    """A PostgreSQL and a MariaDB server, each started on first use and kept until `close()`."""
 
-    Separate from the ``*_server`` fixtures (each module that imports those gets servers of its own):
-    conftest's session fixture ``kinepy_databases`` holds one, so ``make_kinepy_server`` can reach a
-    server without the test module importing this one's fixtures.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, *, announce: Callable[[str], None] | None = None) -> None:
         self._servers: dict[str, DatabaseServer] = {}
+        self._announce = announce
 
     def server(self, kind: str) -> DatabaseServer:
         """The ``"postgres"`` or ``"mariadb"`` server, started now if it is not running yet."""
         if kind not in self._servers:
-            start = {"postgres": _start_postgres, "mariadb": _start_mariadb}[kind]
-            server = self._servers[kind] = start()
-            sys.stderr.write(f"\n[{kind} {server.version} started in {server.startup_seconds:.1f} s]\n")
+            server = self._servers[kind] = start_database_server(kind)
+            if self._announce is not None:
+                self._announce(f"[{kind} {server.version} started in {server.startup_seconds:.1f} s]")
         return self._servers[kind]
 
     def fresh_database(self, kind: str) -> TestDatabase:
@@ -412,68 +352,5 @@ class SharedDatabaseServers:
 
     def close(self) -> None:
         for server in self._servers.values():
-            server.stop()
-            shutil.rmtree(server.root, ignore_errors=True)
+            server.remove()
         self._servers.clear()
-
-
-@pytest.fixture
-def database_url(database: TestDatabase) -> str:
-    """The ``--datastore-endpoint`` of a fresh database, for each of sqlite, postgres and mariadb."""
-    return database.url
-
-
-@dataclass
-class KinepyOn(conftest.KinepyServer):
-    """``python -m kinepy`` on any datastore endpoint."""
-
-    datastore_endpoint: str = ""
-    extra_args: list[str] = field(default_factory=list)
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "kinepy", "--listen-address", self.endpoint]
-        argv += [
-            "--datastore-endpoint",
-            self.datastore_endpoint,
-            "--log-level",
-            self.log_level,
-            *self.extra_args,
-        ]
-        self._start(argv, lambda: conftest._port_accepts(self.port))
-
-
-@pytest.fixture
-def make_kinepy_on(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., KinepyOn]]:
-    """Factory: ``make_kinepy_on(url, **overrides)`` starts kinepy on datastore `url` and waits for it.
-
-    Keyword arguments override ``KinepyOn`` fields (``log_level``, ``extra_args``). The server's log is
-    attached to a failing test's report; an unclean exit on SIGTERM fails the test.
-    """
-    servers: list[KinepyOn] = []
-
-    def make(url: str, **overrides: Any) -> KinepyOn:
-        root = tmp_path_factory.mktemp("kinepy")
-        fields: dict[str, Any] = {
-            "kind": "kinepy",
-            "port": conftest.free_port(),
-            "log_path": root / "kinepy.log",
-            "db_path": root / "unused.db",
-            "datastore_endpoint": url,
-        }
-        server = KinepyOn(**(fields | overrides))
-        servers.append(server)
-        conftest._track(request, server)
-        server.start()
-        return server
-
-    yield make
-    unclean = [(server, server.stop()) for server in servers]
-    unclean = [(server, code) for server, code in unclean if code not in (None, 0)]
-    if unclean:
-        pytest.fail(
-            "\n".join(
-                f"kinepy exited with {code} on SIGTERM:\n{server.log_tail()}" for server, code in unclean
-            )
-        )

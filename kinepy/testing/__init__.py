@@ -15,6 +15,10 @@ have and which pytest-asyncio scopes in several ways; a subprocess serves any te
 not. It listens on port 0 and the fixture reads the port from its log line, so there is no race
 for a free port. At teardown it gets SIGTERM; a server that does not exit 0 fails the test, with
 its log.
+
+Submodules (not part of the plugin; imported on demand): ``kinepy.testing.databases`` starts throw-away
+PostgreSQL and MariaDB servers, ``kinepy.testing.netproxy`` is a TCP proxy a test can cut (a network
+partition). kinepy's own test suite and benchmarks use both.
 """
 
 from __future__ import annotations
