@@ -1,0 +1,1 @@
+"""Moving a store between kinepy backends, and in from kine and etcd."""
