@@ -20,7 +20,7 @@ from kinepy.app import App
 from kinepy.config import Config
 from kinepy.errors import BackendError, BackendUnavailable, ConfigError, EtcdError, KinepyError
 from kinepy.resolve import Resolved, resolve_endpoint
-from kinepy.server.passthrough import UpstreamTLS
+from kinepy.specs import UpstreamTLS
 
 Server = App
 """The name the docs use for `App`: `async with kinepy.Server(config) as server: ...`."""

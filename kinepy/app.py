@@ -19,15 +19,16 @@ from kinepy.backends.base import Backend
 from kinepy.backends.factory import create_backend
 from kinepy.backends.timing import TimedBackend
 from kinepy.config import GRPC_OVERHEAD_BYTES, Config
-from kinepy.endpoint import BackendSpec, EtcdSpec, parse_endpoint
+from kinepy.endpoint import parse_endpoint
 from kinepy.metrics import Metrics, MetricsServer
+from kinepy.passthrough import PassthroughHandler
 from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.kv import KVServicer
 from kinepy.server.lease import LeaseServicer
 from kinepy.server.maintenance import AuthServicer, ClusterServicer, MaintenanceServicer
-from kinepy.server.passthrough import PassthroughHandler
 from kinepy.server.watch import WatchServicer, add_watch_servicer
+from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec
 from kinepy.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,16 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         # Fail on a port another process holds instead of silently sharing it.
         ("grpc.so_reuseport", 0),
     ]
+
+
+def backend_settings(config: Config) -> BackendSettings:
+    """The settings a backend is opened with, from `config`."""
+    return BackendSettings(
+        synchronous=not config.unsafe_no_fsync,
+        read_threads=config.read_threads,
+        max_connections=config.datastore_max_connections,
+        connect_timeout=config.datastore_connect_timeout,
+    )
 
 
 def _read_file(path: str) -> bytes:
@@ -138,7 +149,8 @@ class App:
     async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
         config = self.config
         backend = cast(
-            Backend, TimedBackend(create_backend(spec, config), threshold=config.slow_sql_threshold)
+            Backend,
+            TimedBackend(create_backend(spec, backend_settings(config)), threshold=config.slow_sql_threshold),
         )
         await backend.start()
         self.backend = backend

@@ -1,4 +1,4 @@
-"""Parse `--datastore-endpoint` into a backend spec (pure parsing: no I/O, no driver imports).
+"""Parse `--datastore-endpoint` into a `kinepy.specs` backend spec (pure parsing: no I/O, no drivers).
 
 The accepted forms follow kine/k3s, so an endpoint that works there means the same here:
 
@@ -22,43 +22,35 @@ A password never appears in `str()`, `repr()` or a `ConfigError`: they show `***
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from kinepy.config import DEFAULT_SQLITE_PATH
 from kinepy.errors import ConfigError
+from kinepy.specs import (
+    DEFAULT_DATABASE,
+    DEFAULT_MYSQL_HOST,
+    DEFAULT_MYSQL_PORT,
+    DEFAULT_MYSQL_USER,
+    DEFAULT_POSTGRES_HOST,
+    DEFAULT_POSTGRES_PORT,
+    DEFAULT_POSTGRES_USER,
+    REDACTED,
+    BackendSpec,
+    EtcdSpec,
+    MySQLSpec,
+    PostgresSpec,
+    SQLiteSpec,
+    bracket_host,
+)
 
-__all__ = [
-    "ACCEPTED_FORMS",
-    "DEFAULT_DATABASE",
-    "DEFAULT_MYSQL_PORT",
-    "DEFAULT_POSTGRES_PORT",
-    "ETCD_PORT",
-    "BackendSpec",
-    "EtcdSpec",
-    "MySQLSpec",
-    "PostgresSpec",
-    "SQLiteSpec",
-    "parse_endpoint",
-    "redact",
-]
+__all__ = ["ACCEPTED_FORMS", "ETCD_PORT", "parse_endpoint", "redact"]
 
-DEFAULT_DATABASE = "kubernetes"
-DEFAULT_POSTGRES_PORT = 5432
-DEFAULT_POSTGRES_HOST = "localhost"
-DEFAULT_POSTGRES_USER = "postgres"
-DEFAULT_MYSQL_PORT = 3306
-DEFAULT_MYSQL_HOST = "127.0.0.1"  # go-sql-driver's default address
-DEFAULT_MYSQL_USER = "root"
 ETCD_PORT = 2379
 ACCEPTED_FORMS = (
     f"empty (SQLite at {DEFAULT_SQLITE_PATH}), sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB, "
     "mysql://USER:PASS@tcp(HOST:PORT)/DB, http(s)://HOST:2379[,…] (etcd passthrough)"
 )
-REDACTED = "***"
 
-# Query options whose value is a secret (libpq accepts ?password=...).
-_SECRET_OPTIONS = frozenset({"password", "sslpassword"})
 _SECRET_OPTION_RE = re.compile(r"(?i)([?&](?:ssl)?password=)[^&]*")
 _GO_DSN_RE = re.compile(
     r"^(?:(?P<userinfo>.*)@)?(?P<proto>tcp|unix)\((?P<addr>[^)]*)\)(?:/(?P<db>[^?]*))?(?:\?(?P<query>.*))?$",
@@ -66,121 +58,6 @@ _GO_DSN_RE = re.compile(
 )
 _HOST_RE = re.compile(r"[\w.\-:%]+")  # a name, IPv4 or IPv6 (brackets already removed)
 _GO_DSN_ADDR_RE = re.compile(r"(?:^|@)(?:tcp|unix)\(")
-
-
-def _redact_options(options: dict[str, str]) -> dict[str, str]:
-    return {k: REDACTED if k.lower() in _SECRET_OPTIONS else v for k, v in options.items()}
-
-
-def _query(options: dict[str, str]) -> str:
-    if not options:
-        return ""
-    return "?" + "&".join(f"{k}={v}" for k, v in _redact_options(options).items())
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _userinfo(user: str, password: str | None) -> str:
-    return f"{user}:{REDACTED}@" if password is not None else f"{user}@"
-
-
-@dataclass(frozen=True, slots=True)
-class SQLiteSpec:
-    """A SQLite database file (or ":memory:"); `path` is as written, relative to the working directory."""
-
-    path: str
-    options: dict[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        """The endpoint in canonical form."""
-        return f"sqlite://{self.path}{_query(self.options)}"
-
-    def __str__(self) -> str:
-        return self.describe()
-
-
-@dataclass(frozen=True, slots=True)
-class PostgresSpec:
-    """A PostgreSQL database; `options` (sslmode, sslrootcert, ...) go to the driver unchanged."""
-
-    host: str = DEFAULT_POSTGRES_HOST
-    port: int | None = DEFAULT_POSTGRES_PORT
-    user: str = DEFAULT_POSTGRES_USER
-    password: str | None = field(default=None, repr=False)
-    database: str = DEFAULT_DATABASE
-    options: dict[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        """The endpoint in canonical form, password shown as ***."""
-        port = f":{self.port}" if self.port is not None else ""
-        return (
-            f"postgres://{_userinfo(self.user, self.password)}{_host(self.host)}{port}/{self.database}"
-            f"{_query(self.options)}"
-        )
-
-    def __str__(self) -> str:
-        return self.describe()
-
-    def __repr__(self) -> str:
-        password = None if self.password is None else REDACTED
-        return (
-            f"PostgresSpec(host={self.host!r}, port={self.port!r}, user={self.user!r}, "
-            f"password={password!r}, database={self.database!r}, options={_redact_options(self.options)!r})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class MySQLSpec:
-    """A MySQL/MariaDB database over TCP (`host`, `port`) or a Unix socket (`unix_socket`; host is None)."""
-
-    host: str | None = DEFAULT_MYSQL_HOST
-    port: int | None = DEFAULT_MYSQL_PORT
-    user: str = DEFAULT_MYSQL_USER
-    password: str | None = field(default=None, repr=False)
-    database: str = DEFAULT_DATABASE
-    options: dict[str, str] = field(default_factory=dict)
-    unix_socket: str | None = None
-
-    def describe(self) -> str:
-        """The endpoint in Go DSN form, password shown as ***."""
-        if self.unix_socket is not None:
-            address = f"unix({self.unix_socket})"
-        else:
-            port = f":{self.port}" if self.port is not None else ""
-            address = f"tcp({_host(self.host or DEFAULT_MYSQL_HOST)}{port})"
-        userinfo = _userinfo(self.user, self.password)
-        return f"mysql://{userinfo}{address}/{self.database}{_query(self.options)}"
-
-    def __str__(self) -> str:
-        return self.describe()
-
-    def __repr__(self) -> str:
-        password = None if self.password is None else REDACTED
-        return (
-            f"MySQLSpec(host={self.host!r}, port={self.port!r}, user={self.user!r}, "
-            f"password={password!r}, database={self.database!r}, "
-            f"options={_redact_options(self.options)!r}, unix_socket={self.unix_socket!r})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class EtcdSpec:
-    """A real etcd cluster: `endpoints` are `scheme://host:2379` URLs; `options` come from their queries."""
-
-    endpoints: tuple[str, ...]
-    options: dict[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        """The endpoint list, comma-separated, options appended."""
-        return ",".join(self.endpoints) + _query(self.options)
-
-    def __str__(self) -> str:
-        return self.describe()
-
-
-BackendSpec = SQLiteSpec | PostgresSpec | MySQLSpec | EtcdSpec
 
 
 def redact(endpoint: str) -> str:
@@ -354,5 +231,5 @@ def _parse_etcd(endpoint: str, text: str) -> EtcdSpec:
         for key, value in _options(parts.query).items():
             if options.setdefault(key, value) != value:
                 raise _invalid(endpoint, f"conflicting values for option {key!r}")
-        urls.append(f"{scheme.lower()}://{_host(parts.hostname)}:{port}")
+        urls.append(f"{scheme.lower()}://{bracket_host(parts.hostname)}:{port}")
     return EtcdSpec(tuple(urls), options)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from kinepy.app import App
 from kinepy.config import Config
-from kinepy.endpoint import EtcdSpec, parse_endpoint
-from kinepy.server.passthrough import UpstreamTLS, upstream_tls
+from kinepy.endpoint import parse_endpoint
+from kinepy.specs import EtcdSpec, UpstreamTLS, upstream_tls
 
 
 @dataclass(frozen=True, slots=True)

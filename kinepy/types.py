@@ -24,6 +24,17 @@ class KeyValue(NamedTuple):
     lease: int = 0
 
 
+@dataclass(slots=True, frozen=True)
+class KeyRange:
+    """`[start, end)` in bytewise order; `end=None` means "to the end of the keyspace"."""
+
+    start: bytes
+    end: bytes | None
+
+    def __contains__(self, key: bytes) -> bool:
+        return key >= self.start and (self.end is None or key < self.end)
+
+
 class EventType(enum.IntEnum):
     PUT = 0
     DELETE = 1

@@ -11,18 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kinepy.types import Event, KeyValue, Lease
-
-
-@dataclass(slots=True, frozen=True)
-class KeyRange:
-    """`[start, end)` in bytewise order; `end=None` means "to the end of the keyspace"."""
-
-    start: bytes
-    end: bytes | None
-
-    def __contains__(self, key: bytes) -> bool:
-        return key >= self.start and (self.end is None or key < self.end)
+from kinepy.types import Event, KeyRange, KeyValue, Lease
 
 
 @dataclass(slots=True)

@@ -3,34 +3,31 @@
 from __future__ import annotations
 
 from kinepy.backends.base import Backend
-from kinepy.config import Config
-from kinepy.endpoint import BackendSpec, EtcdSpec, MySQLSpec, PostgresSpec, SQLiteSpec
 from kinepy.errors import ConfigError
+from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec, MySQLSpec, PostgresSpec, SQLiteSpec
 
 
-def create_backend(spec: BackendSpec, config: Config) -> Backend:
+def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
     if isinstance(spec, SQLiteSpec):
         from kinepy.backends.sql.sqlite import SQLiteBackend
 
         return SQLiteBackend(
-            spec.path, synchronous_full=not config.unsafe_no_fsync, read_threads=config.read_threads
+            spec.path, synchronous_full=settings.synchronous, read_threads=settings.read_threads
         )
     if isinstance(spec, PostgresSpec):
         from kinepy.backends.sql.postgres import PostgresBackend
 
         return PostgresBackend(
             spec,
-            pool_size=config.datastore_max_connections,
-            connect_timeout=config.datastore_connect_timeout,
-            synchronous_commit=not config.unsafe_no_fsync,
+            pool_size=settings.max_connections,
+            connect_timeout=settings.connect_timeout,
+            synchronous_commit=settings.synchronous,
         )
     if isinstance(spec, MySQLSpec):
         from kinepy.backends.sql.mysql import MySQLBackend
 
         return MySQLBackend(
-            spec,
-            pool_size=config.datastore_max_connections,
-            connect_timeout=config.datastore_connect_timeout,
+            spec, pool_size=settings.max_connections, connect_timeout=settings.connect_timeout
         )
     if isinstance(spec, EtcdSpec):
         raise ConfigError(f"datastore {spec.describe()} is a real etcd: it is passed through, not opened")

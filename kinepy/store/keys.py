@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kinepy.backends.base import KeyRange
+from kinepy.types import KeyRange
 
 
 def key_range(key: bytes, range_end: bytes) -> KeyRange:

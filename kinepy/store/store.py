@@ -11,7 +11,7 @@ import time
 from typing import cast
 
 from kinepy import errors
-from kinepy.backends.base import Backend, KeyRange
+from kinepy.backends.base import Backend
 from kinepy.store import txn
 from kinepy.store.compactor import Compactor, OnCompact
 from kinepy.store.keys import key_range
@@ -23,6 +23,7 @@ from kinepy.types import (
     DeleteRangeRequest,
     DeleteRangeResponse,
     Event,
+    KeyRange,
     PutRequest,
     PutResponse,
     RangeRequest,

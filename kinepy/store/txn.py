@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kinepy import errors
-from kinepy.backends.base import KeyRange, LogRow, ReadSet, Snapshot, WriteSet
+from kinepy.backends.base import LogRow, ReadSet, Snapshot, WriteSet
 from kinepy.store.keys import key_range
 from kinepy.types import (
     Compare,
@@ -22,6 +22,7 @@ from kinepy.types import (
     DeleteRangeResponse,
     Event,
     EventType,
+    KeyRange,
     KeyValue,
     Lease,
     PutRequest,

@@ -21,10 +21,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-from kinepy.backends.base import Backend, KeyRange
+from kinepy.backends.base import Backend
 from kinepy.errors import WATCH_DUPLICATE_ID, WATCH_RANGE_EMPTY, CompactedError, StoppedError
 from kinepy.store.keys import is_empty
-from kinepy.types import Event, EventType
+from kinepy.types import Event, EventType, KeyRange
 
 log = logging.getLogger(__name__)
 

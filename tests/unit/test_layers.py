@@ -1,4 +1,8 @@
-"""Imports point down (cli -> app -> server -> store -> backends; errors, types, config are leaves).
+"""Imports point down (cli -> app -> server -> store -> backends; errors, types, config, specs are leaves).
+
+Passthrough (a proxy to a real etcd) is a mode of its own beside the server, using neither it nor the
+store. Backends use nothing of kinepy but the leaves: they are opened from a spec and settings
+(`kinepy.specs`), never from the endpoint parser or `Config`.
 
 Every `import` statement counts, including those inside functions, so a lazy import cannot hide a
 dependency that points up.
@@ -13,21 +17,34 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "kinepy"
 
-# What each layer must never import (a name matches itself and everything below it).
+DRIVERS = ("sqlite3", "aiosqlite", "sqlalchemy", "asyncpg", "aiomysql")
+
+# What each layer must never import (a name matches itself and everything below it). A layer is a
+# package (kinepy/store/) or a module (kinepy/passthrough.py).
 FORBIDDEN = {
-    "store": ("grpc", "grpc_health", "kinepy.proto", "kinepy.server", "kinepy.app", "kinepy.cli"),
-    "backends": (
+    "store": (
         "grpc",
         "grpc_health",
         "kinepy.proto",
         "kinepy.server",
+        "kinepy.passthrough",
+        "kinepy.metrics",
         "kinepy.app",
+        "kinepy.resolve",
         "kinepy.cli",
-        "kinepy.store",
+        "kinepy.endpoint",
+        "kinepy.backends.factory",
+        "kinepy.backends.sql",
     ),
-    "server": ("sqlite3", "aiosqlite", "sqlalchemy", "asyncpg", "aiomysql", "kinepy.app", "kinepy.cli"),
+    "backends": ("grpc", "grpc_health", "kinepy.proto"),
+    "server": (*DRIVERS, "kinepy.passthrough", "kinepy.app", "kinepy.cli"),
+    "passthrough": (*DRIVERS, "kinepy.store", "kinepy.backends", "kinepy.server", "kinepy.app", "kinepy.cli"),
 }
-LEAVES = ("errors.py", "types.py", "config.py")
+# The only kinepy modules a layer may import, when it has such a list.
+ALLOWED = {
+    "backends": ("kinepy.backends", "kinepy.errors", "kinepy.types", "kinepy.specs"),
+}
+LEAVES = ("errors.py", "types.py", "config.py", "specs.py")
 
 
 def module_name(path: Path) -> str:
@@ -57,16 +74,30 @@ def imported_modules(path: Path, source: str | None = None) -> set[str]:
     return names
 
 
-def violations(path: Path, forbidden: tuple[str, ...]) -> list[str]:
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def violations(
+    path: Path, forbidden: tuple[str, ...], allowed: tuple[str, ...] | None = None, source: str | None = None
+) -> list[str]:
+    """The imports of `path` (or `source`) that are `forbidden`, or kinepy modules not in `allowed`."""
     return sorted(
         name
-        for name in imported_modules(path)
-        if any(name == f or name.startswith(f + ".") for f in forbidden)
+        for name in imported_modules(path, source)
+        if _within(name, forbidden)
+        or (
+            allowed is not None
+            and name != "kinepy"
+            and _within(name, ("kinepy",))
+            and not _within(name, allowed)
+        )
     )
 
 
 def modules_of(layer: str) -> list[Path]:
-    return sorted((PACKAGE / layer).rglob("*.py"))
+    module = PACKAGE / f"{layer}.py"
+    return [module] if module.is_file() else sorted((PACKAGE / layer).rglob("*.py"))
 
 
 LAYERED = [(layer, path) for layer in FORBIDDEN for path in modules_of(layer)]
@@ -82,7 +113,9 @@ def test_every_layer_has_modules() -> None:
     ("layer", "path"), LAYERED, ids=[str(path.relative_to(PACKAGE.parent)) for _, path in LAYERED]
 )
 def test_layer_imports_point_down(layer: str, path: Path) -> None:
-    assert violations(path, FORBIDDEN[layer]) == [], f"{module_name(path)} imports from above its layer"
+    assert violations(path, FORBIDDEN[layer], ALLOWED.get(layer)) == [], (
+        f"{module_name(path)} imports from above its layer"
+    )
 
 
 @pytest.mark.parametrize("leaf", LEAVES)
@@ -101,3 +134,16 @@ def test_import_walker_sees_lazy_relative_and_from_imports() -> None:
     )
     names = imported_modules(PACKAGE / "store" / "probe.py", source)
     assert {"grpc.aio", "kinepy.proto", "kinepy.server.kv", "kinepy.store.writer"} <= names
+
+
+def test_allowed_list_catches_what_is_not_on_it() -> None:
+    # A backend may use a leaf but not the endpoint parser or Config, however it imports them.
+    source = (
+        "from kinepy import errors, specs\n"
+        "from kinepy.backends import base\n"
+        "def later():\n"
+        "    import kinepy.config\n"
+        "    from kinepy.endpoint import parse_endpoint\n"
+    )
+    found = violations(PACKAGE / "backends" / "probe.py", FORBIDDEN["backends"], ALLOWED["backends"], source)
+    assert found == ["kinepy.config", "kinepy.endpoint", "kinepy.endpoint.parse_endpoint"]

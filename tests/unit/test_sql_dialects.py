@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from kinepy.backends.sql import dialect, mysql, postgres
-from kinepy.endpoint import MySQLSpec, PostgresSpec
 from kinepy.errors import BackendError, BackendUnavailable, ConfigError
+from kinepy.specs import MySQLSpec, PostgresSpec
 
 SECRET = "hunter2-Secret"
 

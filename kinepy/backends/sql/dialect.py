@@ -29,18 +29,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from kinepy.backends.base import (
-    BackendStatus,
-    Evaluate,
-    KeyRange,
-    RangeRows,
-    ReadSet,
-    Snapshot,
-    WriteSet,
-)
+from kinepy.backends.base import BackendStatus, Evaluate, RangeRows, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql import statements as sql
 from kinepy.errors import BackendError, CompactedError
-from kinepy.types import Event, EventType, KeyValue, Lease
+from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ from kinepy.backends.sql.dialect import (
     quote_key,
     unresolvable,
 )
-from kinepy.endpoint import MySQLSpec
 from kinepy.errors import BackendError, BackendUnavailable, ConfigError
+from kinepy.specs import MySQLSpec
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from kinepy.backends.sql.dialect import (
     numbered,
     unresolvable,
 )
-from kinepy.endpoint import PostgresSpec
 from kinepy.errors import BackendError, BackendUnavailable
+from kinepy.specs import PostgresSpec
 
 log = logging.getLogger(__name__)
 

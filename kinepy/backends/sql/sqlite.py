@@ -20,18 +20,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from kinepy.backends.base import (
-    BackendStatus,
-    Evaluate,
-    KeyRange,
-    RangeRows,
-    ReadSet,
-    Snapshot,
-    WriteSet,
-)
+from kinepy.backends.base import BackendStatus, Evaluate, RangeRows, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql import statements as sql
 from kinepy.errors import BackendError, BackendUnavailable
-from kinepy.types import Event, EventType, KeyValue, Lease
+from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Dialects convert the placeholders to their own style (`$1`, `%s`).
 
 from __future__ import annotations
 
-from kinepy.backends.base import KeyRange
+from kinepy.types import KeyRange
 
 SCHEMA_VERSION = 1
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinepy.backends.base import KeyRange
 from kinepy.backends.sql.sqlite import SQLiteBackend
 from kinepy.store.store import Store
-from kinepy.types import PutRequest, TxnRequest
+from kinepy.types import KeyRange, PutRequest, TxnRequest
 
 KEYS = 50
 TXNS = 20  # revisions 2..21, each one txn putting all KEYS keys

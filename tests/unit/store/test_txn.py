@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kinepy import errors
-from kinepy.backends.base import KeyRange, ReadSet, Snapshot
+from kinepy.backends.base import ReadSet, Snapshot
 from kinepy.store import txn
 from kinepy.store.keys import key_range
 from kinepy.types import (
@@ -15,6 +15,7 @@ from kinepy.types import (
     DeleteRangeRequest,
     DeleteRangeResponse,
     EventType,
+    KeyRange,
     KeyValue,
     Lease,
     PutRequest,

@@ -6,9 +6,8 @@ import asyncio
 
 import pytest
 
-from kinepy.backends.base import KeyRange
 from kinepy.store.watch import PROGRESS_WATCH_ID, WatchHub, WatchResponse
-from kinepy.types import Event, EventType, KeyValue
+from kinepy.types import Event, EventType, KeyRange, KeyValue
 
 
 class _NoHistory:

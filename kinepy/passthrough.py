@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from kinepy.endpoint import EtcdSpec
 from kinepy.proto import rpc_pb2
+from kinepy.specs import EtcdSpec, upstream_tls
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +35,12 @@ class Upstream:
     tls: bool
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamTLS:
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
 def upstreams(spec: EtcdSpec) -> list[Upstream]:
     out = []
     for url in spec.endpoints:
         parts = urlsplit(url)
         out.append(Upstream(parts.netloc, parts.scheme.lower() == "https"))
     return out
-
-
-def upstream_tls(spec: EtcdSpec) -> UpstreamTLS:
-    """TLS files for the upstream, from the endpoint's query (`?ca-file=…&cert-file=…&key-file=…`)."""
-    opts = spec.options
-    return UpstreamTLS(
-        opts.get("ca-file") or opts.get("cacert"),
-        opts.get("cert-file") or opts.get("cert"),
-        opts.get("key-file") or opts.get("key"),
-    )
 
 
 def _read(path: str | None) -> bytes | None:
