@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 QUIESCE_SECONDS = 0.02  # shutdown: no new call started for this long means the loop has caught up
 QUIESCE_MAX_SECONDS = 0.5
+UNLIMITED = 2**31 - 1  # the largest value of a grpc-core integer channel argument
 
 
 def grpc_address(listen_address: str) -> str:
@@ -47,7 +48,7 @@ def grpc_address(listen_address: str) -> str:
 def server_options(config: Config) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", config.max_request_bytes + GRPC_OVERHEAD_BYTES),
-        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.max_send_message_length", UNLIMITED),
         # kube-apiserver pings every 30 s even on idle watch streams; grpc-core's default policy
         # (5 min, 2 strikes) would answer with GOAWAY too_many_pings. Accept what etcd accepts.
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -55,6 +56,12 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", 0),
         # Fail on a port another process holds instead of silently sharing it.
         ("grpc.so_reuseport", 0),
+        # grpc-core queues the calls that arrive faster than the event loop takes them, and refuses
+        # (CANCELLED; "Internal error from Core" in grpc.aio clients) those that find 1,000 waiting
+        # (early, at random) or 3,000 (always). A restarting kube-apiserver re-lists and re-watches
+        # everything at once; etcd (grpc-go) has no such queue limit: neither has kinepy.
+        ("grpc.server.max_pending_requests", UNLIMITED),
+        ("grpc.server.max_pending_requests_hard_limit", UNLIMITED),
     ]
 
 
