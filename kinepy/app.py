@@ -26,6 +26,7 @@ from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.kv import KVServicer
 from kinepy.server.lease import LeaseServicer
+from kinepy.server.listener import use_etcd_tcp_options
 from kinepy.server.maintenance import AuthServicer, ClusterServicer, MaintenanceServicer
 from kinepy.server.watch import WatchServicer, add_watch_servicer
 from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec
@@ -54,6 +55,10 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", 0),
+        # etcd's server keepalive (--grpc-keepalive-interval 2h, --grpc-keepalive-timeout 20s), which is
+        # also grpc-core's; grpc-core's TCP_USER_TIMEOUT is undone in kinepy/server/listener.py.
+        ("grpc.keepalive_time_ms", 2 * 3600 * 1000),
+        ("grpc.keepalive_timeout_ms", 20 * 1000),
         # Fail on a port another process holds instead of silently sharing it.
         ("grpc.so_reuseport", 0),
         # grpc-core queues the calls that arrive faster than the event loop takes them, and refuses
@@ -119,6 +124,8 @@ class App:
         else:
             await self._start_store(spec, server)
         self.port = self._bind(server)
+        if not config.listen_address.startswith("unix://"):
+            use_etcd_tcp_options(self.port)
         if self.store is not None:
             headers = self._headers
             rpc_pb2_grpc.add_ClusterServicer_to_server(
