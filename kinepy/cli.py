@@ -313,6 +313,11 @@ async def serve(config: Config) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; exit 0 after a clean shutdown, 1 when the server
     cannot start or fails, 2 for bad configuration. Errors are one line on stderr."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in ("migrate", "backup", "restore"):
+        from kinepy.migrate.cli import main as copy_main  # kinepy/migrate/cli.py: the copy subcommands
+
+        return copy_main(args)
     try:
         config = parse_config(argv)
     except (ValueError, KinepyError) as exc:

@@ -311,6 +311,8 @@ class ServerBackend(abc.ABC):
     cluster_id: int
     member_id: int
     schema_version: int = 0
+    allow_incomplete_copy = False
+    """Start on a database holding an incomplete copy (only the copy itself does: bulk.py)."""
 
     @abc.abstractmethod
     def _session(self, kind: str) -> AbstractAsyncContextManager[Session]: ...
@@ -327,6 +329,8 @@ class ServerBackend(abc.ABC):
             version = sql.SCHEMA_VERSION
         else:
             version, cluster_id, member_id = (int(v) for v in row)
+            if version == sql.INCOMPLETE_COPY and not self.allow_incomplete_copy:
+                raise BackendError(sql.incomplete_copy_error(f"{self.name} database"))
             if version > sql.SCHEMA_VERSION:
                 raise BackendError(
                     f"database schema version {version} is newer than this kinepy supports "

@@ -118,6 +118,8 @@ class SQLiteBackend:
         self._inline: sqlite3.Connection | None = None
         self.cluster_id = 0
         self.member_id = 0
+        self.allow_incomplete_copy = False
+        """Start on a database holding an incomplete copy (only the copy itself does: bulk.py)."""
 
     # -- threads and connections -------------------------------------------------------------
 
@@ -192,6 +194,8 @@ class SQLiteBackend:
                 )
             else:
                 version, cluster_id, member_id = row
+                if version == sql.INCOMPLETE_COPY and not self.allow_incomplete_copy:
+                    raise BackendError(sql.incomplete_copy_error(f"SQLite database {self.path}"))
                 if version > sql.SCHEMA_VERSION:
                     raise BackendError(
                         f"database schema version {version} is newer than this kinepy supports "

@@ -9,6 +9,18 @@ from __future__ import annotations
 from kinepy.types import KeyRange
 
 SCHEMA_VERSION = 1
+# meta.schema_version while `kinepy migrate` writes a copy into the database: it is set before the
+# first history row and replaced by SCHEMA_VERSION in the copy's last transaction, so a server never
+# serves a half-copied store (kinepy/backends/sql/bulk.py).
+INCOMPLETE_COPY = -1
+
+
+def incomplete_copy_error(database: str) -> str:
+    return (
+        f"{database} holds an incomplete copy (a `kinepy migrate` or `kinepy restore` was interrupted): "
+        "run the same command again to finish it, or `kinepy migrate --replace` another store into it"
+    )
+
 
 KV_COLUMNS = "key, create_revision, mod_revision, version, lease, value"
 KV_COLUMNS_KEYS_ONLY = "key, create_revision, mod_revision, version, lease, x''"
