@@ -12,11 +12,11 @@ import os
 
 from kinepy.backends.factory import create_backend
 from kinepy.backends.sql.bulk import open_export
-from kinepy.config import Config
-from kinepy.endpoint import BackendSpec, EtcdSpec, SQLiteSpec, parse_endpoint
+from kinepy.endpoint import parse_endpoint
 from kinepy.errors import ConfigError
 from kinepy.migrate.kinepy_store import KinepySource, KinepyTarget
 from kinepy.migrate.model import Source, Target
+from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec, SQLiteSpec
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -62,8 +62,8 @@ def open_target(location: str, *, connect_timeout: float = 10.0) -> Target:
         directory = os.path.dirname(os.path.abspath(spec.path))
         if not os.path.isdir(directory):
             raise ConfigError(f"target directory {directory} does not exist")
-    config = Config(datastore_connect_timeout=connect_timeout, datastore_max_connections=2, read_threads=1)
-    return KinepyTarget(create_backend(spec, config), str(spec))
+    settings = BackendSettings(read_threads=1, max_connections=2, connect_timeout=connect_timeout)
+    return KinepyTarget(create_backend(spec, settings), str(spec))
 
 
 def same_location(a: str, b: str) -> bool:

@@ -29,8 +29,8 @@ from kinepy.backends.base import Backend, LogRow
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.dialect import LEASE_TABLE_COLUMNS, LOG_COLUMNS, ServerBackend, Session
 from kinepy.backends.sql.sqlite import SQLiteBackend
-from kinepy.endpoint import BackendSpec, MySQLSpec, PostgresSpec, SQLiteSpec
 from kinepy.errors import BackendError, BackendUnavailable
+from kinepy.specs import BackendSpec, MySQLSpec, PostgresSpec, SQLiteSpec
 from kinepy.types import Lease
 
 T = TypeVar("T")
