@@ -20,7 +20,9 @@ from kinepy.backends.factory import create_backend
 from kinepy.backends.timing import TimedBackend
 from kinepy.config import GRPC_OVERHEAD_BYTES, Config
 from kinepy.endpoint import parse_endpoint
-from kinepy.metrics import Metrics, MetricsServer
+from kinepy.metrics.interceptor import RequestInterceptor
+from kinepy.metrics.listener import MetricsListener
+from kinepy.metrics.registry import Metrics
 from kinepy.passthrough import PassthroughHandler
 from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
@@ -99,7 +101,7 @@ class App:
         self.port = 0
         self.metrics = Metrics()
         """This server's Prometheus metrics (`metrics.registry`), collected whether or not they are served."""
-        self.metrics_server: MetricsServer | None = None
+        self.metrics_server: MetricsListener | None = None
 
     @property
     def endpoint(self) -> str:
@@ -115,7 +117,9 @@ class App:
         config = self.config
         spec = parse_endpoint(config.datastore_endpoint)
         log.info("datastore: %s", spec.describe())
-        server = grpc.aio.server(options=server_options(config), interceptors=[self.metrics.interceptor])
+        server = grpc.aio.server(
+            options=server_options(config), interceptors=[RequestInterceptor(self.metrics)]
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if isinstance(spec, EtcdSpec):
@@ -134,7 +138,7 @@ class App:
         await server.start()
         self._server = server
         if config.metrics_address:
-            self.metrics_server = MetricsServer(self.metrics, config.metrics_address)
+            self.metrics_server = MetricsListener(self.metrics, config.metrics_address)
             await self.metrics_server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("serving the etcd v3 API on %s", self.client_url)
@@ -185,7 +189,7 @@ class App:
         )
         await store.start()
         self.store = store
-        self.metrics.store = store
+        self.metrics.attach_store(store)
         headers = self._headers = convert.Headers(
             getattr(backend, "cluster_id", 0), getattr(backend, "member_id", 0)
         )

@@ -38,6 +38,7 @@ FORBIDDEN = {
     ),
     "backends": ("grpc", "grpc_health", "kinepy.proto"),
     "server": (*DRIVERS, "kinepy.passthrough", "kinepy.app", "kinepy.cli"),
+    "metrics": ("kinepy.server", "kinepy.passthrough", "kinepy.app", "kinepy.cli", "kinepy.backends"),
     "passthrough": (*DRIVERS, "kinepy.store", "kinepy.backends", "kinepy.server", "kinepy.app", "kinepy.cli"),
 }
 # The only kinepy modules a layer may import, when it has such a list.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kinepy.errors import ConfigError
-from kinepy.metrics import method_label, parse_metrics_address
+from kinepy.metrics.interceptor import method_label
+from kinepy.metrics.listener import parse_metrics_address
 
 
 def test_method_label() -> None:

@@ -1,0 +1,126 @@
+"""The gRPC server interceptor that counts every call and times the unary ones into `Metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from kinepy.metrics.registry import Metrics
+
+Observe = Callable[[str, str, float | None], None]
+
+
+def method_label(path: str) -> str:
+    """`/etcdserverpb.KV/Range` -> `KV/Range`; `/grpc.health.v1.Health/Check` -> `Health/Check`."""
+    service, _, method = path.lstrip("/").partition("/")
+    return f"{service.rsplit('.', 1)[-1]}/{method}"
+
+
+def _outcome(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    """The status code name a call ended with."""
+    code = context.code()  # set by abort() or set_code(), None otherwise
+    if code is not None:
+        return str(getattr(code, "name", code))
+    if error is None:
+        return "OK"
+    if isinstance(error, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "UNKNOWN"
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts every call (servicers, passthrough, health) and times the unary ones."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        # Generated servicers hand out the same handler object for every call of a method: wrap once.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        self._metrics.calls_started += 1
+        handler = await continuation(details)
+        if handler is None:
+            self._metrics.observe_request(method_label(details.method), "UNIMPLEMENTED", None)
+            return None
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method_label(details.method))
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        observe = self._metrics.observe_request
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_timed(handler.unary_unary, method, observe), **codec)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _counted(handler.stream_unary, method, observe), **codec
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _counted(handler.unary_stream, method, observe), **codec
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _counted(handler.stream_stream, method, observe), **codec
+        )
+
+
+def _timed(behavior: Callable[..., Any], method: str, observe: Observe) -> Callable[..., Any]:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await behavior(request, context)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observe(method, _outcome(context, error), time.perf_counter() - started)
+
+    return unary
+
+
+def _counted(behavior: Callable[..., Any], method: str, observe: Observe) -> Callable[..., Any]:
+    """A streaming behaviour (an async generator, or a coroutine for client streams and for
+    methods answered UNIMPLEMENTED), counted when it ends."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            error: BaseException | None = None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                observe(method, _outcome(context, error), None)
+
+        return generator
+
+    async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        error: BaseException | None = None
+        try:
+            return await behavior(request, context)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observe(method, _outcome(context, error), None)
+
+    return coroutine
