@@ -117,9 +117,9 @@ def test_defrag_like_etcd(
     assert outputs[1] == outputs[0] == (0, "Finished defragmenting etcd member[<endpoint>]\n", "")
 
 
-# SQLite only: a snapshot is a copy of the SQLite file; on PostgreSQL and MySQL kinepy refuses it and
-# names pg_dump/mysqldump instead (kinepy/backends/sql/dialect.py).
-@pytest.mark.kinepy_backends("sqlite")
+# On every backend a kinepy snapshot is a SQLite file: a copy of the database file on SQLite, the
+# store at one revision written by kinepy/backends/sql/bulk.py on PostgreSQL and MySQL
+# (tests/integration/test_migrate.py restores them).
 def test_snapshot_save_like_etcd(
     etcd_server: conftest.EtcdServer, kinepy_server: conftest.KinepyServer, etcdctl: Etcdctl, tmp_path: Path
 ) -> None:

@@ -433,3 +433,23 @@ def test_backup_of_a_running_server_under_writes_restores_a_consistent_store(
     original_hash = client.maintenance.HashKV(rpc_pb2.HashKVRequest(revision=revision), timeout=30).hash
     assert copy.maintenance.HashKV(rpc_pb2.HashKVRequest(revision=revision), timeout=30).hash == original_hash
     copy.close()
+
+
+@pytest.mark.etcd
+@pytest.mark.kinepy_backends
+def test_etcdctl_snapshot_save_on_every_backend_gives_a_backup_that_restores(
+    kinepy_server: conftest.KinepyServer,
+    make_kinepy_server: MakeKinepy,
+    connect: Callable[[str], Client],
+    etcdctl: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+) -> None:
+    client = connect(kinepy_server.endpoint)
+    compact = write_history(client)
+    original = view(client, compact)
+    snapshot = tmp_path / "snapshot.db"
+    proc = etcdctl(kinepy_server.endpoint, "snapshot", "save", str(snapshot))
+    assert (proc.returncode, proc.stdout) == (0, f"Snapshot saved at {snapshot}\n"), proc.stderr
+    restored = tmp_path / "restored.db"
+    ok(kinepy_cli("restore", str(snapshot), "--to", sqlite_url(restored)))
+    assert serve_and_view(make_kinepy_server, connect, sqlite_url(restored), compact) == original

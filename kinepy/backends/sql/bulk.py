@@ -237,8 +237,9 @@ class _SQLiteExport(StoreExport):
 class _ServerExport(StoreExport):
     """A PostgreSQL or MySQL database kinepy created, in one REPEATABLE READ READ ONLY transaction."""
 
-    def __init__(self, backend: ServerBackend, description: str) -> None:
+    def __init__(self, backend: ServerBackend, description: str, *, connected: bool = False) -> None:
         self._backend: Any = backend  # a PostgresBackend or MySQLBackend
+        self._connected = connected  # a started backend: use its pool, leave it open at the end
         self.description = description
         self._stack = contextlib.AsyncExitStack()
         self._session: Session | None = None
@@ -247,7 +248,8 @@ class _ServerExport(StoreExport):
 
     async def open(self, *, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
         self._current_only = current_only
-        await connect_existing(self._backend)
+        if not self._connected:
+            await connect_existing(self._backend)
         session: Session = await self._stack.enter_async_context(self._backend._session("read"))
         self._session = session
         meta = _meta_of(await session.fetchone(SELECT_META_ROW), self.description)
@@ -284,7 +286,8 @@ class _ServerExport(StoreExport):
         try:
             await self._stack.aclose()
         finally:
-            await self._backend.aclose()
+            if not self._connected:
+                await self._backend.aclose()
 
 
 async def connect_existing(backend: ServerBackend, retry_for: float | None = None) -> None:
@@ -579,3 +582,24 @@ def allow_incomplete_copy(backend: Backend) -> None:
     """Let `backend.start()` open a database that holds an incomplete copy (to resume it)."""
     if isinstance(backend, SQLiteBackend | ServerBackend):
         backend.allow_incomplete_copy = True
+
+
+async def snapshot_to_sqlite(backend: ServerBackend, path: str, *, batch_rows: int = 5000) -> None:
+    """Write the store of the started server `backend` at one revision into a new SQLite file at
+    `path`: the same file `kinepy backup` writes (etcd's Maintenance.Snapshot on PostgreSQL/MySQL)."""
+    export = _ServerExport(backend, backend.name, connected=True)
+    target = SQLiteBackend(path, read_threads=1)
+    target.allow_incomplete_copy = True
+    writer = _SQLiteImport(target)
+    try:
+        meta, _ = await export.open(current_only=False)
+        await target.start()
+        await writer.begin(meta)
+        async for rows in export.log(batch_rows=batch_rows):
+            await writer.write_log(rows)
+        await writer.finish(meta, await export.leases())
+    finally:
+        try:
+            await export.aclose()
+        finally:
+            await writer.aclose()

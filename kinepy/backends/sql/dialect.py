@@ -607,7 +607,10 @@ class ServerBackend(abc.ABC):
         return BackendStatus(current, compact, size, in_use)
 
     async def snapshot(self, path: str) -> None:
-        raise BackendError(f"snapshot is only available on SQLite; use {self._dump_tool} for {self.name}")
+        """A SQLite file holding the store at one revision (what `kinepy backup` writes)."""
+        from kinepy.backends.sql.bulk import snapshot_to_sqlite  # it builds on this module
+
+        await snapshot_to_sqlite(self, path)
 
     _dump_tool = "pg_dump"
 
