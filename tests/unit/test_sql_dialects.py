@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from pathlib import Path
 
 import aiomysql
 import asyncpg
@@ -151,8 +152,9 @@ def test_errors_never_carry_the_password() -> None:
     assert type(error) is BackendError and SECRET not in str(error) and "1045" in str(error)
 
 
-async def test_snapshot_names_the_dump_tool() -> None:
-    with pytest.raises(BackendError, match="pg_dump"):
-        await postgres.PostgresBackend(PostgresSpec()).snapshot("/nonexistent")
-    with pytest.raises(BackendError, match="mysqldump"):
-        await mysql.MySQLBackend(MySQLSpec()).snapshot("/nonexistent")
+async def test_snapshot_of_a_closed_server_backend_fails_and_writes_nothing(tmp_path: Path) -> None:
+    # A started one writes a SQLite file (kinepy/backends/sql/bulk.py; tests/integration/test_migrate.py).
+    for backend in (postgres.PostgresBackend(PostgresSpec()), mysql.MySQLBackend(MySQLSpec())):
+        with pytest.raises(BackendUnavailable, match="closed"):
+            await backend.snapshot(str(tmp_path / "snapshot.db"))
+        assert not (tmp_path / "snapshot.db").exists()

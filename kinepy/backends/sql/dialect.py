@@ -612,8 +612,6 @@ class ServerBackend(abc.ABC):
 
         await snapshot_to_sqlite(self, path)
 
-    _dump_tool = "pg_dump"
-
     @abc.abstractmethod
     async def _defragment(self) -> None: ...
 

@@ -281,7 +281,6 @@ class MySQLBackend(ServerBackend):
 
     name = "MySQL"
     max_key_bytes = MAX_KEY_BYTES
-    _dump_tool = "mysqldump"
     compact_superseded = COMPACT_SUPERSEDED_MYSQL
 
     def __init__(

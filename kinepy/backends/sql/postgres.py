@@ -197,7 +197,6 @@ class PostgresBackend(ServerBackend):
 
     name = "PostgreSQL"
     max_key_bytes = MAX_KEY_BYTES
-    _dump_tool = "pg_dump"
 
     def __init__(
         self,
