@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import types
 from typing import cast
@@ -19,7 +20,7 @@ from kinepy.backends.base import Backend
 from kinepy.backends.factory import create_backend
 from kinepy.backends.timing import TimedBackend
 from kinepy.config import GRPC_OVERHEAD_BYTES, Config
-from kinepy.endpoint import parse_endpoint
+from kinepy.endpoint import backend_spec
 from kinepy.metrics.interceptor import RequestInterceptor
 from kinepy.metrics.listener import MetricsListener
 from kinepy.metrics.registry import Metrics
@@ -79,6 +80,7 @@ def backend_settings(config: Config) -> BackendSettings:
         read_threads=config.read_threads,
         max_connections=config.datastore_max_connections,
         connect_timeout=config.datastore_connect_timeout,
+        max_idle_time=config.datastore_max_idle_time,
     )
 
 
@@ -115,7 +117,7 @@ class App:
 
     async def start(self) -> None:
         config = self.config
-        spec = parse_endpoint(config.datastore_endpoint)
+        spec = backend_spec(config)
         log.info("datastore: %s", spec.describe())
         server = grpc.aio.server(
             options=server_options(config), interceptors=[RequestInterceptor(self.metrics)]
@@ -138,7 +140,9 @@ class App:
         await server.start()
         self._server = server
         if config.metrics_address:
-            self.metrics_server = MetricsListener(self.metrics, config.metrics_address)
+            self.metrics_server = MetricsListener(
+                self.metrics, config.metrics_address, ssl_context=self._metrics_tls()
+            )
             await self.metrics_server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("serving the etcd v3 API on %s", self.client_url)
@@ -146,23 +150,35 @@ class App:
     def _bind(self, server: grpc.aio.Server) -> int:
         config = self.config
         address = grpc_address(config.listen_address)
-        if not config.cert_file:
+        if not config.server_cert_file:
             port: int = server.add_insecure_port(address)
             return port
         credentials = grpc.ssl_server_credentials(
-            [(_read_file(config.key_file), _read_file(config.cert_file))],
+            [(_read_file(config.server_key_file), _read_file(config.server_cert_file))],
             root_certificates=_read_file(config.trusted_ca_file) if config.trusted_ca_file else None,
             require_client_auth=bool(config.trusted_ca_file),
         )
         secure_port: int = server.add_secure_port(address, credentials)
         return secure_port
 
+    def _metrics_tls(self) -> ssl.SSLContext | None:
+        """kine serves metrics with the listener's TLS (client certificates included) unless told
+        `--metrics-ignore-tls-config`."""
+        config = self.config
+        if not config.server_cert_file or config.metrics_ignore_tls_config:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=config.trusted_ca_file or None)
+        context.load_cert_chain(config.server_cert_file, config.server_key_file)
+        if config.trusted_ca_file:
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
     @property
     def client_url(self) -> str:
         """The endpoint as a URL: `http(s)://host:port` or `unix://path`."""
         if self.endpoint.startswith("unix://"):
             return self.endpoint
-        return ("https://" if self.config.cert_file else "http://") + self.endpoint
+        return ("https://" if self.config.server_cert_file else "http://") + self.endpoint
 
     async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
         config = self.config
@@ -182,6 +198,7 @@ class App:
             watch_progress_interval=config.watch_progress_notify_interval,
             lease_expiry_interval=config.lease_expiry_interval,
             compact_interval=config.compact_interval,
+            compact_interval_jitter=config.compact_interval_jitter,
             compact_retention=config.compact_retention,
             poll_interval=config.datastore_poll_interval,
             on_commit=self.metrics.observe_commit,
@@ -198,7 +215,9 @@ class App:
         )
         add_watch_servicer(WatchServicer(store, headers, max_request_bytes=config.max_request_bytes), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(store, headers), server)
-        rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(store, headers), server)
+        rpc_pb2_grpc.add_MaintenanceServicer_to_server(
+            MaintenanceServicer(store, headers, version=config.emulated_etcd_version), server
+        )
         rpc_pb2_grpc.add_AuthServicer_to_server(AuthServicer(store, headers), server)
 
     async def aclose(self, *, grace: float = 2.0) -> None:

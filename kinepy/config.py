@@ -14,6 +14,8 @@ DEFAULT_SQLITE_PATH = "./db/state.db"
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_MAX_TXN_OPS = 128
+# kube-apiserver turns on RequestWatchProgress only for etcd >= 3.5.13 (it parses this as semver).
+DEFAULT_EMULATED_ETCD_VERSION = "3.6.6"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,21 +28,43 @@ class Config:
     datastore_endpoint: str = ""
     """Kept as written; `kinepy.endpoint` parses it (empty = SQLite at ./db/state.db)."""
 
-    cert_file: str = ""
-    """TLS certificate for the listener (PEM); with `key_file`, clients must use TLS."""
+    server_cert_file: str = ""
+    """TLS certificate for the listener (PEM); with `server_key_file`, clients must use TLS."""
 
-    key_file: str = ""
+    server_key_file: str = ""
     """TLS private key for the listener (PEM)."""
 
     trusted_ca_file: str = ""
     """CA bundle (PEM) that client certificates must chain to; setting it turns client-certificate auth on."""
 
+    datastore_ca_file: str = ""
+    """PostgreSQL/MySQL/etcd: CA bundle (PEM) the database's certificate must chain to; TLS on."""
+
+    datastore_cert_file: str = ""
+    """PostgreSQL/MySQL/etcd: client certificate (PEM) kinepy presents to the database; TLS on."""
+
+    datastore_key_file: str = ""
+    """PostgreSQL/MySQL/etcd: the client certificate's private key (PEM)."""
+
+    datastore_skip_verify: bool = False
+    """PostgreSQL/MySQL: use TLS without verifying the database's certificate."""
+
     slow_sql_threshold: float = 1.0
-    """Seconds after which a datastore call is logged as slow (WARNING); 0 turns the warning off."""
+    """Seconds after which a datastore call is logged as slow (INFO); 0 turns it off."""
+
+    slow_sql_warning_threshold: float = 5.0
+    """Seconds after which a datastore call is logged as slow at WARNING; 0 turns it off."""
 
     metrics_address: str = ""
-    """`host:port` serving Prometheus metrics at `/metrics` over HTTP (`:9090`: every interface);
-    empty = not served (the registry, `App.metrics.registry`, is kept all the same)."""
+    """`host:port` serving Prometheus metrics at `/metrics` (`:9090`: every interface); empty = not
+    served (the registry, `App.metrics.registry`, is kept all the same). Over HTTPS with the
+    listener's certificate when `server_cert_file` is set, unless `metrics_ignore_tls_config`."""
+
+    metrics_ignore_tls_config: bool = False
+    """Serve metrics over plain HTTP even when the listener uses TLS."""
+
+    emulated_etcd_version: str = DEFAULT_EMULATED_ETCD_VERSION
+    """The etcd version `Status` reports. kube-apiserver asks for watch progress only from 3.5.13 on."""
 
     log_level: str = "info"
     log_format: str = "text"
@@ -73,6 +97,10 @@ class Config:
     compact_interval: float = 0.0
     """Seconds between automatic compactions; 0 disables them (kube-apiserver compacts by itself)."""
 
+    compact_interval_jitter: int = 10
+    """Percent by which each automatic compaction interval varies at random (0 to 99), so that
+    processes sharing a database do not all compact at once."""
+
     compact_retention: int = 1000
     """Automatic compaction keeps this many most recent revisions of history."""
 
@@ -83,6 +111,9 @@ class Config:
     datastore_max_connections: int = 10
     """PostgreSQL/MySQL: most connections this process opens to the database (its pool; at least 2).
     PostgreSQL adds one more, LISTENing for other processes' commits."""
+
+    datastore_max_idle_time: float = 120.0
+    """PostgreSQL/MySQL: seconds after which a connection left idle in the pool is closed; 0 = never."""
 
     datastore_poll_interval: float = 0.1
     """Seconds between looks for other processes' commits on a shared database: how soon a MySQL
@@ -102,7 +133,15 @@ class Config:
             raise ValueError("datastore_poll_interval must be positive")
         if self.datastore_connect_timeout < 0:
             raise ValueError("datastore_connect_timeout must not be negative")
-        if bool(self.cert_file) != bool(self.key_file):
-            raise ValueError("cert_file and key_file go together")
-        if self.trusted_ca_file and not self.cert_file:
-            raise ValueError("trusted_ca_file (client-certificate auth) needs cert_file and key_file")
+        if self.datastore_max_idle_time < 0:
+            raise ValueError("datastore_max_idle_time must not be negative")
+        if not 0 <= self.compact_interval_jitter < 100:
+            raise ValueError("compact_interval_jitter must be from 0 to 99 (percent)")
+        if bool(self.server_cert_file) != bool(self.server_key_file):
+            raise ValueError("server_cert_file and server_key_file go together")
+        if self.trusted_ca_file and not self.server_cert_file:
+            raise ValueError(
+                "trusted_ca_file (client-certificate auth) needs server_cert_file and server_key_file"
+            )
+        if bool(self.datastore_cert_file) != bool(self.datastore_key_file):
+            raise ValueError("datastore_cert_file and datastore_key_file go together")

@@ -21,10 +21,11 @@ A password never appears in `str()`, `repr()` or a `ConfigError`: they show `***
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from kinepy.config import DEFAULT_SQLITE_PATH
+from kinepy.config import DEFAULT_SQLITE_PATH, Config
 from kinepy.errors import ConfigError
 from kinepy.specs import (
     DEFAULT_DATABASE,
@@ -43,7 +44,7 @@ from kinepy.specs import (
     bracket_host,
 )
 
-__all__ = ["ACCEPTED_FORMS", "ETCD_PORT", "parse_endpoint", "redact"]
+__all__ = ["ACCEPTED_FORMS", "ETCD_PORT", "backend_spec", "parse_endpoint", "redact", "with_datastore_tls"]
 
 ETCD_PORT = 2379
 ACCEPTED_FORMS = (
@@ -233,3 +234,53 @@ def _parse_etcd(endpoint: str, text: str) -> EtcdSpec:
                 raise _invalid(endpoint, f"conflicting values for option {key!r}")
         urls.append(f"{scheme.lower()}://{bracket_host(parts.hostname)}:{port}")
     return EtcdSpec(tuple(urls), options)
+
+
+def backend_spec(config: Config) -> BackendSpec:
+    """`config.datastore_endpoint` parsed, with the datastore TLS files of `config` applied."""
+    return with_datastore_tls(
+        parse_endpoint(config.datastore_endpoint),
+        ca_file=config.datastore_ca_file,
+        cert_file=config.datastore_cert_file,
+        key_file=config.datastore_key_file,
+        skip_verify=config.datastore_skip_verify,
+    )
+
+
+def with_datastore_tls(
+    spec: BackendSpec,
+    *,
+    ca_file: str = "",
+    cert_file: str = "",
+    key_file: str = "",
+    skip_verify: bool = False,
+) -> BackendSpec:
+    """`spec` with kine's database TLS settings (`--ca-file`, `--cert-file`, `--key-file`,
+    `--skip-verify`) written into its options, as kine writes them into the driver's DSN: an option
+    already in the endpoint's query wins. SQLite has no TLS and is returned unchanged.
+
+    PostgreSQL: `sslrootcert`, `sslcert`, `sslkey`, and `sslmode=verify-full` (`require` with
+    skip_verify). MySQL: `ssl-ca`, `ssl-cert`, `ssl-key`, and `tls=true` (`skip-verify`).
+    etcd: `ca-file`, `cert-file`, `key-file` for the https:// / unixs:// upstreams.
+    """
+    if isinstance(spec, SQLiteSpec) or not (ca_file or cert_file or key_file or skip_verify):
+        return spec
+    if isinstance(spec, PostgresSpec):
+        names, mode_key, mode = ("sslrootcert", "sslcert", "sslkey"), "sslmode", "verify-full"
+        if skip_verify:
+            mode = "require"
+    elif isinstance(spec, MySQLSpec):
+        names, mode_key, mode = ("ssl-ca", "ssl-cert", "ssl-key"), "tls", "true"
+        if skip_verify:
+            mode = "skip-verify"
+    else:
+        names, mode_key, mode = ("ca-file", "cert-file", "key-file"), "", ""
+    present = {key.lower().replace("_", "-") for key in spec.options}
+    added = {
+        name: value
+        for name, value in zip(names, (ca_file, cert_file, key_file), strict=True)
+        if value and name.replace("_", "-") not in present
+    }
+    if mode_key and mode_key not in present:
+        added[mode_key] = mode
+    return dataclasses.replace(spec, options={**spec.options, **added})

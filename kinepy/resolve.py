@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kinepy.app import App
 from kinepy.config import Config
-from kinepy.endpoint import parse_endpoint
+from kinepy.endpoint import backend_spec
 from kinepy.specs import EtcdSpec, UpstreamTLS, upstream_tls
 
 
@@ -37,12 +37,12 @@ async def resolve_endpoint(config: Config) -> Resolved:
     """Resolve `config.datastore_endpoint`: an etcd endpoint's URLs and TLS files as they are, or a
     started kinepy server's URL.
 
-    For a started server, `tls` is `None` without `config.cert_file`; with it, it names the server's
+    For a started server, `tls` is `None` without `config.server_cert_file`; with it, it names the server's
     own certificate, key and `trusted_ca_file` (a client presenting the same certificate is accepted
     where client certificates are checked), as kine does for k3s. Raises `ConfigError` for a bad
     endpoint, like `App.start()`.
     """
-    spec = parse_endpoint(config.datastore_endpoint)
+    spec = backend_spec(config)
     if isinstance(spec, EtcdSpec):
         tls = upstream_tls(spec)
         secure = any(url.lower().startswith("https://") for url in spec.endpoints)
@@ -50,6 +50,8 @@ async def resolve_endpoint(config: Config) -> Resolved:
     server = App(config)
     await server.__aenter__()
     server_tls: UpstreamTLS | None = None
-    if config.cert_file:
-        server_tls = UpstreamTLS(config.trusted_ca_file or None, config.cert_file, config.key_file)
+    if config.server_cert_file:
+        server_tls = UpstreamTLS(
+            config.trusted_ca_file or None, config.server_cert_file, config.server_key_file
+        )
     return Resolved([server.client_url], server_tls, server)

@@ -175,6 +175,9 @@ class BackendSettings:
     connect_timeout: float = 30.0
     """PostgreSQL/MySQL: seconds to keep retrying an unreachable database at start."""
 
+    max_idle_time: float = 120.0
+    """PostgreSQL/MySQL: seconds after which an idle pooled connection is closed; 0 = never."""
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamTLS:

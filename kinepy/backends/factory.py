@@ -22,12 +22,16 @@ def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
             pool_size=settings.max_connections,
             connect_timeout=settings.connect_timeout,
             synchronous_commit=settings.synchronous,
+            idle_timeout=settings.max_idle_time,
         )
     if isinstance(spec, MySQLSpec):
         from kinepy.backends.sql.mysql import MySQLBackend
 
         return MySQLBackend(
-            spec, pool_size=settings.max_connections, connect_timeout=settings.connect_timeout
+            spec,
+            pool_size=settings.max_connections,
+            connect_timeout=settings.connect_timeout,
+            idle_timeout=settings.max_idle_time,
         )
     if isinstance(spec, EtcdSpec):
         raise ConfigError(f"datastore {spec.describe()} is a real etcd: it is passed through, not opened")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from kinepy.config import DEFAULT_EMULATED_ETCD_VERSION
 from kinepy.errors import AuthNotEnabledError, KinepyError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
@@ -18,18 +19,18 @@ from kinepy.store.txn import check_read_revision
 
 _SNAPSHOT_CHUNK = 64 * 1024
 
-# kube-apiserver turns on RequestWatchProgress only for etcd >= 3.5.13 (it parses this as semver).
-EMULATED_ETCD_VERSION = "3.6.6"
-
 
 @unimplemented_by_default(
     "Maintenance",
     {"Hash": "a test-only call; use HashKV", "MoveLeader": "kinepy is a single member"},
 )
 class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
-    def __init__(self, store: Store, headers: convert.Headers) -> None:
+    def __init__(
+        self, store: Store, headers: convert.Headers, *, version: str = DEFAULT_EMULATED_ETCD_VERSION
+    ) -> None:
         self._store = store
         self._headers = headers
+        self._version = version
 
     @etcd_errors
     async def Status(
@@ -38,7 +39,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         status = await self._store.backend.status()
         return rpc_pb2.StatusResponse(
             header=self._headers(status.revision),
-            version=EMULATED_ETCD_VERSION,
+            version=self._version,
             dbSize=status.db_size,
             dbSizeInUse=status.db_size_in_use,
             leader=self._headers.member_id,

@@ -54,6 +54,7 @@ class Store:
         lease_expiry_interval: float = 0.5,
         watch_progress_interval: float = 5.0,
         compact_interval: float = 0.0,
+        compact_interval_jitter: int = 10,
         compact_retention: int = 1000,
         poll_interval: float = 0.1,
         on_commit: OnCommit | None = None,
@@ -63,6 +64,7 @@ class Store:
         self._publish_lock = asyncio.Lock()
         self._follow_task: asyncio.Task[None] | None = None
         self._compact_interval = compact_interval
+        self._compact_jitter = compact_interval_jitter / 100
         self._compact_retention = compact_retention
         self._auto_compact_task: asyncio.Task[None] | None = None
         self._foreign_compaction_at = -math.inf  # when the follower last saw another process compact
@@ -196,8 +198,9 @@ class Store:
             await self.hub.aclose()
 
     async def _auto_compact(self) -> None:
-        """Every interval (give or take 10 %), compact to `retention` revisions behind the current
-        one. An error is logged and the next interval tries again; compaction never stops for good.
+        """Every interval (give or take the jitter, 10 % by default), compact to `retention`
+        revisions behind the current one. An error is logged and the next interval tries again;
+        compaction never stops for good.
 
         On a database shared with other kinepy processes, one compacts at a time: a process whose
         follower saw another one compact within the last 1.5 intervals stands back (so the first to
@@ -207,7 +210,8 @@ class Store:
         history (`compact` hands it to its compactor).
         """
         while True:
-            await asyncio.sleep(self._compact_interval * random.uniform(0.9, 1.1))
+            jitter = self._compact_jitter
+            await asyncio.sleep(self._compact_interval * random.uniform(1 - jitter, 1 + jitter))
             if time.monotonic() - self._foreign_compaction_at < 1.5 * self._compact_interval:
                 continue
             try:

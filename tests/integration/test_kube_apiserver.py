@@ -644,7 +644,7 @@ def test_kube_apiserver_over_tls_with_client_certificates(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    """kinepy ``--cert-file/--key-file/--trusted-ca-file`` paired with kube-apiserver
+    """kinepy ``--server-cert-file/--server-key-file/--trusted-ca-file`` paired with kube-apiserver
     ``--etcd-servers=https://… --etcd-cafile/--etcd-certfile/--etcd-keyfile`` (docs/kubernetes.md);
     SQLite only: TLS sits in front of the backend."""
     trustme = pytest.importorskip("trustme")
@@ -661,7 +661,7 @@ def test_kube_apiserver_over_tls_with_client_certificates(
     for blob in client_cert.cert_chain_pems:
         blob.write_to_path(str(paths["client"]), append=True)
     client_cert.private_key_pem.write_to_path(str(paths["client-key"]))
-    tls = ["--cert-file", str(paths["server"]), "--key-file", str(paths["server-key"])]
+    tls = ["--server-cert-file", str(paths["server"]), "--server-key-file", str(paths["server-key"])]
     kinepy = make_kinepy_server(log_level="info", extra_args=[*tls, "--trusted-ca-file", str(paths["ca"])])
 
     api = KubeApiserver(

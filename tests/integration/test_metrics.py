@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -142,3 +143,42 @@ async def test_two_servers_in_one_process_keep_separate_metrics(tmp_path: Path) 
             )
             is None
         )
+
+
+async def test_metrics_use_the_listeners_tls_unless_told_not_to(tmp_path: Path) -> None:
+    """kine serves metrics with the listener's TLS; --metrics-ignore-tls-config keeps plain HTTP."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "server.pem", tmp_path / "server-key.pem"
+    for blob in server.cert_chain_pems:
+        blob.write_to_path(str(cert), append=True)
+    server.private_key_pem.write_to_path(str(key))
+    base = Config(
+        datastore_endpoint=f"sqlite://{tmp_path / 'state.db'}",
+        listen_address="127.0.0.1:0",
+        metrics_address="127.0.0.1:0",
+        server_cert_file=str(cert),
+        server_key_file=str(key),
+    )
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+
+    def fetch(url: str, context: ssl.SSLContext | None, timeout: float = 10) -> int:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            return int(resp.status)
+
+    async with App(base) as app:
+        assert app.metrics_server is not None
+        url = app.metrics_server.url
+        assert url.startswith("https://127.0.0.1:")
+        assert await asyncio.to_thread(fetch, url, client) == 200
+        with pytest.raises(OSError):  # the TLS server drops it, or never answers plain HTTP
+            await asyncio.to_thread(fetch, url.replace("https://", "http://"), None, 2)
+    async with App(dataclasses.replace(base, metrics_ignore_tls_config=True)) as app:
+        assert app.metrics_server is not None
+        assert app.metrics_server.url.startswith("http://")
+        assert await asyncio.to_thread(scrape, app.metrics_server.port)

@@ -64,9 +64,9 @@ def test_client_certificate_required_with_trusted_ca_file(
     c = certificates
     server = make_kinepy_server(
         extra_args=[
-            "--cert-file",
+            "--server-cert-file",
             str(c.server_cert),
-            "--key-file",
+            "--server-key-file",
             str(c.server_key),
             "--trusted-ca-file",
             str(c.ca),
@@ -94,7 +94,7 @@ def test_tls_without_client_auth_needs_no_client_certificate(
 ) -> None:
     c = certificates
     server = make_kinepy_server(
-        extra_args=["--cert-file", str(c.server_cert), "--key-file", str(c.server_key)]
+        extra_args=["--server-cert-file", str(c.server_cert), "--server-key-file", str(c.server_key)]
     )
     put = _etcdctl(server, f"--cacert={c.ca}", "put", "open", "door")
     assert put.returncode == 0, put.stderr

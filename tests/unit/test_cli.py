@@ -1,28 +1,17 @@
-"""The `kinepy` command: flags and environment -> Config, logging levels, and how it fails."""
+"""The `kinepy` command in-process: flags and environment -> Config, kine's flags and variables,
+logging levels, passwords in messages. The tests that run `python -m kinepy` as a process are in
+tests/integration/test_cli.py."""
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kinepy import __version__
-from kinepy.cli import _scrub, main, parse_config, setup_logging
+from kinepy.cli import _scrub, build_parser, main, parse, parse_config, setup_logging
 from kinepy.config import Config
-
-ROOT = Path(__file__).resolve().parents[2]
-FAIL_FAST_SECONDS = 10.0  # an unusable configuration must stop the server well within this
-# A record of the text log format at INFO or DEBUG: "2025-01-31 12:00:00,000 INFO kinepy.app: ..."
-_QUIET_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|DEBUG) kinepy[.\w]*: ")
 
 ALL_FLAGS = [
     "--listen-address",
@@ -58,37 +47,97 @@ ALL_ENV = {
     "KINEPY_MAX_TXN_OPS": "32",
 }
 
+# Every flag of kine v0.16.4 (pkg/app/app.go), its environment variable(s) and a value kine accepts.
+KINE_FLAGS: list[tuple[str, tuple[str, ...], str]] = [
+    ("--listen-address", ("KINE_LISTEN_ADDRESS",), "127.0.0.1:23790"),
+    ("--endpoint", ("KINE_ENDPOINT",), "sqlite:///tmp/kine.db"),
+    ("--ca-file", ("KINE_CA_FILE",), "/etc/db/ca.pem"),
+    ("--cert-file", ("KINE_CERT_FILE",), "/etc/db/client.pem"),
+    ("--key-file", ("KINE_KEY_FILE",), "/etc/db/client-key.pem"),
+    ("--skip-verify", ("KINE_SKIP_VERIFY",), "true"),
+    ("--log-format", ("KINE_LOG_FORMAT",), "json"),
+    ("--metrics-bind-address", ("KINE_METRICS_BIND_ADDRESS",), ":8080"),
+    ("--server-cert-file", ("KINE_SERVER_CERT_FILE",), "/etc/kine/server.pem"),
+    ("--server-key-file", ("KINE_SERVER_KEY_FILE",), "/etc/kine/server-key.pem"),
+    ("--trusted-ca-file", ("KINE_TRUSTED_CA_FILE",), "/etc/kine/ca.pem"),
+    ("--datastore-max-idle-connections", ("KINE_DATASTORE_MAX_IDLE_CONNECTIONS",), "5"),
+    ("--datastore-max-open-connections", ("KINE_DATASTORE_MAX_OPEN_CONNECTIONS",), "7"),
+    ("--datastore-connection-max-lifetime", ("KINE_DATASTORE_CONNECTION_MAX_LIFETIME",), "1h"),
+    ("--datastore-connection-max-idle-time", ("KINE_DATASTORE_CONNECTION_MAX_IDLE_TIME",), "30s"),
+    ("--slow-sql-threshold", ("KINE_SLOW_SQL_THRESHOLD",), "2s"),
+    ("--slow-sql-warning-threshold", ("KINE_SLOW_SQL_WARNING_THRESHOLD",), "10s"),
+    ("--metrics-enable-profiling", ("KINE_METRICS_ENABLE_PROFILING",), "true"),
+    ("--metrics-ignore-tls-config", ("KINE_METRICS_IGNORE_TLS_CONFIG",), "true"),
+    ("--watch-progress-notify-interval", ("KINE_WATCH_PROGRESS_NOTIFY_INTERVAL",), "7s"),
+    ("--emulated-etcd-version", ("KINE_EMULATED_ETCD_VERSION",), "3.5.13"),
+    ("--compact-interval", ("KINE_COMPACT_INTERVAL",), "5m"),
+    ("--compact-interval-jitter", ("KINE_COMPACT_INTERVAL_JITTER",), "25"),
+    ("--compact-timeout", ("KINE_COMPACT_TIMEOUT",), "10s"),
+    ("--compact-min-retain", ("KINE_COMPACT_MIN_RETAIN",), "500"),
+    ("--compact-batch-size", ("KINE_COMPACT_BATCH_SIZE",), "200"),
+    ("--poll-batch-size", ("KINE_POLL_BATCH_SIZE",), "100"),
+    ("--peer-bind-address", ("KINE_PEER_BIND_ADDRESS",), "0.0.0.0:3380"),
+    ("--peer-advertise-address", ("KINE_PEER_ADVERTISE_ADDRESS",), "10.0.0.1:3380"),
+    ("--s3-bucket", (), "bucket"),
+    ("--s3-folder", (), "folder"),
+    ("--s3-endpoint", (), "https://minio:9000"),
+    ("--s3-region", (), "us-east-1"),
+    ("--s3-access-key", (), "AKIA"),
+    ("--s3-secret-key", (), "secret"),
+    ("--s3-session-token", (), "token"),
+    ("--s3-profile", (), "default"),
+    ("--s3-ca-bundle", (), "/etc/ca.pem"),
+    ("--debug", ("KINE_DEBUG",), "true"),
+]
+# What each accepted kine flag sets in Config (flag value as in KINE_FLAGS).
+KINE_MEANINGS: dict[str, dict[str, object]] = {
+    "--listen-address": {"listen_address": "127.0.0.1:23790"},
+    "--endpoint": {"datastore_endpoint": "sqlite:///tmp/kine.db"},
+    "--ca-file": {"datastore_ca_file": "/etc/db/ca.pem"},
+    "--skip-verify": {"datastore_skip_verify": True},
+    "--log-format": {"log_format": "json"},
+    "--metrics-bind-address": {"metrics_address": ":8080"},
+    "--datastore-max-idle-connections": {},
+    "--datastore-max-open-connections": {"datastore_max_connections": 7},
+    "--datastore-connection-max-lifetime": {},
+    "--datastore-connection-max-idle-time": {"datastore_max_idle_time": 30.0},
+    "--slow-sql-threshold": {"slow_sql_threshold": 2.0},
+    "--slow-sql-warning-threshold": {"slow_sql_warning_threshold": 10.0},
+    "--metrics-ignore-tls-config": {"metrics_ignore_tls_config": True},
+    "--watch-progress-notify-interval": {"watch_progress_notify_interval": 7.0},
+    "--emulated-etcd-version": {"emulated_etcd_version": "3.5.13"},
+    "--compact-interval": {"compact_interval": 300.0},
+    "--compact-interval-jitter": {"compact_interval_jitter": 25},
+    "--compact-timeout": {},
+    "--compact-min-retain": {"compact_retention": 500},
+    "--compact-batch-size": {"compact_batch_rows": 200},
+    "--poll-batch-size": {},
+    "--debug": {"log_level": "debug"},
+}
+REFUSED = {
+    "--metrics-enable-profiling",
+    "--peer-bind-address",
+    "--peer-advertise-address",
+    *(flag for flag, _, _ in KINE_FLAGS if flag.startswith("--s3-")),
+}
+# Flags that only make sense in pairs: (flag, value) -> the other flags it needs.
+_PARTNERS = {
+    "--cert-file": ["--key-file", "/etc/db/client-key.pem"],
+    "--key-file": ["--cert-file", "/etc/db/client.pem"],
+    "--server-cert-file": ["--server-key-file", "/etc/kine/server-key.pem"],
+    "--server-key-file": ["--server-cert-file", "/etc/kine/server.pem"],
+    "--trusted-ca-file": ["--server-cert-file", "/etc/kine/server.pem", "--server-key-file", "/k.pem"],
+}
 
-KINEPY = [sys.executable, "-m", "kinepy"]
 
-
-def clean_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without kinepy's, k3s's or systemd's variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KINEPY_", "K3S_", "NOTIFY_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
-
-
-def run_kinepy(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> tuple[int, str, float]:
-    """`python -m kinepy ARGS` to completion: (exit code, stderr, seconds taken)."""
-    started = time.monotonic()
-    proc = subprocess.run(
-        [*KINEPY, *args],
-        capture_output=True,
-        text=True,
-        env=clean_environment(**(env or {})),
-        cwd=cwd or ROOT,
-        timeout=30,
-    )
-    return proc.returncode, proc.stderr, time.monotonic() - started
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr without INFO/DEBUG log records: what the user must read to know what went wrong."""
-    return [line for line in stderr.splitlines() if not _QUIET_LOG_LINE.match(line)]
+def _changed(config: Config) -> dict[str, object]:
+    """The fields of `config` that differ from the defaults."""
+    defaults = Config()
+    return {
+        f: getattr(config, f)
+        for f in config.__dataclass_fields__
+        if getattr(config, f) != getattr(defaults, f)
+    }
 
 
 # -- flags and environment -------------------------------------------------------------------
@@ -124,26 +173,51 @@ def test_k3s_datastore_endpoint_is_the_fallback() -> None:
     assert config.datastore_endpoint == "sqlite:///tmp/k3s.db"
 
 
-def test_kinepy_datastore_endpoint_wins_over_k3s() -> None:
+def test_environment_precedence_kinepy_then_kine_then_k3s() -> None:
+    k3s = {"K3S_DATASTORE_ENDPOINT": "sqlite:///tmp/k3s.db"}
+    kine = {**k3s, "KINE_ENDPOINT": "sqlite:///tmp/kine.db"}
+    own = {**kine, "KINEPY_DATASTORE_ENDPOINT": "sqlite:///tmp/own.db"}
+    assert parse_config([], kine).datastore_endpoint == "sqlite:///tmp/kine.db"
+    assert parse_config([], own).datastore_endpoint == "sqlite:///tmp/own.db"
+    assert (
+        parse_config(["--endpoint", "sqlite:///tmp/flag.db"], own).datastore_endpoint
+        == "sqlite:///tmp/flag.db"
+    )
+
+
+def test_k3s_datastore_tls_variables_are_the_database_tls_files() -> None:
     env = {
-        "K3S_DATASTORE_ENDPOINT": "sqlite:///tmp/k3s.db",
-        "KINEPY_DATASTORE_ENDPOINT": "sqlite:///tmp/own.db",
+        "K3S_DATASTORE_CAFILE": "/k3s/ca.pem",
+        "K3S_DATASTORE_CERTFILE": "/k3s/client.pem",
+        "K3S_DATASTORE_KEYFILE": "/k3s/client-key.pem",
     }
-    assert parse_config([], env).datastore_endpoint == "sqlite:///tmp/own.db"
+    config = parse_config([], env)
+    assert (config.datastore_ca_file, config.datastore_cert_file, config.datastore_key_file) == (
+        "/k3s/ca.pem",
+        "/k3s/client.pem",
+        "/k3s/client-key.pem",
+    )
+    assert config.server_cert_file == ""
 
 
-def test_k3s_variable_sets_only_the_datastore_endpoint() -> None:
+def test_k3s_variable_sets_only_the_datastore_settings() -> None:
     assert parse_config([], {"K3S_LISTEN_ADDRESS": "0.0.0.0:1"}).listen_address == Config().listen_address
 
 
-@pytest.mark.parametrize("value", ["true", "TRUE", "True", "1", "yes", "on"])
+@pytest.mark.parametrize("value", ["true", "TRUE", "True", "1", "yes", "on", "t"])
 def test_boolean_environment_true(value: str) -> None:
     assert parse_config([], {"KINEPY_UNSAFE_NO_FSYNC": value}).unsafe_no_fsync is True
 
 
-@pytest.mark.parametrize("value", ["false", "0", "", "no", "off"])
+@pytest.mark.parametrize("value", ["false", "0", "", "no", "off", "f"])
 def test_boolean_environment_false(value: str) -> None:
     assert parse_config([], {"KINEPY_UNSAFE_NO_FSYNC": value}).unsafe_no_fsync is False
+
+
+@pytest.mark.parametrize("args", [["--debug"], ["--debug=true"], ["--debug", "--debug=false", "--debug"]])
+def test_boolean_flags_take_go_style_values(args: list[str]) -> None:
+    assert parse_config(args, {}).log_level == "debug"
+    assert parse_config(["--debug=false"], {}).log_level == "info"
 
 
 def test_numbers_from_environment_are_validated() -> None:
@@ -152,7 +226,160 @@ def test_numbers_from_environment_are_validated() -> None:
     assert exc.value.code == 2
 
 
-# -- version, help, bad values ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--max-txn-ops", "lots"], {}),
+        ([], {"KINEPY_MAX_TXN_OPS": "lots"}),
+        (["--compact-interval", "soon"], {}),
+        ([], {"KINE_DEBUG": "perhaps"}),
+        (["--no-such-flag"], {}),
+        (["positional"], {}),
+    ],
+)
+def test_a_bad_flag_or_number_is_one_line_on_stderr(
+    args: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/configuration.md: "stop kinepy at once with one line on stderr and exit code 2"
+    with pytest.raises(SystemExit) as exc:
+        parse_config(args, env)
+    assert exc.value.code == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("kinepy: "), stderr
+
+
+# -- kine's command line ----------------------------------------------------------------------
+
+
+def test_every_kine_flag_is_known() -> None:
+    known = {name for action in build_parser({})._actions for name in action.option_strings}
+    assert {flag for flag, _, _ in KINE_FLAGS} <= known
+    assert set(KINE_MEANINGS) | REFUSED | set(_PARTNERS) | {"--cert-file", "--key-file"} >= {
+        flag for flag, _, _ in KINE_FLAGS
+    }
+
+
+@pytest.mark.parametrize(("flag", "value"), [(f, v) for f, _, v in KINE_FLAGS if f in KINE_MEANINGS])
+def test_kine_flag_has_kines_meaning(flag: str, value: str) -> None:
+    assert _changed(parse_config([flag, value], {})) == KINE_MEANINGS[flag]
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable", "value"), [(f, e[0], v) for f, e, v in KINE_FLAGS if f in KINE_MEANINGS and e]
+)
+def test_kine_environment_variable_has_the_flags_meaning(flag: str, variable: str, value: str) -> None:
+    assert _changed(parse_config([], {variable: value})) == KINE_MEANINGS[flag]
+
+
+@pytest.mark.parametrize(("flag", "value"), [(f, v) for f, _, v in KINE_FLAGS if f in REFUSED])
+def test_kine_flag_kinepy_cannot_honour_is_refused_with_one_line(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([flag, value]) == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.splitlines()) == 1 and stderr.startswith(f"kinepy: {flag} "), stderr
+    assert "kinepy does not have" in stderr or "Python" in stderr
+
+
+def test_aws_variables_are_not_read_as_refused_s3_flags() -> None:
+    env = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "x", "AWS_PROFILE": "default"}
+    assert parse_config([], env) == Config()
+
+
+def test_refused_bool_flag_set_false_is_accepted() -> None:
+    assert (
+        parse_config(["--metrics-enable-profiling=false"], {"KINE_METRICS_ENABLE_PROFILING": "0"}) == Config()
+    )
+
+
+def test_cert_and_key_file_are_the_database_client_tls_files() -> None:
+    config = parse_config(
+        ["--cert-file", "/db/c.pem", "--key-file", "/db/k.pem", "--ca-file", "/db/ca.pem"], {}
+    )
+    assert _changed(config) == {
+        "datastore_cert_file": "/db/c.pem",
+        "datastore_key_file": "/db/k.pem",
+        "datastore_ca_file": "/db/ca.pem",
+    }
+
+
+def test_listener_tls_takes_kines_server_flags() -> None:
+    config = parse_config(
+        ["--server-cert-file", "/s.pem", "--server-key-file", "/s-key.pem", "--trusted-ca-file", "/ca.pem"],
+        {},
+    )
+    assert _changed(config) == {
+        "server_cert_file": "/s.pem",
+        "server_key_file": "/s-key.pem",
+        "trusted_ca_file": "/ca.pem",
+    }
+
+
+def test_client_cert_auth_is_etcds_name_and_needs_a_trusted_ca(capsys: pytest.CaptureFixture[str]) -> None:
+    tls = ["--server-cert-file", "/s.pem", "--server-key-file", "/k.pem"]
+    assert parse_config([*tls, "--trusted-ca-file", "/ca.pem", "--client-cert-auth"], {}).trusted_ca_file
+    assert main([*tls, "--client-cert-auth"]) == 2
+    assert capsys.readouterr().err == (
+        "kinepy: --client-cert-auth needs --trusted-ca-file, the CA client certificates must chain to\n"
+    )
+
+
+def test_kines_plain_log_format_is_text() -> None:
+    assert parse_config(["--log-format", "json"], {"KINE_LOG_FORMAT": "plain"}).log_format == "json"
+    assert parse_config([], {"KINEPY_LOG_FORMAT": "json", "KINE_LOG_FORMAT": "plain"}).log_format == "json"
+    assert parse_config(["--log-format", "plain"], {"KINEPY_LOG_FORMAT": "json"}).log_format == "text"
+
+
+@pytest.mark.parametrize("value", ["0", ""])
+def test_metrics_address_zero_or_empty_is_off(value: str) -> None:
+    assert parse_config(["--metrics-bind-address", value], {}).metrics_address == ""
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_unlimited_open_connections_is_kinepys_bounded_default(value: str) -> None:
+    config = parse_config(["--datastore-max-open-connections", value], {})
+    assert config.datastore_max_connections == Config().datastore_max_connections
+
+
+def test_flags_without_effect_are_reported_when_set() -> None:
+    _, ignored = parse(["--compact-timeout", "10s", "--poll-batch-size", "500"], {})
+    assert len(ignored) == 1 and ignored[0].startswith("--compact-timeout has no effect in kinepy: ")
+    assert parse([], {})[1] == []
+
+
+def test_the_whole_k3s_style_command_line_parses() -> None:
+    args = [
+        "--listen-address=unix:///run/kine.sock",
+        "--endpoint=postgres://kine:pw@db:5432/kine",
+        "--ca-file=/db/ca.pem",
+        "--cert-file=/db/client.pem",
+        "--key-file=/db/client-key.pem",
+        "--server-cert-file=/tls/server.pem",
+        "--server-key-file=/tls/server-key.pem",
+        "--trusted-ca-file=/tls/ca.pem",
+        "--metrics-bind-address=0",
+        "--log-format=plain",
+        "--watch-progress-notify-interval=5s",
+        "--emulated-etcd-version=3.5.13",
+        "--compact-interval=5m",
+        "--compact-timeout=5s",
+        "--compact-min-retain=1000",
+        "--compact-batch-size=1000",
+        "--poll-batch-size=500",
+        "--datastore-max-idle-connections=20",
+        "--datastore-max-open-connections=0",
+        "--datastore-connection-max-lifetime=0s",
+        "--datastore-connection-max-idle-time=2m0s",
+        "--slow-sql-threshold=1s",
+        "--slow-sql-warning-threshold=5s",
+    ]
+    config, ignored = parse(args, {})
+    assert ignored == []
+    assert config.datastore_endpoint == "postgres://kine:pw@db:5432/kine"
+    assert (config.datastore_ca_file, config.server_cert_file) == ("/db/ca.pem", "/tls/server.pem")
+
+
+# -- version -----------------------------------------------------------------------------------
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,145 +387,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out == f"kinepy {__version__}\n"
-
-
-def test_python_m_kinepy_version() -> None:
-    proc = subprocess.run([*KINEPY, "--version"], capture_output=True, text=True, cwd=ROOT, timeout=30)
-    assert (proc.returncode, proc.stdout) == (0, f"kinepy {__version__}\n")
-
-
-def test_python_m_kinepy_help() -> None:
-    proc = subprocess.run([*KINEPY, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=30)
-    assert proc.returncode == 0
-    assert proc.stdout.startswith("usage: kinepy")
-    assert "--datastore-endpoint" in proc.stdout and "KINEPY_DATASTORE_ENDPOINT" in proc.stdout
-
-
-@pytest.mark.parametrize("args", [["--log-level", "verbose"], ["--log-format", "xml"]])
-def test_bad_log_settings_exit_2_with_one_line(args: list[str]) -> None:
-    code, stderr, _ = run_kinepy(*args)
-    assert code == 2
-    assert len(stderr.splitlines()) == 1 and stderr.startswith("kinepy: --log-level must be")
-
-
-# -- failing fast ----------------------------------------------------------------------------
-
-
-def test_unsupported_endpoint_fails_fast_with_one_line(tmp_path: Path) -> None:
-    code, stderr, seconds = run_kinepy("--datastore-endpoint", "foo://x", cwd=tmp_path)
-    assert code != 0 and seconds < FAIL_FAST_SECONDS
-    assert stderr.splitlines() == [stderr.rstrip("\n")], stderr
-    assert stderr.startswith(
-        "kinepy: invalid datastore endpoint 'foo://x': unknown scheme 'foo'; expected one of:"
-    )
-    assert not (tmp_path / "db").exists()
-
-
-def test_unavailable_postgres_fails_fast_without_the_password(tmp_path: Path) -> None:
-    # `h.invalid` never resolves (RFC 6761), so this stays quick once PostgreSQL is available.
-    code, stderr, seconds = run_kinepy(
-        "--datastore-endpoint", "postgres://u:secret@h.invalid/db", cwd=tmp_path
-    )
-    assert code != 0 and seconds < FAIL_FAST_SECONDS
-    assert "secret" not in stderr
-    assert "Traceback" not in stderr
-    lines = error_lines(stderr)
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("kinepy: ") and "postgres://u:***@h.invalid" in lines[0]
-
-
-def test_password_from_environment_is_not_shown(tmp_path: Path) -> None:
-    env = {"K3S_DATASTORE_ENDPOINT": "mysql://kine:hunter2@tcp(db.invalid:3306)/k8s"}
-    code, stderr, _ = run_kinepy(env=env, cwd=tmp_path)
-    assert code != 0 and "hunter2" not in stderr
-    assert len(error_lines(stderr)) == 1, stderr
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A loopback port another process is listening on (no SO_REUSEPORT, like Debian's etcd)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_port_in_use_fails_fast_before_opening_the_database(
-    tmp_path: Path, taken_port: int, host: str
-) -> None:
-    database = tmp_path / "state.db"
-    address = f"{host}:{taken_port}"
-    code, stderr, seconds = run_kinepy(
-        "--listen-address", address, "--datastore-endpoint", f"sqlite://{database}", cwd=tmp_path
-    )
-    assert code == 1 and seconds < FAIL_FAST_SECONDS
-    assert stderr == f"kinepy: cannot listen on {address}: address already in use\n"
-    assert not database.exists()
-
-
-def test_second_kinepy_on_the_same_port_is_refused(tmp_path: Path) -> None:
-    # grpc binds with SO_REUSEPORT: without kinepy's own check both servers would share the port.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    address = f"127.0.0.1:{port}"
-    first = subprocess.Popen(
-        [*KINEPY, "--listen-address", address, "--datastore-endpoint", f"sqlite://{tmp_path / 'first.db'}"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_environment(),
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not _accepts(port):
-            assert first.poll() is None and time.monotonic() < deadline, "the first server did not start"
-            time.sleep(0.05)
-        code, stderr, _ = run_kinepy(
-            "--listen-address", address, "--datastore-endpoint", f"sqlite://{tmp_path / 'second.db'}"
-        )
-        assert code == 1 and "address already in use" in stderr
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=20)
-    assert first.returncode == 0
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-# -- systemd ---------------------------------------------------------------------------------
-
-
-def test_systemd_ready_and_stopping(tmp_path: Path) -> None:
-    address = str(tmp_path / "notify")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(address)
-        notify.settimeout(20)
-        server = subprocess.Popen(
-            [
-                *KINEPY,
-                "--listen-address",
-                "127.0.0.1:0",
-                "--datastore-endpoint",
-                f"sqlite://{tmp_path / 'state.db'}",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=clean_environment(NOTIFY_SOCKET=address),
-        )
-        try:
-            assert notify.recv(64) == b"READY=1"
-            server.send_signal(signal.SIGTERM)
-            assert notify.recv(64) == b"STOPPING=1"
-        finally:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-            _, stderr = server.communicate(timeout=20)
-    assert server.returncode == 0, stderr
-    assert "shutting down" in stderr
 
 
 # -- logging ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kinepy.config import DEFAULT_SQLITE_PATH
+from kinepy.config import DEFAULT_SQLITE_PATH, Config
 from kinepy.endpoint import (
     ACCEPTED_FORMS,
     BackendSpec,
@@ -12,8 +12,10 @@ from kinepy.endpoint import (
     MySQLSpec,
     PostgresSpec,
     SQLiteSpec,
+    backend_spec,
     parse_endpoint,
     redact,
+    with_datastore_tls,
 )
 from kinepy.errors import ConfigError
 
@@ -200,3 +202,49 @@ def test_specs_are_frozen() -> None:
     spec = parse_endpoint("postgres://h/db")
     with pytest.raises(AttributeError):
         spec.host = "other"  # type: ignore[misc, union-attr]
+
+
+# -- kine's database TLS flags go into the spec's options, as kine writes them into the DSN --------
+
+
+def test_database_tls_files_become_postgres_ssl_options() -> None:
+    spec = with_datastore_tls(
+        parse_endpoint("postgres://u@db/k8s"), ca_file="/ca.pem", cert_file="/c.pem", key_file="/k.pem"
+    )
+    assert isinstance(spec, PostgresSpec)
+    assert spec.options == {
+        "sslrootcert": "/ca.pem",
+        "sslcert": "/c.pem",
+        "sslkey": "/k.pem",
+        "sslmode": "verify-full",
+    }
+
+
+def test_database_tls_options_in_the_endpoint_win() -> None:
+    spec = with_datastore_tls(
+        parse_endpoint("postgres://u@db/k8s?sslmode=require&sslrootcert=/mine.pem"), ca_file="/ca.pem"
+    )
+    assert spec.options == {"sslmode": "require", "sslrootcert": "/mine.pem"}
+
+
+def test_database_tls_files_become_mysql_tls_options() -> None:
+    spec = with_datastore_tls(
+        parse_endpoint("mysql://u@tcp(db:3306)/k8s"), ca_file="/ca.pem", skip_verify=True
+    )
+    assert spec.options == {"ssl-ca": "/ca.pem", "tls": "skip-verify"}
+
+
+def test_database_tls_files_reach_an_etcd_upstream_and_not_sqlite() -> None:
+    etcd = with_datastore_tls(
+        parse_endpoint("https://10.0.0.1:2379"), ca_file="/ca.pem", cert_file="/c.pem", key_file="/k.pem"
+    )
+    assert etcd.options == {"ca-file": "/ca.pem", "cert-file": "/c.pem", "key-file": "/k.pem"}
+    sqlite = parse_endpoint("sqlite:///tmp/x.db")
+    assert with_datastore_tls(sqlite, ca_file="/ca.pem") is sqlite
+
+
+def test_backend_spec_applies_the_configs_database_tls() -> None:
+    config = Config(
+        datastore_endpoint="mysql://u@db/k8s", datastore_cert_file="/c.pem", datastore_key_file="/k.pem"
+    )
+    assert backend_spec(config).options == {"ssl-cert": "/c.pem", "ssl-key": "/k.pem", "tls": "true"}

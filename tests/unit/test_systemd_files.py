@@ -30,7 +30,7 @@ def test_unit_is_type_notify_with_environment_file_restart_and_file_limit() -> N
 
 
 def test_environment_file_sets_only_known_variables_and_parses() -> None:
-    known = {_env_name(max(a.option_strings, key=len)) for a in build_parser({})._actions if a.option_strings}
+    known = {_env_name(a.option_strings[0]) for a in build_parser({})._actions if a.option_strings}
     env: dict[str, str] = {}
     for line in (SYSTEMD / "kinepy.env").read_text(encoding="utf-8").splitlines():
         match = re.fullmatch(r"#?(KINEPY_\w+)=(.*)", line)

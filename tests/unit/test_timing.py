@@ -20,11 +20,21 @@ class _Fake:
 
 async def test_a_slow_call_is_logged_without_its_arguments(caplog: pytest.LogCaptureFixture) -> None:
     backend = TimedBackend(_Fake(), threshold=0.01)
-    with caplog.at_level(logging.WARNING, logger="kinepy.backends.timing"):
+    with caplog.at_level(logging.INFO, logger="kinepy.backends.timing"):
         assert await backend.read_range(b"top-secret-value", delay=0.05) == "rows"
     [record] = caplog.records
+    assert record.levelno == logging.INFO
     assert "slow datastore call: read_range took" in record.getMessage()
     assert "top-secret" not in record.getMessage()
+
+
+async def test_a_call_over_the_warning_threshold_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # kine's --slow-sql-threshold (INFO) and --slow-sql-warning-threshold (WARNING)
+    backend = TimedBackend(_Fake(), threshold=10.0, warning_threshold=0.01)
+    with caplog.at_level(logging.INFO, logger="kinepy.backends.timing"):
+        await backend.read_range(b"k", delay=0.05)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "(threshold 0.010s)" in record.getMessage()
 
 
 async def test_fast_calls_and_plain_attributes_pass_through_silently(
@@ -39,6 +49,6 @@ async def test_fast_calls_and_plain_attributes_pass_through_silently(
 
 async def test_threshold_zero_turns_the_warning_off(caplog: pytest.LogCaptureFixture) -> None:
     backend = TimedBackend(_Fake(), threshold=0)
-    with caplog.at_level(logging.WARNING, logger="kinepy.backends.timing"):
+    with caplog.at_level(logging.INFO, logger="kinepy.backends.timing"):
         await backend.read_range(b"k", delay=0.02)
     assert caplog.records == []

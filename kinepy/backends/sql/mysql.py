@@ -289,10 +289,14 @@ class MySQLBackend(ServerBackend):
         *,
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: float = 0.0,
     ) -> None:
         self.spec = spec
         self._pool_size = max(2, pool_size)
         self._connect_timeout = connect_timeout
+        # aiomysql's pool_recycle closes a connection idle that long; never beyond _POOL_RECYCLE,
+        # so that the server's wait_timeout does not close it first.
+        self._recycle = min(idle_timeout, _POOL_RECYCLE) if idle_timeout > 0 else _POOL_RECYCLE
         options = spec.options
         timeout = options.get("timeout")
         self._attempt_timeout = _seconds(timeout) if timeout else _ATTEMPT_TIMEOUT
@@ -389,7 +393,7 @@ class MySQLBackend(ServerBackend):
             maxsize=self._pool_size,
             db=self.spec.database,
             init_command=init_command,
-            pool_recycle=_POOL_RECYCLE,
+            pool_recycle=self._recycle,
             **self._connect_args(),
         )
 

@@ -205,9 +205,11 @@ class PostgresBackend(ServerBackend):
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         synchronous_commit: bool = True,
+        idle_timeout: float = 0.0,
     ) -> None:
         self.spec = spec
         self._pool_size = max(2, pool_size)
+        self._idle_timeout = idle_timeout  # asyncpg: 0 keeps idle connections open
         self._connect_timeout = connect_timeout
         options = dict(spec.options)
         self._host = options.pop("host", spec.host)
@@ -282,6 +284,7 @@ class PostgresBackend(ServerBackend):
             server_settings=self._server_settings,
             min_size=1,
             max_size=self._pool_size,
+            max_inactive_connection_lifetime=self._idle_timeout,
             init=self._init_connection,
         )
 
