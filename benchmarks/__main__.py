@@ -57,7 +57,7 @@ def compact(target: Target) -> tuple[int, float]:
     already compacted there answers 'compacted', which is fine."""
     import grpc
 
-    from benchmarks.stubs import rpc_pb2, rpc_pb2_grpc
+    from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 
     started = time.perf_counter()
     with grpc.insecure_channel(target.endpoint) as channel:

@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.stubs import rpc_pb2, rpc_pb2_grpc
+from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 
 # Status codes and texts by which a server says "I do not do this" rather than "this failed".
 _UNSUPPORTED_CODES = {grpc.StatusCode.UNIMPLEMENTED}

@@ -13,17 +13,45 @@ The library API, all importable from `kinepy`:
 `kinepy.testing` is a pytest plugin with a `kinepy_endpoint` fixture; see docs/library.md.
 """
 
-# Before the imports: kinepy.cli and kinepy.server.maintenance import it while this module loads.
-__version__ = "0.1.0"
+import importlib
+import typing
 
-from kinepy.app import App
 from kinepy.config import Config
 from kinepy.errors import BackendError, BackendUnavailable, ConfigError, EtcdError, KinepyError
-from kinepy.resolve import Resolved, resolve_endpoint
 from kinepy.specs import UpstreamTLS
 
-Server = App
-"""The name the docs use for `App`: `async with kinepy.Server(config) as server: ...`."""
+if typing.TYPE_CHECKING:
+    from kinepy.app import App
+    from kinepy.resolve import Resolved, resolve_endpoint
+
+    Server = App
+
+__version__ = "0.1.0"
+
+# The server's names are loaded at first use, so that `import kinepy` (or a leaf such as
+# kinepy.config, or the generated kinepy.proto a client needs) does not import grpc, the server
+# or a database driver.
+_LAZY = {
+    "App": ("kinepy.app", "App"),
+    "Server": ("kinepy.app", "App"),  # the docs' name: `async with kinepy.Server(config) as server:`
+    "Resolved": ("kinepy.resolve", "Resolved"),
+    "resolve_endpoint": ("kinepy.resolve", "resolve_endpoint"),
+}
+
+
+def __getattr__(name: str) -> object:
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "App",
