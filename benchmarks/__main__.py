@@ -190,7 +190,7 @@ def versions(names: list[str]) -> dict[str, str]:
         ).stdout.split("\n")[0]
     import importlib.metadata
 
-    for pkg in ("kinepy", "grpcio", "protobuf", "uvloop", "aiosqlite", "asyncpg", "aiomysql"):
+    for pkg in ("kinepy", "grpcio", "protobuf", "uvloop", "asyncpg", "aiomysql"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[pkg] = importlib.metadata.version(pkg)
     with contextlib.suppress(Exception):

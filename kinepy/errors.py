@@ -9,7 +9,7 @@
         ├── TooManyOpsError, DuplicateKeyError, InvalidSortOptionError, RequestTooLargeError,
         ├── CompactedError, FutureRevisionError,
         ├── LeaseNotFoundError, LeaseExistsError, LeaseTTLTooLargeError,
-        └── NotSupportedError, UnavailableError, StoppedError, …
+        └── UnavailableError, StoppedError, …
 
 The gRPC code is kept as its name (a string) so that `kinepy.store` needs no grpc import;
 `kinepy.server` turns it into a status. The Go client maps errors by their exact text, so the
@@ -88,6 +88,9 @@ class FutureRevisionError(EtcdError):
 
 
 class NoSpaceError(EtcdError):
+    """Not raised yet: the hardening issue raises it when the database's disk is full, as etcd does
+    beyond its quota."""
+
     code, message = "RESOURCE_EXHAUSTED", "etcdserver: mvcc: database space exceeded"
 
 
@@ -104,15 +107,9 @@ class LeaseTTLTooLargeError(EtcdError):
 
 
 class TooManyRequestsError(EtcdError):
+    """Not raised yet: the Galera issue raises it when a write's retries are exhausted."""
+
     code, message = "RESOURCE_EXHAUSTED", "etcdserver: too many requests"
-
-
-class TimeoutError_(EtcdError):
-    code, message = "UNAVAILABLE", "etcdserver: request timed out"
-
-
-class WatchCanceledError(EtcdError):
-    code, message = "CANCELLED", "etcdserver: watch canceled"
 
 
 class AuthNotEnabledError(EtcdError):
@@ -135,12 +132,6 @@ class KeyTooLongError(EtcdError):
     """A key longer than the datastore can index (PostgreSQL and MySQL cap index entries)."""
 
     code, message = "INVALID_ARGUMENT", "kinepy: key is longer than the datastore allows"
-
-
-class NotSupportedError(EtcdError):
-    """A call kinepy deliberately does not serve; the message names it."""
-
-    code, message = "UNIMPLEMENTED", "kinepy: not supported"
 
 
 # Watch cancel reasons are the unprefixed mvcc texts (etcd's server/storage/mvcc errors).

@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "kinepy"
 
-DRIVERS = ("sqlite3", "aiosqlite", "sqlalchemy", "asyncpg", "aiomysql")
+DRIVERS = ("sqlite3", "asyncpg", "aiomysql")
 
 # What each layer must never import (a name matches itself and everything below it). A layer is a
 # package (kinepy/store/) or a module (kinepy/passthrough.py).
