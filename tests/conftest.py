@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -167,10 +167,23 @@ def _package_version(name: str) -> str:
 # Failure reports: attach server logs to the failing test.
 
 
-_SERVERS = pytest.StashKey[list["_Server"]]()
+class Logged(Protocol):
+    """A process whose log goes into the report of a failing test (a server of this module, or any
+    other with these three)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def log_tail(self) -> str: ...
 
 
-def _track(request: pytest.FixtureRequest, server: _Server) -> None:
+_SERVERS = pytest.StashKey[list[Logged]]()
+
+
+def _track(request: pytest.FixtureRequest, server: Logged) -> None:
     request.node.stash.setdefault(_SERVERS, []).append(server)
 
 
@@ -335,11 +348,12 @@ def _require_etcd() -> None:
 # Fixtures.
 
 
-@pytest.fixture
-def make_etcd_server(
+@contextlib.contextmanager
+def etcd_servers(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[[], EtcdServer]]:
-    """Factory: each call starts a fresh single-member etcd on free loopback ports and waits until healthy."""
+    """``make_etcd_server``'s factory for any scope: ``with etcd_servers(request, tmp_path_factory) as
+    make:``; the servers it started stop when the block ends."""
     servers: list[EtcdServer] = []
 
     def make() -> EtcdServer:
@@ -365,9 +379,20 @@ def make_etcd_server(
         server._start(argv, lambda: _etcd_healthy(server.endpoint))
         return server
 
-    yield make
-    for server in servers:
-        server.stop()
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def make_etcd_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], EtcdServer]]:
+    """Factory: each call starts a fresh single-member etcd on free loopback ports and waits until healthy."""
+    with etcd_servers(request, tmp_path_factory) as make:
+        yield make
 
 
 @pytest.fixture
@@ -482,20 +507,16 @@ def _drop(drops: list[TestDatabase]) -> None:
             database.server.drop_database(database.name)
 
 
-@pytest.fixture
-def make_kinepy_server(
+@contextlib.contextmanager
+def kinepy_servers(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     kinepy_backend: str,
     kinepy_databases: SharedDatabaseServers,
 ) -> Iterator[Callable[..., KinepyServer]]:
-    """Factory: each call starts ``python -m kinepy`` on a free port and a fresh database of
-    ``kinepy_backend`` (a SQLite file, or a new PostgreSQL/MariaDB database), or of ``backend=``.
-
-    Keyword arguments override ``KinepyServer`` fields (``log_level``, ``db_path`` to reuse a SQLite
-    database, ``datastore_endpoint`` for any other, ``extra_args`` for more flags).
-    The server's log is attached to the report of a failing test.
-    """
+    """``make_kinepy_server``'s factory for any scope: ``with kinepy_servers(request, tmp_path_factory,
+    kinepy_backend, kinepy_databases) as make:``; the servers it started stop when the block ends, and
+    one that does not exit 0 on SIGTERM fails the test."""
     servers: list[KinepyServer] = []
     drops: list[TestDatabase] = []
 
@@ -516,9 +537,11 @@ def make_kinepy_server(
         server.start()
         return server
 
-    yield make
-    unclean = [(server, server.stop()) for server in servers]
-    _drop(drops)
+    try:
+        yield make
+    finally:
+        unclean = [(server, server.stop()) for server in servers]
+        _drop(drops)
     unclean = [(server, code) for server, code in unclean if code not in (None, 0)]
     if unclean:  # SIGTERM must stop kinepy cleanly; a crash during the test shows up here too
         pytest.fail(
@@ -526,6 +549,24 @@ def make_kinepy_server(
                 f"kinepy exited with {code} on SIGTERM:\n{server.log_tail()}" for server, code in unclean
             )
         )
+
+
+@pytest.fixture
+def make_kinepy_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    kinepy_backend: str,
+    kinepy_databases: SharedDatabaseServers,
+) -> Iterator[Callable[..., KinepyServer]]:
+    """Factory: each call starts ``python -m kinepy`` on a free port and a fresh database of
+    ``kinepy_backend`` (a SQLite file, or a new PostgreSQL/MariaDB database), or of ``backend=``.
+
+    Keyword arguments override ``KinepyServer`` fields (``log_level``, ``db_path`` to reuse a SQLite
+    database, ``datastore_endpoint`` for any other, ``extra_args`` for more flags).
+    The server's log is attached to the report of a failing test.
+    """
+    with kinepy_servers(request, tmp_path_factory, kinepy_backend, kinepy_databases) as make:
+        yield make
 
 
 @pytest.fixture

@@ -62,7 +62,8 @@ class Client:
         )
 
     def get(self, key: bytes, range_end: bytes = b"", **kwargs: Any) -> rpc_pb2.RangeResponse:
-        return self.kv.Range(RR(key=key, range_end=range_end, **kwargs), timeout=30)
+        resp: rpc_pb2.RangeResponse = self.kv.Range(RR(key=key, range_end=range_end, **kwargs), timeout=30)
+        return resp
 
     def close(self) -> None:
         self.channel.close()
@@ -73,7 +74,7 @@ class Watch:
 
     def __init__(self, client: Client, create: rpc_pb2.WatchCreateRequest) -> None:
         self._requests: queue.Queue[rpc_pb2.WatchRequest | None] = queue.Queue()
-        self._responses: queue.Queue[Any] = queue.Queue()
+        self._responses: queue.Queue[rpc_pb2.WatchResponse | Exception] = queue.Queue()
         self._requests.put(rpc_pb2.WatchRequest(create_request=create))
         self._call = client.watch.Watch(iter(self._requests.get, None))
         self._thread = threading.Thread(target=self._pump, daemon=True)
@@ -93,7 +94,7 @@ class Watch:
             raise AssertionError(f"no watch response within {EVENT_TIMEOUT} s") from None
         if isinstance(item, Exception):
             raise item
-        return item  # type: ignore[no-any-return]
+        return item
 
     def events(self, count: int) -> list[kv_pb2.Event]:
         """The next `count` events, skipping responses without events (the created response)."""
@@ -226,7 +227,7 @@ def test_txn_compare_and_swap(client: Client) -> None:
     rev = client.put(b"lock", b"free")
 
     def swap(expected_mod: int, value: bytes) -> rpc_pb2.TxnResponse:
-        return client.kv.Txn(
+        resp: rpc_pb2.TxnResponse = client.kv.Txn(
             rpc_pb2.TxnRequest(
                 compare=[
                     rpc_pb2.Compare(
@@ -243,6 +244,7 @@ def test_txn_compare_and_swap(client: Client) -> None:
             ),
             timeout=30,
         )
+        return resp
 
     won = swap(rev, b"held")
     assert won.succeeded and won.header.revision == rev + 1

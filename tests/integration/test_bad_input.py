@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import conftest
 import grpc
@@ -52,6 +52,7 @@ MIB = 1024 * 1024
 
 Cmp = rpc_pb2.Compare
 RR = rpc_pb2.RangeRequest
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,6 +104,11 @@ class Ctx:
         return self.prefix + (name.encode() if isinstance(name, str) else name)
 
 
+def bind(value: T, request: Callable[[Ctx, T], Message]) -> Callable[[Ctx], Message]:
+    """`request` with its second argument fixed to `value` (a loop variable, bound now)."""
+    return lambda c: request(c, value)
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -149,26 +155,34 @@ def _cases() -> list[Case]:
 
     # MaxTxnOps = 128 per list; a nested txn gets what the outer one leaves.
     for n, error in ((128, None), (129, TOO_MANY_OPS)):
-        case(f"txn-{n}-compares", "Txn", lambda c, n=n: txn([missing(c.k(f"c{i}")) for i in range(n)]), error)
+        case(
+            f"txn-{n}-compares",
+            "Txn",
+            bind(n, lambda c, n: txn([missing(c.k(f"c{i}")) for i in range(n)])),
+            error,
+        )
         case(
             f"txn-{n}-success-puts",
             "Txn",
-            lambda c, n=n: txn(success=[op_put(c.k(f"p{i}")) for i in range(n)]),
+            bind(n, lambda c, n: txn(success=[op_put(c.k(f"p{i}")) for i in range(n)])),
             error,
         )
         case(
             f"txn-{n}-failure-ranges",
             "Txn",
-            lambda c, n=n: txn(failure=[op_range(c.k(f"r{i}")) for i in range(n)]),
+            bind(n, lambda c, n: txn(failure=[op_range(c.k(f"r{i}")) for i in range(n)])),
             error,
         )
     for n, error in ((27, None), (28, TOO_MANY_OPS)):  # 101 outer ops leave 27
         case(
             f"txn-101-ops-nesting-{n}",
             "Txn",
-            lambda c, n=n: txn(
-                success=[op_put(c.k(f"o{i}")) for i in range(100)]
-                + [op_txn(success=[op_put(c.k(f"n{i}")) for i in range(n)])]
+            bind(
+                n,
+                lambda c, n: txn(
+                    success=[op_put(c.k(f"o{i}")) for i in range(100)]
+                    + [op_txn(success=[op_put(c.k(f"n{i}")) for i in range(n)])]
+                ),
             ),
             error,
         )
@@ -221,7 +235,7 @@ def _cases() -> list[Case]:
         ("put-then-range-ok", lambda c: [op_put(c.k("d")), op_range(c.k("d"))], None),
     ]
     for name, ops, error in dup:
-        case(f"txn-duplicate-{name}", "Txn", lambda c, ops=ops: txn(success=ops(c)), error)
+        case(f"txn-duplicate-{name}", "Txn", bind(ops, lambda c, ops: txn(success=ops(c))), error)
     # etcd's checkIntervals reads range_end "\0" literally: [key, "\0") is empty, so it covers no put.
     # The ops sit in the branch not taken (both branches are checked), so nothing is deleted.
     case(
@@ -345,9 +359,21 @@ def _cases() -> list[Case]:
         FUTURE,
     )
 
-    # Sort enums (etcd 3.5+ rule; see the module docstring).
-    case("range-sort-order-7", "Range", lambda c: RR(key=c.k("a"), sort_order=7), INVALID_SORT, etcd=False)
-    case("range-sort-target-7", "Range", lambda c: RR(key=c.k("a"), sort_target=7), INVALID_SORT, etcd=False)
+    # Sort enums (etcd 3.5+ rule; see the module docstring). 7 is no value of either enum.
+    case(
+        "range-sort-order-7",
+        "Range",
+        lambda c: RR(key=c.k("a"), sort_order=cast(RR.SortOrder, 7)),
+        INVALID_SORT,
+        etcd=False,
+    )
+    case(
+        "range-sort-target-7",
+        "Range",
+        lambda c: RR(key=c.k("a"), sort_target=cast(RR.SortTarget, 7)),
+        INVALID_SORT,
+        etcd=False,
+    )
     case(
         "txn-range-sort-order-negative",
         "Txn",
@@ -430,24 +456,24 @@ def servers(
 ) -> Iterator[Servers]:
     """One etcd and one kinepy per module and backend (conftest's factories, at module scope), compacted
     once."""
-    factories = [
-        conftest.make_etcd_server.__wrapped__(request, tmp_path_factory),
-        conftest.make_kinepy_server.__wrapped__(request, tmp_path_factory, kinepy_backend, kinepy_databases),
-    ]
-    make_etcd, make_kinepy = (next(factory) for factory in factories)
-    channels = [grpc.insecure_channel(make_etcd().endpoint), grpc.insecure_channel(make_kinepy().endpoint)]
-    stubs = [rpc_pb2_grpc.KVStub(channel) for channel in channels]
-    pair = Servers(*stubs, compact_revision=0)
-    for value in (b"1", b"2", b"3"):
-        pair.both("Put", rpc_pb2.PutRequest(key=b"/history", value=value))
-    pair.compact_revision = pair.revision()  # 4
-    pair.both("Compact", rpc_pb2.CompactionRequest(revision=pair.compact_revision, physical=True))
-    pair.both("Put", rpc_pb2.PutRequest(key=b"/history", value=b"4"))
-    yield pair
-    for channel in channels:
-        channel.close()
-    for factory in reversed(factories):
-        next(factory, None)
+    with (
+        conftest.etcd_servers(request, tmp_path_factory) as make_etcd,
+        conftest.kinepy_servers(request, tmp_path_factory, kinepy_backend, kinepy_databases) as make_kinepy,
+    ):
+        channels = [
+            grpc.insecure_channel(make_etcd().endpoint),
+            grpc.insecure_channel(make_kinepy().endpoint),
+        ]
+        etcd, kinepy = (rpc_pb2_grpc.KVStub(channel) for channel in channels)
+        pair = Servers(etcd, kinepy, compact_revision=0)
+        for value in (b"1", b"2", b"3"):
+            pair.both("Put", rpc_pb2.PutRequest(key=b"/history", value=value))
+        pair.compact_revision = pair.revision()  # 4
+        pair.both("Compact", rpc_pb2.CompactionRequest(revision=pair.compact_revision, physical=True))
+        pair.both("Put", rpc_pb2.PutRequest(key=b"/history", value=b"4"))
+        yield pair
+        for channel in channels:
+            channel.close()
 
 
 def _assert_still_serves(servers: Servers, prefix: bytes) -> None:

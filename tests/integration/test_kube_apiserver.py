@@ -74,11 +74,17 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(message)
 
 
+def _say(text: str) -> None:
+    """Write to the process's real stderr, which pytest does not capture (if there is one)."""
+    if sys.__stderr__ is not None:
+        sys.__stderr__.write(text)
+
+
 @pytest.fixture(scope="session")
 def kube_bin() -> Path:
     """The directory holding ``kube-apiserver`` and ``kubectl`` (built by build.sh unless cached)."""
     # build.sh needs no Go when its cache is current; without Go and a current cache it exits 3.
-    sys.__stderr__.write(  # the first build takes a while; say so even when pytest captures output
+    _say(  # the first build takes a while; say so even when pytest captures output
         f"\n[kube-apiserver: {BUILD_SH.relative_to(REPO_ROOT)} (cached after the first build, which takes "
         "5-10 min on 2 cores)]\n"
     )
@@ -88,7 +94,8 @@ def kube_bin() -> Path:
             [str(BUILD_SH)], capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"build.sh did not finish in {BUILD_TIMEOUT} s:\n{exc.stderr}", pytrace=False)
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        pytest.fail(f"build.sh did not finish in {BUILD_TIMEOUT} s:\n{stderr}", pytrace=False)
     if proc.returncode == 3 or (proc.returncode != 0 and not shutil.which("go")):
         _skip_or_fail(
             f"`go` not found and no cached kube-apiserver build (install Go >= 1.21): {proc.stderr.strip()}"
@@ -96,7 +103,7 @@ def kube_bin() -> Path:
     if proc.returncode != 0:
         pytest.fail(f"build.sh exited {proc.returncode}:\n{proc.stderr[-8000:]}", pytrace=False)
     bin_dir = Path(proc.stdout.strip().splitlines()[-1])
-    sys.__stderr__.write(f"[kube-apiserver: {bin_dir} ready after {time.monotonic() - started:.0f} s]\n")
+    _say(f"[kube-apiserver: {bin_dir} ready after {time.monotonic() - started:.0f} s]\n")
     for name in ("kube-apiserver", "kubectl"):
         assert (bin_dir / name).is_file(), f"build.sh printed {bin_dir}, which has no {name}"
     return bin_dir
@@ -328,7 +335,7 @@ def kube_apiserver(
     )
     apiserver = KubeApiserver(kube_bin, tmp_path_factory.mktemp("kube-apiserver"), kinepy.url)
     apiserver.kinepy_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    conftest._track(request, apiserver)  # type: ignore[arg-type]  # duck-typed: kind, endpoint, log_tail
+    conftest._track(request, apiserver)
     try:
         apiserver.start()
         yield apiserver
@@ -587,7 +594,8 @@ def _churn(api: KubeApiserver, rounds: int) -> float:
 
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
+        body: bytes = response.read()
+    return body.decode()
 
 
 def _kinepy_metric(api: KubeApiserver, name: str) -> float:
@@ -675,7 +683,7 @@ def test_kube_apiserver_over_tls_with_client_certificates(
         ],
     )
     api.root.mkdir()
-    conftest._track(request, api)  # type: ignore[arg-type]
+    conftest._track(request, api)
     try:
         api.start()
         api.kubectl("create", "namespace", NAMESPACE)

@@ -20,7 +20,7 @@ fresh pair (``fresh``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,7 @@ def call(stub: rpc_pb2_grpc.KVStub, method: str, request: Message) -> Outcome:
         return Failure(exc.code(), exc.details())
     header = response.header
     header.cluster_id = header.member_id = header.raft_term = 0
+    assert isinstance(response, Message)
     return response
 
 
@@ -112,7 +113,12 @@ class Pair:
     def delete(self, key: bytes, range_end: bytes = b"", **fields: Any) -> Any:
         return self.send("DeleteRange", rpc_pb2.DeleteRangeRequest(key=key, range_end=range_end, **fields))
 
-    def txn(self, compare: list[Cmp] = (), success: list[Any] = (), failure: list[Any] = ()) -> Any:  # type: ignore[assignment]
+    def txn(
+        self,
+        compare: Sequence[Cmp] = (),
+        success: Sequence[rpc_pb2.RequestOp] = (),
+        failure: Sequence[rpc_pb2.RequestOp] = (),
+    ) -> Any:
         return self.send("Txn", txn_request(compare, success, failure))
 
     def compact(self, revision: int, physical: bool = False) -> Any:
@@ -153,7 +159,9 @@ def op_txn(compare: Any = (), success: Any = (), failure: Any = ()) -> rpc_pb2.R
 
 
 def cmp(key: bytes, target: int, result: int, range_end: bytes = b"", **operand: Any) -> Cmp:
-    return Cmp(key=key, target=target, result=result, range_end=range_end, **operand)
+    # By name: the constructor takes an enum's name or member, and the tests loop over plain numbers.
+    target_name, result_name = Cmp.CompareTarget.Name(target), Cmp.CompareResult.Name(result)
+    return Cmp(key=key, target=target_name, result=result_name, range_end=range_end, **operand)
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +172,11 @@ def module_servers(
     kinepy_databases: Any,
 ) -> Iterator[tuple[str, str]]:
     """One etcd and one kinepy per module and backend, started by conftest's (function-scoped) factories."""
-    factories = [
-        conftest.make_etcd_server.__wrapped__(request, tmp_path_factory),
-        conftest.make_kinepy_server.__wrapped__(request, tmp_path_factory, kinepy_backend, kinepy_databases),
-    ]
-    make_etcd, make_kinepy = (next(factory) for factory in factories)
-    yield make_etcd().endpoint, make_kinepy().endpoint
-    for factory in reversed(factories):
-        next(factory, None)
+    with (
+        conftest.etcd_servers(request, tmp_path_factory) as make_etcd,
+        conftest.kinepy_servers(request, tmp_path_factory, kinepy_backend, kinepy_databases) as make_kinepy,
+    ):
+        yield make_etcd().endpoint, make_kinepy().endpoint
 
 
 @pytest.fixture

@@ -41,8 +41,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def server(request: pytest.FixtureRequest) -> conftest.EtcdServer | conftest.KinepyServer:
     """Each contract test runs on a fresh real etcd and on a fresh kinepy on each backend."""
     if request.param == "etcd":
-        return request.getfixturevalue("etcd_server")  # type: ignore[no-any-return]
-    return request.getfixturevalue("make_kinepy_server")(backend=request.param)  # type: ignore[no-any-return]
+        etcd: conftest.EtcdServer = request.getfixturevalue("etcd_server")
+        return etcd
+    make_kinepy: Callable[..., conftest.KinepyServer] = request.getfixturevalue("make_kinepy_server")
+    return make_kinepy(backend=request.param)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,24 +214,30 @@ class _Conn:
 
     async def next_response(self, within: float = WAIT) -> rpc_pb2.WatchResponse:
         async with asyncio.timeout(within):
-            return await self._watch.read()  # type: ignore[no-any-return]
+            response: rpc_pb2.WatchResponse = await self._watch.read()
+            return response
 
     async def grant(self, ttl: int, lease_id: int = 0) -> int:
-        resp = await self.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(ID=lease_id, TTL=ttl), timeout=WAIT)
-        return resp.ID  # type: ignore[no-any-return]
+        resp: rpc_pb2.LeaseGrantResponse = await self.lease.LeaseGrant(
+            rpc_pb2.LeaseGrantRequest(ID=lease_id, TTL=ttl), timeout=WAIT
+        )
+        return resp.ID
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
-        resp = await self.kv.Put(rpc_pb2.PutRequest(key=key, value=value, lease=lease), timeout=WAIT)
-        return resp.header.revision  # type: ignore[no-any-return]
+        resp: rpc_pb2.PutResponse = await self.kv.Put(
+            rpc_pb2.PutRequest(key=key, value=value, lease=lease), timeout=WAIT
+        )
+        return resp.header.revision
 
     async def revision(self) -> int:
-        resp = await self.kv.Range(rpc_pb2.RangeRequest(key=b"\0"), timeout=WAIT)
-        return resp.header.revision  # type: ignore[no-any-return]
+        resp: rpc_pb2.RangeResponse = await self.kv.Range(rpc_pb2.RangeRequest(key=b"\0"), timeout=WAIT)
+        return resp.header.revision
 
     async def ttl(self, lease_id: int) -> rpc_pb2.LeaseTimeToLiveResponse:
-        return await self.lease.LeaseTimeToLive(
+        resp: rpc_pb2.LeaseTimeToLiveResponse = await self.lease.LeaseTimeToLive(
             rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=WAIT
         )
+        return resp
 
     async def close(self) -> None:
         if self._watch is not None:
@@ -303,6 +311,7 @@ async def test_expired_lease_deletes_its_key_with_a_delete_event(conn: _Conn) ->
 # Restart.
 
 
+@pytest.mark.slow  # lets 2 s of the lease's clock run, then restarts (5 s per backend)
 def test_lease_deadline_survives_a_restart(kinepy_server: conftest.KinepyServer, etcdctl: Etcdctl) -> None:
     """kinepy only: a restart must not restart the lease's clock (deadlines are persisted)."""
     ep = kinepy_server.endpoint

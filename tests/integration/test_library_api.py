@@ -15,7 +15,7 @@ async def _put_and_get(target: str) -> bytes:
     async with grpc.aio.insecure_channel(target) as channel:
         kv = rpc_pb2_grpc.KVStub(channel)
         await kv.Put(rpc_pb2.PutRequest(key=b"greeting", value=b"hello"), timeout=10)
-        resp = await kv.Range(rpc_pb2.RangeRequest(key=b"greeting"), timeout=10)
+        resp: rpc_pb2.RangeResponse = await kv.Range(rpc_pb2.RangeRequest(key=b"greeting"), timeout=10)
     return resp.kvs[0].value
 
 

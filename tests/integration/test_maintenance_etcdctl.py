@@ -30,8 +30,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def server(request: pytest.FixtureRequest) -> Server:
     if request.param == "etcd":
-        return request.getfixturevalue("etcd_server")  # type: ignore[no-any-return]
-    return request.getfixturevalue("make_kinepy_server")(backend=request.param)  # type: ignore[no-any-return]
+        etcd: conftest.EtcdServer = request.getfixturevalue("etcd_server")
+        return etcd
+    make_kinepy: Callable[..., conftest.KinepyServer] = request.getfixturevalue("make_kinepy_server")
+    return make_kinepy(backend=request.param)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

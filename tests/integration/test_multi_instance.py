@@ -60,7 +60,10 @@ class Client:
         )
 
     def get(self, key: bytes, range_end: bytes = b"", **kwargs: Any) -> rpc_pb2.RangeResponse:
-        return self.kv.Range(rpc_pb2.RangeRequest(key=key, range_end=range_end, **kwargs), timeout=30)
+        resp: rpc_pb2.RangeResponse = self.kv.Range(
+            rpc_pb2.RangeRequest(key=key, range_end=range_end, **kwargs), timeout=30
+        )
+        return resp
 
     def close(self) -> None:
         self.channel.close()

@@ -143,7 +143,7 @@ def test_watch_through_kinepy_sees_writes_made_directly(
     try:
         ctl(etcd.endpoint, "put", "w/1", "y")
         ctl(etcd.endpoint, "del", "w/0")
-        events: list[tuple[str, str]] = []
+        events: list[tuple[int, str]] = []
         assert watcher.stdout is not None
         for line in watcher.stdout:  # one JSON object per response
             for event in json.loads(line).get("Events", []):

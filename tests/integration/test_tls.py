@@ -12,6 +12,9 @@ import conftest
 import pytest
 import trustme
 
+# Each test waits out etcdctl's dial timeout for the clients kinepy must refuse (5-15 s).
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Certificates:

@@ -186,11 +186,13 @@ class Client:
         return session
 
     async def put(self, key: bytes, value: bytes = b"v", **fields: Any) -> int:
-        resp = await self.kv.Put(rpc_pb2.PutRequest(key=key, value=value, **fields), timeout=WAIT)
+        resp: rpc_pb2.PutResponse = await self.kv.Put(
+            rpc_pb2.PutRequest(key=key, value=value, **fields), timeout=WAIT
+        )
         return resp.header.revision
 
     async def delete(self, key: bytes, range_end: bytes = b"") -> int:
-        resp = await self.kv.DeleteRange(
+        resp: rpc_pb2.DeleteRangeResponse = await self.kv.DeleteRange(
             rpc_pb2.DeleteRangeRequest(key=key, range_end=range_end), timeout=WAIT
         )
         return resp.header.revision
@@ -198,7 +200,10 @@ class Client:
     async def txn(
         self, *ops: rpc_pb2.RequestOp, compare: Sequence[rpc_pb2.Compare] = ()
     ) -> rpc_pb2.TxnResponse:
-        return await self.kv.Txn(rpc_pb2.TxnRequest(compare=compare, success=ops), timeout=WAIT)
+        resp: rpc_pb2.TxnResponse = await self.kv.Txn(
+            rpc_pb2.TxnRequest(compare=compare, success=ops), timeout=WAIT
+        )
+        return resp
 
     async def compact(self, revision: int) -> None:
         await self.kv.Compact(rpc_pb2.CompactionRequest(revision=revision, physical=True), timeout=WAIT)
@@ -411,7 +416,11 @@ async def test_prev_kv_and_filters(
         await session.created(b"p/", prefix_end(b"p/"), filters=[WCR.NODELETE])
         await session.created(b"p/", prefix_end(b"p/"), filters=[WCR.NOPUT, WCR.NODELETE])
         got: list[rpc_pb2.WatchResponse] = []
-        writes = [
+
+        def reached(rev: int) -> Callable[[list[rpc_pb2.WatchResponse]], bool]:
+            return lambda got: any(r.watch_id == main and revisions([r]) == [rev] for r in got)
+
+        writes: list[Callable[[], Awaitable[int]]] = [
             lambda: client.put(b"p/a", b"1"),
             lambda: client.put(b"p/a", b"2"),
             lambda: client.delete(b"p/a"),
@@ -420,9 +429,7 @@ async def test_prev_kv_and_filters(
         ]
         for write in writes:
             rev = await write()
-            got += await session.recv_until(
-                lambda g, rev=rev: any(r.watch_id == main and revisions([r]) == [rev] for r in g)
-            )
+            got += await session.recv_until(reached(rev))
         got += await session.recv_through_progress()
         # Order between watchers of one revision is the server's business; order per watcher is not.
         return sorted(

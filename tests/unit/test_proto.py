@@ -6,9 +6,11 @@ import filecmp
 import importlib.util
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import Message
 
 from kinepy.proto import auth_pb2, kv_pb2, rpc_pb2
 
@@ -123,7 +125,7 @@ def test_grpc_stub_uses_etcd_method_paths() -> None:
         def __init__(self) -> None:
             self.paths: list[str] = []
 
-        def __getattr__(self, kind: str):  # unary_unary, stream_stream, ...
+        def __getattr__(self, kind: str) -> Callable[..., None]:  # unary_unary, stream_stream, ...
             def register(path: str, *args: object, **kwargs: object) -> None:
                 self.paths.append(path)
 
@@ -138,8 +140,8 @@ def test_grpc_stub_uses_etcd_method_paths() -> None:
     assert "/etcdserverpb.Lease/LeaseKeepAlive" in channel.paths
 
 
-def _numbers(message: type) -> dict[str, int]:
-    return {f.name: f.number for f in message.DESCRIPTOR.fields}  # type: ignore[attr-defined]
+def _numbers(message: type[Message]) -> dict[str, int]:
+    return {f.name: f.number for f in message.DESCRIPTOR.fields}
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,15 @@ from kinepy.cli import _env_name, build_parser, parse_config
 SYSTEMD = Path(__file__).resolve().parents[2] / "docs" / "systemd"
 
 
+class _CaseSensitiveParser(configparser.ConfigParser):
+    """systemd's keys are case-sensitive (``ExecStart``); ConfigParser lowers them by default."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def _unit() -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser = _CaseSensitiveParser(strict=False, interpolation=None, delimiters=("=",))
     parser.read_string((SYSTEMD / "kinepy.service").read_text(encoding="utf-8"))
     return parser
 

@@ -110,8 +110,12 @@ def main(endpoint: str) -> None:
     step("get a", lambda: kv(*client.get("a")))
     step("put a prev_kv", lambda: raw_kv(client.put("a", "2", prev_kv=True).prev_kv))
     step("put new prev_kv", lambda: client.put("b", "x", prev_kv=True).HasField("prev_kv"))
+
+    def put_revision(key: str, value: str) -> Callable[[], Any]:
+        return lambda: client.put(key, value).header.revision
+
     for key, value in [("p/1", "one"), ("p/2", "two"), ("p/3", "three"), ("p/2", "deux"), ("q", "out")]:
-        step(f"put {key}={value}", lambda key=key, value=value: client.put(key, value).header.revision)
+        step(f"put {key}={value}", put_revision(key, value))
     step("get_prefix", lambda: [kv(v, m) for v, m in client.get_prefix("p/")])
     step(
         "get_prefix mod descend",

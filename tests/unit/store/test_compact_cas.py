@@ -39,5 +39,5 @@ def test_compaction_revision_rules(revision: int, error: type[errors.EtcdError])
 
 
 def test_compact_zero_on_a_fresh_store_and_compact_current_are_allowed() -> None:
-    assert txn.apply(_state(1, -1), txn.CompactRequest(0)).revision == 1  # type: ignore[union-attr]
-    assert txn.apply(_state(20, 8), txn.CompactRequest(20)).revision == 20  # type: ignore[union-attr]
+    assert txn.apply(_state(1, -1), txn.CompactRequest(0)).revision == 1
+    assert txn.apply(_state(20, 8), txn.CompactRequest(20)).revision == 20

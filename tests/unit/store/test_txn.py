@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 
 from kinepy import errors
@@ -252,6 +254,13 @@ def test_sort_target_without_order_keeps_the_limit_plus_one_fetch() -> None:
     assert txn.range_fetch_limit(RangeRequest(b"a", b"z", limit=2, sort_order=SortOrder.ASCEND)) == 0
 
 
+class RevisionFilters(TypedDict, total=False):
+    min_mod_revision: int
+    max_mod_revision: int
+    min_create_revision: int
+    max_create_revision: int
+
+
 @pytest.mark.parametrize(
     ("filters", "expected"),
     [
@@ -263,7 +272,7 @@ def test_sort_target_without_order_keeps_the_limit_plus_one_fetch() -> None:
     ],
 )
 def test_revision_filters_are_inclusive_and_leave_count_alone(
-    filters: dict[str, int], expected: bytes
+    filters: RevisionFilters, expected: bytes
 ) -> None:
     assert txn.range_fetch_limit(RangeRequest(b"a", b"z", limit=1, **filters)) == 0
     resp = txn.finish_range(RangeRequest(b"a", b"z", **filters), ROWS, 5, 30)
