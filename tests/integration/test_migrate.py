@@ -354,7 +354,7 @@ def test_interrupted_copy_is_not_served_and_a_rerun_finishes_it(
 
     async def interrupted() -> None:
         target = FailingTarget(open_target(target_url), batches=2)
-        await copy_store(open_source(source_url), target, CopyOptions(batch_rows=5))  # type: ignore[arg-type]
+        await copy_store(open_source(source_url), target, CopyOptions(batch_rows=5))
 
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(interrupted())
@@ -381,7 +381,7 @@ def test_an_interrupted_copy_of_another_store_restarts(
 
     async def interrupted() -> None:
         target = FailingTarget(open_target(target_url), batches=1)
-        await copy_store(open_source(source_url), target, CopyOptions(batch_rows=5))  # type: ignore[arg-type]
+        await copy_store(open_source(source_url), target, CopyOptions(batch_rows=5))
 
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(interrupted())

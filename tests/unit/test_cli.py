@@ -1,6 +1,6 @@
 """The `kinepy` command in-process: flags and environment -> Config, kine's flags and variables,
 logging levels, passwords in messages. The tests that run `python -m kinepy` as a process are in
-tests/integration/test_cli.py."""
+tests/integration/test_cli_process.py."""
 
 from __future__ import annotations
 

@@ -5,19 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kinepy.config import DEFAULT_SQLITE_PATH, Config
-from kinepy.endpoint import (
-    ACCEPTED_FORMS,
-    BackendSpec,
-    EtcdSpec,
-    MySQLSpec,
-    PostgresSpec,
-    SQLiteSpec,
-    backend_spec,
-    parse_endpoint,
-    redact,
-    with_datastore_tls,
-)
+from kinepy.endpoint import ACCEPTED_FORMS, backend_spec, parse_endpoint, redact, with_datastore_tls
 from kinepy.errors import ConfigError
+from kinepy.specs import BackendSpec, EtcdSpec, MySQLSpec, PostgresSpec, SQLiteSpec
 
 SECRET = "s3cr3t"
 
