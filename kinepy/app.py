@@ -27,6 +27,7 @@ from kinepy.metrics.registry import Metrics
 from kinepy.passthrough import PassthroughHandler
 from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
+from kinepy.server.decoding import TRANSPORT_LIMIT_FACTOR, DecodeLikeEtcd
 from kinepy.server.kv import KVServicer
 from kinepy.server.lease import LeaseServicer
 from kinepy.server.listener import use_etcd_tcp_options
@@ -49,9 +50,15 @@ def grpc_address(listen_address: str) -> str:
     return listen_address
 
 
+def receive_limit(config: Config) -> int:
+    """The largest request accepted, as etcd's: `--max-request-bytes` + 512 KiB."""
+    return config.max_request_bytes + GRPC_OVERHEAD_BYTES
+
+
 def server_options(config: Config) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", config.max_request_bytes + GRPC_OVERHEAD_BYTES),
+        # etcd's limit is checked, with grpc-go's text, by kinepy/server/decoding.py.
+        ("grpc.max_receive_message_length", receive_limit(config) * TRANSPORT_LIMIT_FACTOR),
         ("grpc.max_send_message_length", UNLIMITED),
         # kube-apiserver pings every 30 s even on idle watch streams; grpc-core's default policy
         # (5 min, 2 strikes) would answer with GOAWAY too_many_pings. Accept what etcd accepts.
@@ -119,9 +126,10 @@ class App:
         config = self.config
         spec = backend_spec(config)
         log.info("datastore: %s", spec.describe())
-        server = grpc.aio.server(
-            options=server_options(config), interceptors=[RequestInterceptor(self.metrics)]
-        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestInterceptor(self.metrics)]
+        if not isinstance(spec, EtcdSpec):  # passthrough forwards the bytes to etcd as they are
+            interceptors.append(DecodeLikeEtcd(receive_limit(config)))
+        server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if isinstance(spec, EtcdSpec):

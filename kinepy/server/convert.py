@@ -157,9 +157,21 @@ def delete_range_response(
 
 
 def txn_response(resp: TxnResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.TxnResponse:
-    return rpc_pb2.TxnResponse(
-        header=header, succeeded=resp.succeeded, responses=[_response_op(r) for r in resp.responses]
-    )
+    out = rpc_pb2.TxnResponse()
+    _fill_txn_response(out, resp, header)
+    return out
+
+
+def _fill_txn_response(out: rpc_pb2.TxnResponse, resp: TxnResponse, header: rpc_pb2.ResponseHeader) -> None:
+    # Nested txns are built in place: upb copies a sub-message by parsing it, which stops 50 deep.
+    out.header.CopyFrom(header)
+    out.succeeded = resp.succeeded
+    for r in resp.responses:
+        if isinstance(r, TxnResponse):
+            nested = out.responses.add().response_txn
+            _fill_txn_response(nested, r, rpc_pb2.ResponseHeader(revision=r.revision))
+        else:
+            out.responses.append(_response_op(r))
 
 
 def _response_op(resp: ResponseOp) -> rpc_pb2.ResponseOp:
