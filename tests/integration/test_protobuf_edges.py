@@ -106,14 +106,11 @@ async def stream(endpoint: str, method: str, messages: list[bytes]) -> tuple[str
 def channels(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, kinepy_databases: Any
 ) -> Iterator[tuple[conftest.EtcdServer, conftest.KinepyServer]]:
-    factories = [
-        conftest.make_etcd_server.__wrapped__(request, tmp_path_factory),
-        conftest.make_kinepy_server.__wrapped__(request, tmp_path_factory, "sqlite", kinepy_databases),
-    ]
-    make_etcd, make_kinepy = (next(factory) for factory in factories)
-    yield make_etcd(), make_kinepy()
-    for factory in reversed(factories):
-        next(factory, None)
+    with (
+        conftest.etcd_servers(request, tmp_path_factory) as make_etcd,
+        conftest.kinepy_servers(request, tmp_path_factory, "sqlite", kinepy_databases) as make_kinepy,
+    ):
+        yield make_etcd(), make_kinepy()
 
 
 @pytest.mark.parametrize("case", UNARY_CASES)
