@@ -233,6 +233,7 @@ def test_sqlite_copy_of_a_running_server_serves_the_same_store(
 
 @pytest.mark.postgres
 @pytest.mark.mysql
+@pytest.mark.slow  # three copies and four servers: about 10 s
 def test_round_trip_sqlite_postgres_mariadb_sqlite(
     make_kinepy_server: MakeKinepy,
     connect: Callable[[str], Client],
@@ -390,6 +391,7 @@ def test_an_interrupted_copy_of_another_store_restarts(
     assert "holds an interrupted copy of another store" in proc.stderr
 
 
+@pytest.mark.slow  # 2000 puts, then a backup while a writer keeps going: about 6 s
 def test_backup_of_a_running_server_under_writes_restores_a_consistent_store(
     make_kinepy_server: MakeKinepy, connect: Callable[[str], Client], tmp_path: Path
 ) -> None:
