@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
 
 import conftest
 import grpc
 import pytest
 
 from kinepy.proto import rpc_pb2
+from kinepy.testing.databases import SharedDatabaseServers
 
 pytestmark = [pytest.mark.etcd, pytest.mark.kinepy]
 
@@ -104,7 +104,9 @@ async def stream(endpoint: str, method: str, messages: list[bytes]) -> tuple[str
 
 @pytest.fixture(scope="module")
 def channels(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, kinepy_databases: Any
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    kinepy_databases: SharedDatabaseServers,
 ) -> Iterator[tuple[conftest.EtcdServer, conftest.KinepyServer]]:
     with (
         conftest.etcd_servers(request, tmp_path_factory) as make_etcd,
