@@ -11,7 +11,6 @@ import logging
 import ssl
 import time
 import types
-from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,7 +33,7 @@ from kinepy.server.listener import use_etcd_tcp_options
 from kinepy.server.maintenance import AuthServicer, ClusterServicer, MaintenanceServicer
 from kinepy.server.watch import WatchServicer, add_watch_servicer
 from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec
-from kinepy.store.store import Store
+from kinepy.store.store import Store, StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -190,34 +189,21 @@ class App:
 
     async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
         config = self.config
-        backend = cast(
-            Backend,
-            TimedBackend(create_backend(spec, backend_settings(config)), threshold=config.slow_sql_threshold),
+        backend = TimedBackend(
+            create_backend(spec, backend_settings(config)), threshold=config.slow_sql_threshold
         )
         await backend.start()
         self.backend = backend
         store = Store(
             backend,
-            max_txn_ops=config.max_txn_ops,
-            write_batch_max=config.write_batch_max,
-            compact_batch_rows=config.compact_batch_rows,
-            watch_window_events=config.watch_window_events,
-            watch_stream_buffer_events=config.watch_stream_buffer_events,
-            watch_progress_interval=config.watch_progress_notify_interval,
-            lease_expiry_interval=config.lease_expiry_interval,
-            compact_interval=config.compact_interval,
-            compact_interval_jitter=config.compact_interval_jitter,
-            compact_retention=config.compact_retention,
-            poll_interval=config.datastore_poll_interval,
+            StoreSettings.of(config),
             on_commit=self.metrics.observe_commit,
             on_compact=self.metrics.observe_compaction,
         )
         await store.start()
         self.store = store
         self.metrics.attach_store(store)
-        headers = self._headers = convert.Headers(
-            getattr(backend, "cluster_id", 0), getattr(backend, "member_id", 0)
-        )
+        headers = self._headers = convert.Headers(backend.cluster_id, backend.member_id)
         rpc_pb2_grpc.add_KVServicer_to_server(
             KVServicer(store, headers, max_request_bytes=config.max_request_bytes), server
         )

@@ -87,22 +87,43 @@ Evaluate = Callable[[Snapshot], WriteSet | None]
 
 
 class Backend(Protocol):
-    """A database holding kv_log, kv_current, meta and leases."""
+    """A database holding kv_log, kv_current, meta and leases.
 
-    shared: bool
-    """True when other kinepy processes may write to the same database (PostgreSQL, MySQL)."""
+    A backend stores rows and revisions; it knows no etcd rule. It never raises an etcd error
+    (`EtcdError`): a read it cannot serve as asked returns what it can, with the revisions the
+    caller needs to decide (see `read_range`, `read_events`). It raises `BackendUnavailable` when
+    the database cannot be reached and `BackendError` for any other database failure.
+    """
+
+    @property
+    def shared(self) -> bool:
+        """True when other kinepy processes may write to the same database (PostgreSQL, MySQL)."""
+
+    @property
+    def max_key_bytes(self) -> int:
+        """The longest key the database can index (0: no limit); the store refuses longer keys
+        before they reach a batch."""
+
+    @property
+    def cluster_id(self) -> int:
+        """The cluster ID persisted in the database (valid after `start`)."""
+
+    @property
+    def member_id(self) -> int:
+        """The member ID persisted in the database (valid after `start`)."""
+
+    async def start(self) -> None:
+        """Connect, create or migrate the schema; a fresh database is at revision 1 with compaction
+        revision -1."""
+
+    async def aclose(self) -> None:
+        """Release every connection; idempotent."""
 
     async def revisions(self) -> tuple[int, int]:
         """The current and the compaction revision, cheaply."""
 
     async def wait_for_change(self, max_wait: float) -> None:
-        """Return when another process may have committed, or after `max_wait` seconds."""
-
-    async def start(self) -> None:
-        """Connect, create or migrate the schema."""
-
-    async def aclose(self) -> None:
-        """Release every connection; idempotent."""
+        """Return when another process may have committed, or after `max_wait` seconds at most."""
 
     async def read_range(
         self,
@@ -114,24 +135,30 @@ class Backend(Protocol):
         count_only: bool,
         count: bool = True,
     ) -> RangeRows:
-        """Read at most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest) and
-        count the keys in the range (unless `count` is False: the caller knows it, and the
-        result's count is then just the number of rows read).
+        """Read at most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest), in key
+        order, and count the keys in the range (unless `count` is False: the caller knows it, and
+        the result's count is then just the number of rows read). With `keys_only`, values may be
+        left empty; with `count_only`, no rows need be returned.
 
         When `revision` is above the current revision or below the compaction point, no rows
         are read: the caller sees both revisions in the result and decides.
         """
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
-        """In one transaction that serialises with every other writer: read `read_set`,
-        call `evaluate` (pure, no I/O) on it, write what it returns, commit."""
+        """In one transaction that serialises with every other writer (of any process): read
+        `read_set` into a `Snapshot` at the current revision, call `evaluate` (pure, no I/O; it
+        may be called again if the transaction is retried) on it, write what it returns (None:
+        nothing), commit, and return it. On error nothing is committed and the error is raised."""
 
     async def read_events(
         self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
     ) -> list[Event]:
-        """Every change to `key_range` at revisions `(after, upto]`, in (revision, sub) order,
-        with the previous version of each key when `prev_kv` (and it still exists); at most
-        `limit` of them (0: all)."""
+        """Every change to `key_range` at revisions `(after, upto]` still in the log, in
+        (revision, sub) order, with the previous version of each key when `prev_kv` (and it still
+        exists); at most `limit` of them (0: all).
+
+        History compacted away is simply absent: the caller checks the compaction revision
+        (`revisions`) after the read to know whether the answer is whole."""
 
     async def load_leases(self) -> list[Lease]:
         """Every lease, with its persisted deadline."""
@@ -150,12 +177,15 @@ class Backend(Protocol):
     ) -> tuple[int, int]:
         """Delete history superseded at `compact_revision` among revisions `(after, reached]`,
         where `reached <= upto` ends the window at about `max_rows` history rows (whole revisions;
-        a revision alone holding more is taken whole), so one batch stays short.
+        a revision alone holding more is taken whole), so one batch stays short. A row superseded
+        means: a version of a key with a newer version at or below `compact_revision`, or a
+        tombstone below `compact_revision`; the latest version of each key at `compact_revision`
+        is kept.
 
         Returns (rows deleted, reached)."""
 
     async def status(self) -> BackendStatus:
-        """Revisions and database size."""
+        """Revisions and database size (bytes allocated and bytes in use)."""
 
     async def defragment(self) -> None:
         """Give free space back to the file system."""
@@ -165,4 +195,5 @@ class Backend(Protocol):
 
     async def hash_kv(self, revision: int) -> tuple[int, int]:
         """A CRC-32 over the history at or below `revision` (<= 0: latest), and the compaction
-        revision at the time; equal for equal histories."""
+        revision at the time; equal for equal histories. The caller has checked `revision`
+        against the current and the compaction revision."""

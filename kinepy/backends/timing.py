@@ -3,75 +3,148 @@
 `TimedBackend` wraps any `Backend` and logs each call that takes longer than a threshold (INFO) or a
 warning threshold (WARNING), as kine does, naming the call and its duration — never keys or values
 (Kubernetes keeps Secrets there).
-Everything else passes through unchanged.
+Starting, closing and `wait_for_change` (which waits on purpose) are not timed.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from kinepy.backends.base import (
+    Backend,
+    BackendStatus,
+    Evaluate,
+    RangeRows,
+    ReadSet,
+    WriteSet,
+)
+from kinepy.types import Event, KeyRange, Lease
 
 log = logging.getLogger(__name__)
 
-_TIMED = frozenset(
-    {
-        "read_range",
-        "write",
-        "read_events",
-        "compact_batch",
-        "status",
-        "revisions",
-        "load_leases",
-        "get_lease",
-        "expired_leases",
-        "lease_keys",
-        "hash_kv",
-        "defragment",
-        "snapshot",
-    }
-)
+T = TypeVar("T")
 
 
 class TimedBackend:
     """A backend whose calls slower than `threshold` seconds are logged at INFO, slower than
     `warning_threshold` at WARNING (0 turns either off)."""
 
-    def __init__(self, backend: Any, *, threshold: float, warning_threshold: float = 0.0) -> None:
+    def __init__(self, backend: Backend, *, threshold: float, warning_threshold: float = 0.0) -> None:
         self._backend = backend
-        self._threshold = threshold
-        self._warning_threshold = warning_threshold
+        self._info = threshold if threshold > 0 else math.inf
+        self._warning = warning_threshold if warning_threshold > 0 else math.inf
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._backend, name)
-        if name not in _TIMED or (self._threshold <= 0 and self._warning_threshold <= 0):
-            return attr
-        return self._timed(name, attr)
+    async def _timed(self, name: str, call: Awaitable[T]) -> T:
+        slow = min(self._info, self._warning)
+        if slow == math.inf:
+            return await call
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            elapsed = time.perf_counter() - started
+            if elapsed > slow:
+                level, threshold = (
+                    (logging.WARNING, self._warning)
+                    if elapsed > self._warning
+                    else (logging.INFO, self._info)
+                )
+                log.log(
+                    level, "slow datastore call: %s took %.3fs (threshold %.3fs)", name, elapsed, threshold
+                )
 
-    def _timed(self, name: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        info = self._threshold if self._threshold > 0 else math.inf
-        warning = self._warning_threshold if self._warning_threshold > 0 else math.inf
+    @property
+    def shared(self) -> bool:
+        return self._backend.shared
 
-        @functools.wraps(call)
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await call(*args, **kwargs)
-            finally:
-                elapsed = time.perf_counter() - started
-                if elapsed > min(info, warning):
-                    level, threshold = (
-                        (logging.WARNING, warning) if elapsed > warning else (logging.INFO, info)
-                    )
-                    log.log(
-                        level,
-                        "slow datastore call: %s took %.3fs (threshold %.3fs)",
-                        name,
-                        elapsed,
-                        threshold,
-                    )
+    @property
+    def max_key_bytes(self) -> int:
+        return self._backend.max_key_bytes
 
-        return timed
+    @property
+    def cluster_id(self) -> int:
+        return self._backend.cluster_id
+
+    @property
+    def member_id(self) -> int:
+        return self._backend.member_id
+
+    async def start(self) -> None:
+        await self._backend.start()
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()
+
+    async def wait_for_change(self, max_wait: float) -> None:
+        await self._backend.wait_for_change(max_wait)
+
+    async def revisions(self) -> tuple[int, int]:
+        return await self._timed("revisions", self._backend.revisions())
+
+    async def read_range(
+        self,
+        key_range: KeyRange,
+        *,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        count: bool = True,
+    ) -> RangeRows:
+        return await self._timed(
+            "read_range",
+            self._backend.read_range(
+                key_range,
+                revision=revision,
+                limit=limit,
+                keys_only=keys_only,
+                count_only=count_only,
+                count=count,
+            ),
+        )
+
+    async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
+        return await self._timed("write", self._backend.write(read_set, evaluate))
+
+    async def read_events(
+        self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
+    ) -> list[Event]:
+        return await self._timed(
+            "read_events",
+            self._backend.read_events(key_range, after=after, upto=upto, prev_kv=prev_kv, limit=limit),
+        )
+
+    async def load_leases(self) -> list[Lease]:
+        return await self._timed("load_leases", self._backend.load_leases())
+
+    async def get_lease(self, lease_id: int) -> Lease | None:
+        return await self._timed("get_lease", self._backend.get_lease(lease_id))
+
+    async def expired_leases(self, now: float, limit: int) -> list[Lease]:
+        return await self._timed("expired_leases", self._backend.expired_leases(now, limit))
+
+    async def lease_keys(self, lease_id: int) -> list[bytes]:
+        return await self._timed("lease_keys", self._backend.lease_keys(lease_id))
+
+    async def compact_batch(
+        self, compact_revision: int, after: int, upto: int, max_rows: int
+    ) -> tuple[int, int]:
+        return await self._timed(
+            "compact_batch", self._backend.compact_batch(compact_revision, after, upto, max_rows)
+        )
+
+    async def status(self) -> BackendStatus:
+        return await self._timed("status", self._backend.status())
+
+    async def defragment(self) -> None:
+        await self._timed("defragment", self._backend.defragment())
+
+    async def snapshot(self, path: str) -> None:
+        await self._timed("snapshot", self._backend.snapshot(path))
+
+    async def hash_kv(self, revision: int) -> tuple[int, int]:
+        return await self._timed("hash_kv", self._backend.hash_kv(revision))

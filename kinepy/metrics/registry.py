@@ -3,7 +3,7 @@
 Each `App` owns a `Metrics` with its own `CollectorRegistry` (not prometheus_client's global one),
 so a test or a program can run several servers in one process. The store knows nothing of
 Prometheus: the writer and the compactor call plain callbacks (`on_commit`, `on_compact`), the gRPC
-interceptor (`interceptor.py`) counts calls, and watch figures are read from the hub when a scrape
+interceptor (`interceptor.py`) counts calls, and watch figures are read from the store when a scrape
 asks for them, on the store's event loop (a scrape served from another thread waits for it).
 
 | Metric | Type | Labels | What |
@@ -162,11 +162,11 @@ class StoreFigures(NamedTuple):
 
 
 def _read_figures(store: Store) -> StoreFigures | None:
-    hub = store.hub
-    if hub is None:  # not started yet
+    watch = store.watch_figures()
+    if watch is None:  # not started yet
         return None
     return StoreFigures(
-        hub.watcher_count, hub.stream_count, hub.events_sent, hub.revision, max(hub.compact_revision, 0)
+        watch.watchers, watch.streams, watch.events_sent, watch.revision, max(watch.compact_revision, 0)
     )
 
 

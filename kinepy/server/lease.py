@@ -20,24 +20,23 @@ log = logging.getLogger(__name__)
 class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
     def __init__(self, store: Store, headers: convert.Headers) -> None:
         self._store = store
-        self._leases = store.leases
         self._headers = headers
 
     def _revision(self) -> int:
-        return self._store.writer.revision
+        return self._store.revision()
 
     @etcd_errors
     async def LeaseGrant(
         self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseGrantResponse:
-        revision, lease = await self._leases.grant(request.ID, request.TTL)
+        revision, lease = await self._store.lease_grant(request.ID, request.TTL)
         return rpc_pb2.LeaseGrantResponse(header=self._headers(revision), ID=lease.id, TTL=lease.ttl)
 
     @etcd_errors
     async def LeaseRevoke(
         self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseRevokeResponse:
-        revision = await self._leases.revoke(request.ID)
+        revision = await self._store.lease_revoke(request.ID)
         return rpc_pb2.LeaseRevokeResponse(header=self._headers(revision))
 
     async def LeaseKeepAlive(
@@ -61,7 +60,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
                     request = next_request.result()
                 except StopAsyncIteration:
                     return
-                ttl = await self._leases.keep_alive(request.ID)
+                ttl = await self._store.lease_keep_alive(request.ID)
                 yield rpc_pb2.LeaseKeepAliveResponse(
                     header=self._headers(self._revision()), ID=request.ID, TTL=ttl
                 )
@@ -74,7 +73,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
     async def LeaseTimeToLive(
         self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
-        found = await self._leases.time_to_live(request.ID, keys=request.keys)
+        found = await self._store.lease_time_to_live(request.ID, keys=request.keys)
         header = self._headers(self._revision())
         if found is None:
             return rpc_pb2.LeaseTimeToLiveResponse(header=header, ID=request.ID, TTL=-1)
@@ -89,5 +88,5 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
     ) -> rpc_pb2.LeaseLeasesResponse:
         return rpc_pb2.LeaseLeasesResponse(
             header=self._headers(self._revision()),
-            leases=[rpc_pb2.LeaseStatus(ID=lease_id) for lease_id in await self._leases.leases()],
+            leases=[rpc_pb2.LeaseStatus(ID=lease_id) for lease_id in await self._store.lease_leases()],
         )

@@ -15,7 +15,6 @@ from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.status import etcd_errors, unimplemented_by_default
 from kinepy.store.store import Store
-from kinepy.store.txn import check_read_revision
 
 _SNAPSHOT_CHUNK = 64 * 1024
 
@@ -36,7 +35,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     async def Status(
         self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.StatusResponse:
-        status = await self._store.backend.status()
+        status = await self._store.status()
         return rpc_pb2.StatusResponse(
             header=self._headers(status.revision),
             version=self._version,
@@ -53,29 +52,26 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
-        status = await self._store.backend.status()
+        status = await self._store.status()
         return rpc_pb2.AlarmResponse(header=self._headers(status.revision))
 
     @etcd_errors
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DefragmentResponse:
-        await self._store.backend.defragment()
-        status = await self._store.backend.status()
-        return rpc_pb2.DefragmentResponse(header=self._headers(status.revision))
+        revision = await self._store.defragment()
+        return rpc_pb2.DefragmentResponse(header=self._headers(revision))
 
     @etcd_errors
     async def HashKV(
         self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashKVResponse:
-        status = await self._store.backend.status()
-        check_read_revision(request.revision, status.revision, status.compact_revision)
-        crc, compact = await self._store.backend.hash_kv(request.revision)
+        hashed = await self._store.hash_kv(request.revision)
         return rpc_pb2.HashKVResponse(
-            header=self._headers(status.revision),
-            hash=crc,
-            compact_revision=compact,
-            hash_revision=request.revision if request.revision > 0 else status.revision,
+            header=self._headers(hashed.revision),
+            hash=hashed.hash,
+            compact_revision=hashed.compact_revision,
+            hash_revision=hashed.hash_revision,
         )
 
     async def Snapshot(
@@ -85,12 +81,11 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         with tempfile.TemporaryDirectory(prefix="kinepy-snapshot-") as tmp:
             path = os.path.join(tmp, "snapshot.db")
             try:
-                await self._store.backend.snapshot(path)
+                revision = await self._store.snapshot(path)
             except KinepyError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: snapshot failed: {exc}")
             size = os.path.getsize(path)  # noqa: ASYNC240 - a stat of a local temp file
-            status = await self._store.backend.status()
-            header = self._headers(status.revision)
+            header = self._headers(revision)
             digest = hashlib.sha256()
             sent = 0
             with open(path, "rb") as f:  # noqa: ASYNC230 - local temp file, 64 KiB reads
@@ -117,7 +112,7 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
     async def MemberList(
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
-        status = await self._store.backend.status()
+        status = await self._store.status()
         member = rpc_pb2.Member(
             ID=self._headers.member_id,
             name=self._name,
@@ -146,4 +141,4 @@ class AuthServicer(rpc_pb2_grpc.AuthServicer):
     async def AuthStatus(
         self, request: rpc_pb2.AuthStatusRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AuthStatusResponse:
-        return rpc_pb2.AuthStatusResponse(header=self._headers(self._store.writer.revision), enabled=False)
+        return rpc_pb2.AuthStatusResponse(header=self._headers(self._store.revision()), enabled=False)

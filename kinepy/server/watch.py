@@ -81,21 +81,18 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
     async def Watch(
         self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        hub = self._store.hub
-        assert hub is not None
-        stream = hub.open_stream()
-        reader = asyncio.create_task(self._read(request_iterator, stream), name="kinepy-watch-reader")
-        try:
-            while True:
-                try:
-                    resp = await stream.next_response()
-                except StoppedError as exc:
-                    await context.abort(status_code(exc.code), exc.message)
-                for message in self._encoded(resp):
-                    yield message
-        finally:
-            reader.cancel()
-            hub.close_stream(stream)
+        with self._store.open_watch() as stream:
+            reader = asyncio.create_task(self._read(request_iterator, stream), name="kinepy-watch-reader")
+            try:
+                while True:
+                    try:
+                        resp = await stream.next_response()
+                    except StoppedError as exc:
+                        await context.abort(status_code(exc.code), exc.message)
+                    for message in self._encoded(resp):
+                        yield message
+            finally:
+                reader.cancel()
 
     async def _read(self, requests: AsyncIterator[rpc_pb2.WatchRequest], stream: WatchStream) -> None:
         # A client that half-closes its side keeps its watchers, as with etcd.

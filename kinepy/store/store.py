@@ -1,29 +1,35 @@
-"""`Store`: etcd's KV service over a backend, protobuf-free."""
+"""`Store`: etcd's KV, Lease, Watch and Maintenance semantics over a backend, protobuf-free.
+
+The one object the servicers see. Reads go straight to the backend; writes, lease changes and
+compactions go through the group-commit writer; committed events reach the watch hub through the
+follower. The store owns the revision it reports (`revision()`): it moves forward on the event loop,
+when a batch commits or the follower reads the database, never from a database thread.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import math
-import random
-import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import cast
 
-from kinepy import errors
-from kinepy.backends.base import Backend
+from kinepy.backends.base import Backend, BackendStatus
+from kinepy.config import Config
 from kinepy.store import txn
+from kinepy.store.autocompact import AutoCompactor
 from kinepy.store.compactor import Compactor, OnCompact
+from kinepy.store.follower import Follower
 from kinepy.store.keys import key_range
 from kinepy.store.leases import LeaseManager
 from kinepy.store.pages import PageCounts
-from kinepy.store.watch import CATCH_UP_MAX_REVISIONS, WatchHub
+from kinepy.store.watch import WatchHub, WatchStream
 from kinepy.store.writer import OnCommit, Writer
 from kinepy.types import (
     DeleteRangeRequest,
     DeleteRangeResponse,
     Event,
-    KeyRange,
+    Lease,
     PutRequest,
     PutResponse,
     RangeRequest,
@@ -33,208 +39,167 @@ from kinepy.types import (
     TxnResponse,
 )
 
-log = logging.getLogger(__name__)
 
-_EVERYTHING = KeyRange(b"", None)
+@dataclass(slots=True, frozen=True)
+class StoreSettings:
+    """Everything that tunes the store's components (the `Config` fields of the same names)."""
+
+    max_txn_ops: int = 128
+    write_batch_max: int = 1000
+    compact_batch_rows: int = 1000
+    watch_window_events: int = 8192
+    watch_stream_buffer_events: int = 4096
+    watch_progress_interval: float = 5.0
+    lease_expiry_interval: float = 0.5
+    compact_interval: float = 0.0
+    compact_interval_jitter: int = 10
+    """Percent by which each automatic compaction interval varies, either way."""
+    compact_retention: int = 1000
+    poll_interval: float = 0.1
+    """How long the follower of a shared database waits for a change before it looks anyway."""
+
+    @classmethod
+    def of(cls, config: Config) -> StoreSettings:
+        return cls(
+            max_txn_ops=config.max_txn_ops,
+            write_batch_max=config.write_batch_max,
+            compact_batch_rows=config.compact_batch_rows,
+            watch_window_events=config.watch_window_events,
+            watch_stream_buffer_events=config.watch_stream_buffer_events,
+            watch_progress_interval=config.watch_progress_notify_interval,
+            lease_expiry_interval=config.lease_expiry_interval,
+            compact_interval=config.compact_interval,
+            compact_interval_jitter=config.compact_interval_jitter,
+            compact_retention=config.compact_retention,
+            poll_interval=config.datastore_poll_interval,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class HashKV:
+    """Maintenance.HashKV's answer."""
+
+    revision: int  # the current revision
+    hash: int
+    compact_revision: int
+    hash_revision: int
+
+
+@dataclass(slots=True, frozen=True)
+class WatchFigures:
+    """The watch hub's figures, for metrics."""
+
+    watchers: int
+    streams: int
+    events_sent: int
+    revision: int  # the last revision published to watchers
+    compact_revision: int
 
 
 class Store:
-    """The store: reads go straight to the backend; writes, lease changes and compactions go
-    through the group-commit writer; committed events feed the watch hub."""
+    """Build it, `await start()`, use it, `end_streams()` at shutdown, then `await aclose()`."""
 
     def __init__(
         self,
         backend: Backend,
+        settings: StoreSettings | None = None,
         *,
-        max_txn_ops: int = 128,
-        write_batch_max: int = 1000,
-        compact_batch_rows: int = 1000,
-        watch_window_events: int = 8192,
-        watch_stream_buffer_events: int = 4096,
-        lease_expiry_interval: float = 0.5,
-        watch_progress_interval: float = 5.0,
-        compact_interval: float = 0.0,
-        compact_interval_jitter: int = 10,
-        compact_retention: int = 1000,
-        poll_interval: float = 0.1,
         on_commit: OnCommit | None = None,
         on_compact: OnCompact | None = None,
     ) -> None:
-        self._poll_interval = poll_interval
-        self._publish_lock = asyncio.Lock()
-        self._follow_task: asyncio.Task[None] | None = None
-        self._compact_interval = compact_interval
-        self._compact_jitter = compact_interval_jitter / 100
-        self._compact_retention = compact_retention
-        self._auto_compact_task: asyncio.Task[None] | None = None
-        self._foreign_compaction_at = -math.inf  # when the follower last saw another process compact
-        self._compact_seen = -1  # the compaction revision the follower last saw
-        self._compacting_to = -1  # the last compaction through this process
-        self._watch_progress_interval = watch_progress_interval
-        self.backend = backend
-        self.max_txn_ops = max_txn_ops
-        self._max_key_bytes: int = getattr(backend, "max_key_bytes", 0)
-        self.writer = Writer(backend, publish=self._publish, batch_max=write_batch_max, on_commit=on_commit)
-        self.compactor = Compactor(
-            backend,
-            batch_rows=compact_batch_rows,
-            on_compact=on_compact,
-            write_demand=lambda: self.writer.submitted,
+        self._backend = backend
+        self._settings = settings = settings or StoreSettings()
+        self._revision = 0
+        self._writer = Writer(
+            backend, committed=self._committed, batch_max=settings.write_batch_max, on_commit=on_commit
         )
-        self.leases = LeaseManager(backend, self.writer, expiry_interval=lease_expiry_interval)
-        self.page_counts = PageCounts()
-        self._watch_window_events = watch_window_events
-        self._watch_stream_buffer_events = watch_stream_buffer_events
-        self.hub: WatchHub | None = None
+        self._compactor = Compactor(
+            backend,
+            batch_rows=settings.compact_batch_rows,
+            on_compact=on_compact,
+            write_demand=lambda: self._writer.submitted,
+        )
+        self._auto_compactor = AutoCompactor(
+            backend,
+            lambda revision, expected: self.compact(revision, expected=expected),
+            interval=settings.compact_interval,
+            jitter=settings.compact_interval_jitter / 100,
+            retention=settings.compact_retention,
+        )
+        self._leases = LeaseManager(backend, self._writer, expiry_interval=settings.lease_expiry_interval)
+        self._page_counts = PageCounts()
+        self._hub: WatchHub | None = None
+        self._follower: Follower | None = None
         self.streams_ended = asyncio.Event()
         """Set at shutdown: streams that never end by themselves (Watch, LeaseKeepAlive) end now."""
 
-    async def _publish(self, revision: int, events: list[Event]) -> None:
-        """Hand a commit's events to the watch hub, after any revisions other processes committed
-        before it (a shared database): watchers must never see revision N+1 before N."""
-        hub = self.hub
-        if hub is None:
-            return
-        async with self._publish_lock:
-            first = events[0].kv.mod_revision
-            if hub.revision < first - 1 and not await self._catch_up(first - 1):
-                return  # the follower delivers them, with ours, from the log
-            if first <= hub.revision:
-                events = [e for e in events if e.kv.mod_revision > hub.revision]
-                if not events:
-                    return
-            hub.publish(revision, events)
-
-    async def _catch_up(self, upto: int) -> bool:
-        """Publish what the log holds between the hub's revision and `upto`; False on error."""
-        hub = self.hub
-        assert hub is not None
-        while hub.revision < upto:
-            end = min(upto, hub.revision + CATCH_UP_MAX_REVISIONS)
-            try:
-                events = await self.backend.read_events(
-                    _EVERYTHING, after=hub.revision, upto=end, prev_kv=True
-                )
-            except Exception as exc:
-                log.warning("reading revisions %d..%d for watchers failed: %s", hub.revision + 1, end, exc)
-                return False
-            hub.publish(end, events)
-        return True
-
-    async def _follow(self) -> None:
-        """On a database shared with other kinepy processes: publish their commits to our watchers,
-        in revision order, soon after they happen, and learn their compactions."""
-        hub = self.hub
-        assert hub is not None
-        failing_since = 0.0
-        while True:
-            try:
-                await self.backend.wait_for_change(self._poll_interval)
-                revision, compact_revision = await self.backend.revisions()
-            except Exception as exc:
-                if not failing_since:  # once per outage; requests report it meanwhile
-                    failing_since = time.monotonic()
-                    log.warning("following the shared database failed, retrying: %s", exc)
-                await asyncio.sleep(self._poll_interval)
-                continue
-            if failing_since:
-                log.info("following the shared database again after %.1fs", time.monotonic() - failing_since)
-                failing_since = 0.0
-            if compact_revision > hub.compact_revision:
-                hub.compacted(compact_revision)
-            self.writer.revision = max(self.writer.revision, revision)
-            if compact_revision > self._compact_seen:
-                self._compact_seen = compact_revision
-                if compact_revision != self._compacting_to:
-                    self._foreign_compaction_at = time.monotonic()
-            self.writer.compact_revision = max(self.writer.compact_revision, compact_revision)
-            if revision > hub.revision:
-                async with self._publish_lock:
-                    if hub.revision + 1 < compact_revision:
-                        hub.skip_to(compact_revision - 1)  # we were cut off while others compacted
-                    await self._catch_up(revision)
+    # -- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        status = await self.backend.status()
-        self.hub = WatchHub(
-            self.backend,
+        settings = self._settings
+        status = await self._backend.status()
+        self._revision = status.revision
+        hub = self._hub = WatchHub(
+            self._backend,
             revision=status.revision,
             compact_revision=status.compact_revision,
-            window_events=self._watch_window_events,
-            max_buffered_events=self._watch_stream_buffer_events,
-            progress_interval=self._watch_progress_interval,
+            window_events=settings.watch_window_events,
+            max_buffered_events=settings.watch_stream_buffer_events,
+            progress_interval=settings.watch_progress_interval,
         )
-        self.hub.start()
-        self.writer.revision = status.revision
-        self.writer.compact_revision = status.compact_revision
-        self.writer.start()
-        self.compactor.start()
-        await self.leases.start()
+        self._follower = Follower(self._backend, hub, poll_interval=settings.poll_interval, seen=self._seen)
+        hub.start()
+        self._writer.start()
+        self._compactor.start()
+        await self._leases.start()
         if status.compact_revision > 0:
-            self.compactor.request(status.compact_revision)
-        if getattr(self.backend, "shared", False):
-            self._follow_task = asyncio.create_task(self._follow(), name="kinepy-log-follower")
-        if self._compact_interval > 0:
-            self._auto_compact_task = asyncio.create_task(self._auto_compact(), name="kinepy-auto-compact")
+            self._compactor.request(status.compact_revision)
+        if self._backend.shared:
+            self._follower.start()
+        self._auto_compactor.start()
 
     def end_streams(self) -> None:
         """Shutdown: end every Watch stream once its queue is sent, and every LeaseKeepAlive stream
         (`streams_ended`), so that clients retry elsewhere instead of waiting out the grace."""
         self.streams_ended.set()
-        if self.hub is not None:
-            self.hub.end_streams()
+        if self._hub is not None:
+            self._hub.end_streams()
 
     async def aclose(self) -> None:
-        for task in (self._auto_compact_task, self._follow_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._auto_compact_task = self._follow_task = None
-        await self.leases.aclose()
-        await self.writer.aclose()
-        await self.compactor.aclose()
-        if self.hub is not None:
-            await self.hub.aclose()
+        """Stop the background work, commit every write already queued, stop."""
+        await self._auto_compactor.aclose()
+        if self._follower is not None:
+            await self._follower.aclose()
+        await self._leases.aclose()
+        await self._writer.aclose()
+        await self._compactor.aclose()
+        if self._hub is not None:
+            await self._hub.aclose()
 
-    async def _auto_compact(self) -> None:
-        """Every interval (give or take the jitter, 10 % by default), compact to `retention`
-        revisions behind the current one. An error is logged and the next interval tries again;
-        compaction never stops for good.
+    # -- the revision ----------------------------------------------------------------------------
 
-        On a database shared with other kinepy processes, one compacts at a time: a process whose
-        follower saw another one compact within the last 1.5 intervals stands back (so the first to
-        compact keeps doing it, and another takes over 1.5 intervals after it stops); and the
-        compaction is a compare-and-swap on the meta row's compaction revision, so of two processes
-        that tick together one wins, the other gets CompactedError. Only the winner deletes the
-        history (`compact` hands it to its compactor).
-        """
-        while True:
-            jitter = self._compact_jitter
-            await asyncio.sleep(self._compact_interval * random.uniform(1 - jitter, 1 + jitter))
-            if time.monotonic() - self._foreign_compaction_at < 1.5 * self._compact_interval:
-                continue
-            try:
-                revision, compact_revision = await self.backend.revisions()
-            except Exception as exc:
-                log.warning("automatic compaction: reading the revisions failed, will retry: %s", exc)
-                continue
-            target = revision - self._compact_retention
-            if target <= compact_revision:
-                continue
-            try:
-                await self.compact(target, expected=compact_revision)
-                log.info("automatic compaction to revision %d", target)
-            except errors.CompactedError:
-                pass  # another process compacted meanwhile
-            except Exception as exc:
-                log.warning("automatic compaction to %d failed, will retry: %s", target, exc)
+    def revision(self) -> int:
+        """The latest revision this process knows committed."""
+        return self._revision
+
+    async def _committed(self, revision: int, events: list[Event]) -> None:
+        """The writer's report of a committed batch, on the event loop."""
+        self._revision = max(self._revision, revision)
+        if events and self._follower is not None:
+            await self._follower.publish(revision, events)
+
+    def _seen(self, revision: int, compact_revision: int) -> None:
+        """The follower read the database's revisions (other processes may have moved them)."""
+        self._revision = max(self._revision, revision)
+        self._auto_compactor.saw(compact_revision)
+
+    # -- KV --------------------------------------------------------------------------------------
 
     async def range(self, req: RangeRequest) -> RangeResponse:
         txn.validate_range(req)
         fetch = txn.range_fetch_limit(req)
-        known_count = self.page_counts.take(req, fetch)
-        rows = await self.backend.read_range(
+        known_count = self._page_counts.take(req, fetch)
+        rows = await self._backend.read_range(
             key_range(req.key, req.range_end),
             revision=req.revision,
             limit=fetch,
@@ -245,33 +210,102 @@ class Store:
         txn.check_read_revision(req.revision, rows.revision, rows.compact_revision)
         count = rows.count if known_count is None else known_count
         resp = txn.finish_range(req, rows.kvs, count, rows.revision)
-        self.page_counts.remember(req, fetch, resp)
+        self._page_counts.remember(req, fetch, resp)
         return resp
 
     async def put(self, req: PutRequest) -> PutResponse:
         txn.validate_put(req)
-        txn.check_key_lengths(req, self._max_key_bytes)
-        return cast(PutResponse, await self.writer.submit(req))
+        txn.check_key_lengths(req, self._backend.max_key_bytes)
+        return cast(PutResponse, await self._writer.submit(req))
 
     async def delete_range(self, req: DeleteRangeRequest) -> DeleteRangeResponse:
         txn.validate_delete_range(req)
-        return cast(DeleteRangeResponse, await self.writer.submit(req))
+        return cast(DeleteRangeResponse, await self._writer.submit(req))
 
     async def txn(self, req: TxnRequest) -> TxnResponse:
-        txn.validate_txn(req, self.max_txn_ops)
-        txn.check_key_lengths(req, self._max_key_bytes)
-        return cast(TxnResponse, await self.writer.submit(req))
+        txn.validate_txn(req, self._settings.max_txn_ops)
+        txn.check_key_lengths(req, self._backend.max_key_bytes)
+        return cast(TxnResponse, await self._writer.submit(req))
 
     async def compact(self, revision: int, *, physical: bool = False, expected: int | None = None) -> int:
         """Compact history up to `revision` (if `expected` is given: only if the compaction revision
         is still `expected`, else CompactedError); returns the header revision."""
-        self._compacting_to = revision
-        req = txn.CompactRequest(revision, physical, expected)
-        resp = cast(txn.CompactResponse, await self.writer.submit(req))
+        self._auto_compactor.compacting(revision)
+        resp = cast(
+            txn.CompactResponse, await self._writer.submit(txn.CompactRequest(revision, physical, expected))
+        )
         # Watchers learn the new compaction revision before any history is deleted.
-        if self.hub is not None:
-            self.hub.compacted(revision)
-        self.compactor.request(revision)
+        if self._hub is not None:
+            self._hub.compacted(revision)
+        self._compactor.request(revision)
         if physical:
-            await self.compactor.wait(revision)
+            await self._compactor.wait(revision)
         return resp.revision
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    async def lease_grant(self, lease_id: int, ttl: int) -> tuple[int, Lease]:
+        """Grant a lease (`lease_id` 0: the store picks one); returns the revision and the lease."""
+        return await self._leases.grant(lease_id, ttl)
+
+    async def lease_revoke(self, lease_id: int) -> int:
+        """Revoke a lease and delete its keys; returns the revision."""
+        return await self._leases.revoke(lease_id)
+
+    async def lease_keep_alive(self, lease_id: int) -> int:
+        """Renew a lease; returns its TTL, or 0 if it does not exist or has expired."""
+        return await self._leases.keep_alive(lease_id)
+
+    async def lease_time_to_live(self, lease_id: int, *, keys: bool) -> tuple[Lease, int, list[bytes]] | None:
+        """The lease, its remaining whole seconds and (if asked) its keys; None if unknown."""
+        return await self._leases.time_to_live(lease_id, keys=keys)
+
+    async def lease_leases(self) -> list[int]:
+        """The IDs of every lease, in order."""
+        return await self._leases.leases()
+
+    # -- watch -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_watch(self) -> Iterator[WatchStream]:
+        """A Watch stream for the block's duration: its watchers go when it closes."""
+        hub = self._hub
+        assert hub is not None, "Store.start() first"
+        stream = hub.open_stream()
+        try:
+            yield stream
+        finally:
+            hub.close_stream(stream)
+
+    def watch_figures(self) -> WatchFigures | None:
+        """The watch hub's figures; None before `start`."""
+        hub = self._hub
+        if hub is None:
+            return None
+        return WatchFigures(
+            hub.watcher_count, hub.stream_count, hub.events_sent, hub.revision, hub.compact_revision
+        )
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    async def status(self) -> BackendStatus:
+        """The database's revisions and size."""
+        return await self._backend.status()
+
+    async def hash_kv(self, revision: int) -> HashKV:
+        """A hash of the history at or below `revision` (<= 0: the current revision), as etcd's
+        HashKV: a compacted or future revision is refused."""
+        current, compact_revision = await self._backend.revisions()
+        txn.check_read_revision(revision, current, compact_revision)
+        crc, compact = await self._backend.hash_kv(revision)
+        return HashKV(current, crc, compact, revision if revision > 0 else current)
+
+    async def defragment(self) -> int:
+        """Give free space back to the file system; returns the revision."""
+        await self._backend.defragment()
+        return (await self._backend.status()).revision
+
+    async def snapshot(self, path: str) -> int:
+        """Write a consistent copy of the database to `path`; returns the revision."""
+        await self._backend.snapshot(path)
+        return (await self._backend.status()).revision

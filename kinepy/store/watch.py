@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from kinepy.backends.base import Backend
 from kinepy.errors import WATCH_DUPLICATE_ID, WATCH_RANGE_EMPTY, CompactedError, StoppedError
+from kinepy.store.history import read_history
 from kinepy.store.keys import is_empty
 from kinepy.types import Event, EventType, KeyRange
 
@@ -434,8 +435,13 @@ class WatchHub:
             else:
                 upto = min(self.revision, start - 1 + CATCH_UP_MAX_REVISIONS)
                 try:
-                    events = await self._backend.read_events(
-                        watcher.key_range, after=start - 1, upto=upto, prev_kv=watcher.prev_kv, limit=room + 1
+                    events = await read_history(
+                        self._backend,
+                        watcher.key_range,
+                        after=start - 1,
+                        upto=upto,
+                        prev_kv=watcher.prev_kv,
+                        limit=room + 1,
                     )
                 except CompactedError:
                     continue  # by another process on a shared database: the follower tells us soon
@@ -445,8 +451,12 @@ class WatchHub:
                     last = events[-1].kv.mod_revision
                     if events[0].kv.mod_revision == last:
                         upto = last
-                        events = await self._backend.read_events(
-                            watcher.key_range, after=last - 1, upto=last, prev_kv=watcher.prev_kv
+                        events = await read_history(
+                            self._backend,
+                            watcher.key_range,
+                            after=last - 1,
+                            upto=last,
+                            prev_kv=watcher.prev_kv,
                         )
                     else:
                         upto = last - 1

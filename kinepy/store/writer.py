@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from kinepy.backends.base import Backend, ReadSet, Snapshot, WriteSet
 from kinepy.errors import EtcdError, UnavailableError
@@ -22,7 +21,9 @@ from kinepy.types import Event
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[int, list[Event]], Awaitable[None]]
+Committed = Callable[[int, list[Event]], Awaitable[None]]
+"""Told on the event loop of every committed batch, before its callers are answered: the revision
+after it, and its events (maybe none)."""
 OnCommit = Callable[[float, int], None]
 """Told of every committed batch: (seconds the database transaction took, requests in it)."""
 
@@ -30,8 +31,8 @@ OnCommit = Callable[[float, int], None]
 @dataclass(slots=True)
 class _Pending:
     request: txn.BatchRequest
-    future: asyncio.Future[Any]
-    result: Any = None
+    future: asyncio.Future[txn.BatchResponse]
+    result: txn.BatchResponse | None = None
     error: BaseException | None = None
 
 
@@ -49,11 +50,16 @@ class Writer:
     """Serialises every write of this process through one task and one transaction per batch."""
 
     def __init__(
-        self, backend: Backend, *, publish: Publish, batch_max: int = 1000, on_commit: OnCommit | None = None
+        self,
+        backend: Backend,
+        *,
+        committed: Committed,
+        batch_max: int = 1000,
+        on_commit: OnCommit | None = None,
     ) -> None:
         self._backend = backend
         self._on_commit = on_commit
-        self._publish = publish
+        self._committed = committed
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._carry: _Pending | None = None
@@ -61,8 +67,6 @@ class Writer:
         self._closing = False
         self.stats = BatchStats()
         self.submitted = 0  # requests ever queued: the compactor watches it for write demand
-        self.revision = 0
-        self.compact_revision = -1
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kinepy-writer")
@@ -75,11 +79,11 @@ class Writer:
         self._queue.put_nowait(None)
         await self._task
 
-    async def submit(self, request: txn.BatchRequest) -> Any:
+    async def submit(self, request: txn.BatchRequest) -> txn.BatchResponse:
         """Queue `request` and wait until its batch has committed (or failed)."""
         if self._closing:
             raise UnavailableError("kinepy: server is shutting down")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[txn.BatchResponse] = asyncio.get_running_loop().create_future()
         self.submitted += 1
         self._queue.put_nowait(_Pending(request, future))
         return await future
@@ -119,10 +123,11 @@ class Writer:
         read_set = ReadSet()
         for pending in batch:
             txn.add_to_read_set(pending.request, read_set)
-        events: list[Event] = []
+        evaluated: list[txn.BatchState] = []
 
         def evaluate(snapshot: Snapshot) -> WriteSet | None:
-            # Runs wherever the backend runs its transaction (maybe a database thread): pure.
+            # Runs wherever the backend runs its transaction (maybe a database thread, maybe more
+            # than once): pure, it only fills `evaluated` and the pending results.
             state = txn.BatchState.of(snapshot)
             for pending in batch:
                 try:
@@ -131,9 +136,7 @@ class Writer:
                 except EtcdError as exc:
                     pending.result = None
                     pending.error = exc
-            events[:] = state.events
-            self.revision = state.revision
-            self.compact_revision = state.compact_revision
+            evaluated[:] = [state]
             return state.write_set()
 
         started = time.perf_counter()
@@ -154,19 +157,20 @@ class Writer:
             self._on_commit(elapsed, len(batch))
         # Publish before answering: a client that reads its write's revision and then opens a
         # watch from "now" must not see that write again, nor miss the next one.
-        if events:
-            try:
-                await self._publish(self.revision, events)
-            except Exception:
-                # Committed is committed: the writes are answered; the watch hub catches up from
-                # the log (a shared database's follower re-reads it).
-                log.exception("publishing revision %d to watchers failed", self.revision)
+        [state] = evaluated
+        try:
+            await self._committed(state.revision, state.events)
+        except Exception:
+            # Committed is committed: the writes are answered; the watch hub catches up from
+            # the log (a shared database's follower re-reads it).
+            log.exception("publishing revision %d to watchers failed", state.revision)
         for pending in batch:
             if pending.future.done():
                 continue
             if pending.error is not None:
                 pending.future.set_exception(pending.error)
             else:
+                assert pending.result is not None  # evaluated: a result or an error
                 pending.future.set_result(pending.result)
         if elapsed > 1.0:
             log.warning("slow commit: %d requests took %.3fs", len(batch), elapsed)

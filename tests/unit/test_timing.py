@@ -4,24 +4,53 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 import pytest
 
+from kinepy.backends.base import Backend, RangeRows
 from kinepy.backends.timing import TimedBackend
+from kinepy.types import KeyRange
 
 
-class _Fake:
+class _Slow:
+    """Just enough of a backend: `read_range` takes `delay` seconds."""
+
     shared = False
+    max_key_bytes = 0
+    cluster_id = 7
+    member_id = 9
 
-    async def read_range(self, secret: bytes, *, delay: float) -> str:
-        await asyncio.sleep(delay)
-        return "rows"
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    async def read_range(
+        self,
+        key_range: KeyRange,
+        *,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        count: bool = True,
+    ) -> RangeRows:
+        await asyncio.sleep(self.delay)
+        return RangeRows(5, -1, [], 0)
+
+
+def _timed(delay: float, threshold: float, warning_threshold: float = 0.0) -> TimedBackend:
+    return TimedBackend(cast(Backend, _Slow(delay)), threshold=threshold, warning_threshold=warning_threshold)
+
+
+async def _read(backend: TimedBackend) -> RangeRows:
+    key_range = KeyRange(b"top-secret-key", None)
+    return await backend.read_range(key_range, revision=0, limit=0, keys_only=False, count_only=False)
 
 
 async def test_a_slow_call_is_logged_without_its_arguments(caplog: pytest.LogCaptureFixture) -> None:
-    backend = TimedBackend(_Fake(), threshold=0.01)
+    backend = _timed(0.05, threshold=0.01)
     with caplog.at_level(logging.INFO, logger="kinepy.backends.timing"):
-        assert await backend.read_range(b"top-secret-value", delay=0.05) == "rows"
+        assert (await _read(backend)).revision == 5
     [record] = caplog.records
     assert record.levelno == logging.INFO
     assert "slow datastore call: read_range took" in record.getMessage()
@@ -30,9 +59,9 @@ async def test_a_slow_call_is_logged_without_its_arguments(caplog: pytest.LogCap
 
 async def test_a_call_over_the_warning_threshold_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     # kine's --slow-sql-threshold (INFO) and --slow-sql-warning-threshold (WARNING)
-    backend = TimedBackend(_Fake(), threshold=10.0, warning_threshold=0.01)
+    backend = _timed(0.05, threshold=10.0, warning_threshold=0.01)
     with caplog.at_level(logging.INFO, logger="kinepy.backends.timing"):
-        await backend.read_range(b"k", delay=0.05)
+        await _read(backend)
     [record] = caplog.records
     assert record.levelno == logging.WARNING and "(threshold 0.010s)" in record.getMessage()
 
@@ -40,15 +69,15 @@ async def test_a_call_over_the_warning_threshold_is_a_warning(caplog: pytest.Log
 async def test_fast_calls_and_plain_attributes_pass_through_silently(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    backend = TimedBackend(_Fake(), threshold=1.0)
-    with caplog.at_level(logging.WARNING, logger="kinepy.backends.timing"):
-        assert await backend.read_range(b"k", delay=0) == "rows"
-    assert backend.shared is False
+    backend = _timed(0, threshold=1.0)
+    with caplog.at_level(logging.INFO, logger="kinepy.backends.timing"):
+        assert (await _read(backend)).revision == 5
+    assert (backend.shared, backend.max_key_bytes, backend.cluster_id, backend.member_id) == (False, 0, 7, 9)
     assert caplog.records == []
 
 
 async def test_threshold_zero_turns_the_warning_off(caplog: pytest.LogCaptureFixture) -> None:
-    backend = TimedBackend(_Fake(), threshold=0)
+    backend = _timed(0.02, threshold=0)
     with caplog.at_level(logging.INFO, logger="kinepy.backends.timing"):
-        await backend.read_range(b"k", delay=0.02)
+        await _read(backend)
     assert caplog.records == []

@@ -390,6 +390,7 @@ class SQLiteBackend:
         return deleted, upto
 
     shared = False  # one process owns the file
+    max_key_bytes = 0  # SQLite indexes keys of any length
 
     async def revisions(self) -> tuple[int, int]:
         return await self._run(self._readers, self._revisions)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from kinepy.backends.sql.sqlite import SQLiteBackend
-from kinepy.store.store import Store
+from kinepy.store.store import Store, StoreSettings
 from kinepy.types import PutRequest, TxnRequest
 
 KEYS = 20
@@ -38,7 +38,7 @@ class SlowWindows(SQLiteBackend):
 async def test_the_window_after_a_write_waits_as_long_as_the_last_took(tmp_path: Path) -> None:
     backend = SlowWindows(str(tmp_path / "state.db"))
     await backend.start()
-    store = Store(backend, compact_batch_rows=KEYS)  # one revision per window
+    store = Store(backend, StoreSettings(compact_batch_rows=KEYS))  # one revision per window
     await store.start()
     try:
         for round_ in range(TXNS):
