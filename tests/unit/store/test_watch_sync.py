@@ -1,0 +1,235 @@
+"""The watch hub's synced and unsynced watchers, fed by a Store on the in-memory backend.
+
+A watcher whose stream is full is demoted (unsynced) and caught up by the sync task, from the window
+of recent revisions or from the log: every event exactly once, in revision order, then promoted back.
+A watcher behind the compaction revision is cancelled as compacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from fake_backend import FakeBackend
+
+from kinepy.errors import CompactedError
+from kinepy.store.store import Store, StoreSettings
+from kinepy.store.watch import PROGRESS_WATCH_ID, WatchResponse, WatchStream
+from kinepy.types import DeleteRangeRequest, Event, KeyRange, PutRequest, TxnRequest
+
+BUFFER = 4  # events a stream holds before its watchers are demoted
+
+
+class CountingBackend(FakeBackend):
+    """Counts the log reads, so a test knows the catch-up came from the database."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history_reads = 0
+
+    async def read_events(
+        self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
+    ) -> list[Event]:
+        self.history_reads += 1
+        return await super().read_events(key_range, after=after, upto=upto, prev_kv=prev_kv, limit=limit)
+
+
+@pytest.fixture
+def backend() -> CountingBackend:
+    return CountingBackend()
+
+
+async def _store(backend: FakeBackend, *, window_events: int) -> Store:
+    settings = StoreSettings(watch_stream_buffer_events=BUFFER, watch_window_events=window_events)
+    store = Store(backend, settings)
+    await store.start()
+    return store
+
+
+@pytest.fixture
+async def store(backend: CountingBackend) -> AsyncIterator[Store]:
+    store = await _store(backend, window_events=8192)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def store_without_window(backend: CountingBackend) -> AsyncIterator[Store]:
+    store = await _store(backend, window_events=1)  # the window keeps only the latest revision
+    yield store
+    await store.aclose()
+
+
+async def _next(stream: WatchStream, count: int = 1) -> list[WatchResponse]:
+    async with asyncio.timeout(2):
+        return [await stream.next_response() for _ in range(count)]
+
+
+async def _revisions_until(stream: WatchStream, last: int) -> list[int]:
+    """The mod revisions of every event the stream sends, until one at `last`."""
+    seen: list[int] = []
+    while not seen or seen[-1] < last:
+        [resp] = await _next(stream)
+        assert not resp.canceled
+        seen.extend(e.kv.mod_revision for e in resp.events)
+    return seen
+
+
+async def _puts(store: Store, count: int, key: bytes = b"k") -> None:
+    for i in range(count):
+        await store.put(PutRequest(key, b"%d" % i))
+
+
+async def test_a_slow_stream_is_demoted_and_caught_up_from_the_window(
+    store: Store, backend: CountingBackend
+) -> None:
+    with store.open_watch() as stream:
+        stream.create(b"k", b"")
+        await _next(stream)
+        watcher = stream.watchers[0]
+        await _puts(store, BUFFER + 6)  # revisions 2..11, nobody reading
+        assert not watcher.synced  # the stream filled up at revision BUFFER + 1
+        assert stream.buffered_events == BUFFER
+        assert await _revisions_until(stream, BUFFER + 7) == list(range(2, BUFFER + 8))
+        assert watcher.synced  # caught up: fed live again
+        await store.put(PutRequest(b"k", b"live"))
+        [live] = await _next(stream)
+        assert [e.kv.mod_revision for e in live.events] == [BUFFER + 8]
+    assert backend.history_reads == 0  # the window held everything
+
+
+async def test_a_slow_stream_catches_up_from_the_log(
+    store_without_window: Store, backend: CountingBackend
+) -> None:
+    store = store_without_window
+    with store.open_watch() as stream:
+        stream.create(b"k", b"")
+        await _next(stream)
+        await _puts(store, 3 * BUFFER)  # revisions 2..13
+        assert await _revisions_until(stream, 3 * BUFFER + 1) == list(range(2, 3 * BUFFER + 2))
+        assert stream.watchers[0].synced
+    assert backend.history_reads > 0
+
+
+async def test_a_watcher_from_an_old_revision_catches_up_with_prev_kv(
+    store_without_window: Store, backend: CountingBackend
+) -> None:
+    store = store_without_window
+    await _puts(store, 3)  # revisions 2..4
+    await store.delete_range(DeleteRangeRequest(b"k"))  # revision 5
+    with store.open_watch() as stream:
+        stream.create(b"k", b"", start_revision=3, prev_kv=True)
+        [created] = await _next(stream)
+        assert created.created
+        assert not stream.watchers[0].synced
+        events: list[Event] = []
+        while len(events) < 3:
+            [resp] = await _next(stream)
+            events.extend(resp.events)
+        assert [(e.kv.mod_revision, e.prev_kv.mod_revision if e.prev_kv else None) for e in events] == [
+            (3, 2),
+            (4, 3),
+            (5, 4),
+        ]
+
+
+async def test_one_revision_bigger_than_the_buffer_travels_whole(
+    store_without_window: Store,
+) -> None:
+    store = store_without_window
+    await store.txn(TxnRequest([], [PutRequest(b"k%d" % i, b"v") for i in range(BUFFER + 2)], []))  # rev 2
+    await store.put(PutRequest(b"k0", b"again"))  # revision 3
+    with store.open_watch() as stream:
+        stream.create(b"k", b"l", start_revision=2)
+        await _next(stream)
+        [whole] = await _next(stream)
+        assert len(whole.events) == BUFFER + 2 and {e.kv.mod_revision for e in whole.events} == {2}
+        [rest] = await _next(stream)
+        assert [e.kv.mod_revision for e in rest.events] == [3]
+
+
+async def test_a_log_catch_up_stops_before_a_revision_that_does_not_fit(store_without_window: Store) -> None:
+    store = store_without_window
+    await store.txn(TxnRequest([], [PutRequest(b"k%d" % i, b"v") for i in range(BUFFER - 1)], []))  # rev 2
+    await store.txn(TxnRequest([], [PutRequest(b"k%d" % i, b"v") for i in range(BUFFER - 1)], []))  # rev 3
+    await store.put(PutRequest(b"k0", b"last"))  # revision 4
+    with store.open_watch() as stream:
+        stream.create(b"k", b"l", start_revision=2)
+        await _next(stream)
+        [first] = await _next(stream)
+        assert {e.kv.mod_revision for e in first.events} == {2}  # revision 3 would not fit beside it
+        seen = [e.kv.mod_revision for e in first.events]
+        while seen[-1] < 4:
+            [resp] = await _next(stream)
+            seen.extend(e.kv.mod_revision for e in resp.events)
+        assert seen == [2] * (BUFFER - 1) + [3] * (BUFFER - 1) + [4]
+
+
+async def test_a_watcher_below_the_compaction_revision_is_cancelled(store: Store) -> None:
+    await _puts(store, 4)  # revisions 2..5
+    await store.compact(4)
+    with store.open_watch() as stream:
+        stream.create(b"k", b"", start_revision=2)
+        created, cancelled = await _next(stream, 2)
+        assert created.created and cancelled.canceled and cancelled.compact_revision == 4
+        assert stream.watchers == {}
+        stream.create(b"k", b"", start_revision=4)  # at the compaction revision: still readable
+        created, events = await _next(stream, 2)
+        assert [e.kv.mod_revision for e in events.events] == [4, 5]
+
+
+async def test_a_demoted_watcher_overtaken_by_compaction_is_cancelled(store_without_window: Store) -> None:
+    store = store_without_window
+    with store.open_watch() as stream:
+        stream.create(b"k", b"")
+        await _next(stream)
+        await _puts(store, BUFFER + 4)  # revisions 2..9; demoted from revision BUFFER + 2
+        assert not stream.watchers[0].synced
+        await store.compact(BUFFER + 4)
+        responses = await _next(stream, BUFFER + 1)
+        assert [r.events[0].kv.mod_revision for r in responses[:BUFFER]] == list(range(2, BUFFER + 2))
+        assert responses[BUFFER].canceled and responses[BUFFER].compact_revision == BUFFER + 4
+
+
+async def test_a_negative_start_revision_is_refused(store: Store) -> None:
+    with store.open_watch() as stream:
+        stream.create(b"k", b"", start_revision=-1)
+        [refused] = await _next(stream)
+        assert refused.created and refused.canceled and refused.cancel_reason == CompactedError.message
+
+
+async def test_a_future_start_revision_waits_synced(store: Store) -> None:
+    with store.open_watch() as stream:
+        stream.create(b"k", b"", start_revision=4)
+        await _next(stream)
+        assert stream.watchers[0].synced
+        await _puts(store, 3)  # revisions 2..4
+        [resp] = await _next(stream)
+        assert [e.kv.mod_revision for e in resp.events] == [4]
+
+
+async def test_progress_is_answered_once_the_catch_up_is_done(store_without_window: Store) -> None:
+    store = store_without_window
+    await _puts(store, 3)  # revisions 2..4
+    with store.open_watch() as stream:
+        stream.create(b"k", b"", start_revision=2)
+        stream.request_progress()
+        responses = await _next(stream, 3)
+        assert responses[0].created
+        assert [e.kv.mod_revision for e in responses[1].events] == [2, 3, 4]
+        assert responses[2].watch_id == PROGRESS_WATCH_ID and responses[2].revision == 4
+
+
+async def test_a_watcher_cancelled_while_unsynced_gets_nothing_more(store_without_window: Store) -> None:
+    store = store_without_window
+    await _puts(store, 3)
+    with store.open_watch() as stream:
+        stream.create(b"k", b"", start_revision=2)
+        stream.cancel(0)
+        created, cancelled = await _next(stream, 2)
+        assert created.created and cancelled.canceled and cancelled.watch_id == 0
+        stream.cancel(0)  # unknown by now: no reply
+        stream.create(b"other", b"")
+        [created] = await _next(stream)
+        assert created.watch_id == 1
