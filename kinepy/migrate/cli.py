@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -109,6 +110,8 @@ async def _run(source_url: str, target_url: str, args: argparse.Namespace) -> st
     bar = {"auto": None, "bar": True, "log": False}[args.progress]
     source = open_source(source_url, connect_timeout=args.connect_timeout)
     target = open_target(target_url, connect_timeout=args.connect_timeout)
+    if getattr(target, "current_state_only", False):
+        options = dataclasses.replace(options, current_only=True)
     report = await copy_store(source, target, options, progress_for(sys.stderr, bar=bar))
     return report.summary()
 

@@ -1,9 +1,10 @@
 """A URL or a file name -> the Source that reads it or the Target that writes it.
 
 A source is a datastore endpoint as `kinepy --datastore-endpoint` takes it (`sqlite://PATH`,
-`postgres://…`, `mysql://…`), or the path of a file, recognised by its content (a SQLite file:
-a kinepy store, e.g. a `kinepy backup` or `etcdctl snapshot save` of kinepy). Readers of other
-formats plug in here.
+`postgres://…`, `mysql://…`) holding kinepy's store or kine's `kine` table (the URL kine was
+given), a live etcd (`http://HOST:2379`), or the path of a file, recognised by its content: a SQLite
+file (a kinepy store, e.g. a `kinepy backup` or `etcdctl snapshot save` of kinepy, or kine's
+database) or an etcd snapshot (`etcdctl snapshot save` of etcd: a bbolt file).
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import os
 
 from kinepy.backends.factory import create_backend
 from kinepy.backends.sql.bulk import open_export
+from kinepy.backends.sql.kine import SQLiteKineExport, sqlite_tables
 from kinepy.endpoint import parse_endpoint
 from kinepy.errors import ConfigError
+from kinepy.migrate.bbolt import is_bbolt
+from kinepy.migrate.etcd_live import EtcdLiveSource
+from kinepy.migrate.etcd_snapshot import EtcdSnapshotSource
+from kinepy.migrate.etcd_target import EtcdTarget
+from kinepy.migrate.kine_store import KineSource, ServerSource
 from kinepy.migrate.kinepy_store import KinepySource, KinepyTarget
 from kinepy.migrate.model import Source, Target
 from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec, SQLiteSpec
@@ -37,24 +44,58 @@ def _spec(location: str) -> BackendSpec:
 
 
 def file_kind(path: str) -> str:
-    """`sqlite`, or `unknown`, from a file's first bytes."""
+    """`sqlite`, `etcd-snapshot` (a bbolt file) or `unknown`, from a file's first bytes."""
     with open(path, "rb") as f:
-        head = f.read(len(SQLITE_MAGIC))
-    return "sqlite" if head == SQLITE_MAGIC else "unknown"
+        head = f.read(32)
+    if head.startswith(SQLITE_MAGIC):
+        return "sqlite"
+    return "etcd-snapshot" if is_bbolt(head) else "unknown"
+
+
+def _sqlite_source(path: str) -> Source:
+    """kine's SQLite database (a `kine` table and no kinepy tables), or a kinepy store."""
+    tables = sqlite_tables(path) if os.path.isfile(path) else set()
+    if "kine" in tables and "kv_log" not in tables:
+        return KineSource(SQLiteKineExport(path))
+    return KinepySource(open_export(SQLiteSpec(path)))
 
 
 def open_source(location: str, *, connect_timeout: float = 10.0) -> Source:
-    """The Source for `location` (nothing is connected or read before its `open`)."""
+    """The Source for `location` (nothing is connected or read before its `open`): a kinepy store
+    or kine's table at a datastore endpoint, a live etcd at `http://HOST:PORT`, or a file
+    recognised by its content (a SQLite file of kinepy or kine, an etcd snapshot)."""
     if is_plain_path(location):
         if not os.path.exists(location):
             raise ConfigError(f"source {location} does not exist")
-        if os.path.isfile(location) and file_kind(location) != "sqlite":
-            raise ConfigError(f"source {location} is not a SQLite file (kinepy's store or backup)")
-    return KinepySource(open_export(_spec(location), connect_timeout=connect_timeout))
+        if os.path.isfile(location):
+            kind = file_kind(location)
+            if kind == "etcd-snapshot":
+                return EtcdSnapshotSource(location)
+            if kind != "sqlite":
+                raise ConfigError(
+                    f"source {location} is not a SQLite file (a kinepy store or backup, kine's "
+                    "database) or an etcd snapshot"
+                )
+        return _sqlite_source(location)
+    if location.startswith("https://"):
+        raise ConfigError(f"{location}: copying from etcd over TLS is not supported; use http://HOST:PORT")
+    if location.startswith("http://"):  # any port: the etcd being left need not listen on 2379
+        return EtcdLiveSource(location.split(",")[0], timeout=connect_timeout)
+    spec = parse_endpoint(location)
+    if isinstance(spec, SQLiteSpec):
+        if spec.path == ":memory:" or spec.path.startswith("file::memory:"):
+            return KinepySource(open_export(spec, connect_timeout=connect_timeout))  # refuses it
+        return _sqlite_source(spec.path)
+    if isinstance(spec, EtcdSpec):  # pragma: no cover - http(s):// is handled above
+        raise ConfigError(f"{spec.describe()} is an etcd endpoint")
+    return ServerSource(spec, connect_timeout=connect_timeout)
 
 
 def open_target(location: str, *, connect_timeout: float = 10.0) -> Target:
-    """The Target for `location`: a kinepy store on any backend (created when missing)."""
+    """The Target for `location`: a kinepy store on any backend (created when missing), or a live
+    etcd at `http://HOST:PORT` (the current state only: see `etcd_target`)."""
+    if location.startswith("http://"):
+        return EtcdTarget(location.split(",")[0], timeout=connect_timeout)
     spec = _spec(location)
     if isinstance(spec, SQLiteSpec):
         if spec.path == ":memory:" or spec.path.startswith("file::memory:"):
@@ -68,6 +109,8 @@ def open_target(location: str, *, connect_timeout: float = 10.0) -> Target:
 
 def same_location(a: str, b: str) -> bool:
     """Whether two locations name the same store (as far as can be told without connecting)."""
+    if a.startswith(("http://", "https://")) or b.startswith(("http://", "https://")):
+        return a == b
     sa, sb = _spec(a), _spec(b)
     if isinstance(sa, SQLiteSpec) and isinstance(sb, SQLiteSpec):
         return os.path.abspath(sa.path) == os.path.abspath(sb.path)

@@ -12,23 +12,32 @@ Leases come from `LeaseLeases` and `LeaseTimeToLive`, each with the time it has 
 expires between the two reads is kept with a deadline of now, so the target revokes it (and deletes
 its keys) as etcd did.
 
-Keys sharing a `mod_revision` (written by one Txn) get subs 0, 1, ... in key order: etcd does not
-say in which order the Txn wrote them.
+etcd lists keys in key order; the copy goes in revision order, so the keys are spooled to a
+temporary SQLite file (bounded memory) and read back by revision. Keys sharing a `mod_revision`
+(written by one Txn) get subs 0, 1, ... in key order: etcd does not say in which order the Txn wrote
+them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 import grpc
 
 from kinepy.backends.base import LogRow
+from kinepy.backends.sql.spool import RowSpool
 from kinepy.errors import KinepyError
+from kinepy.migrate.model import Header
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.types import Lease
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000  # keys per Range: a page of 1000 Kubernetes objects stays far below gRPC's 2 GiB
 TIMEOUT = 30.0  # seconds per request
@@ -104,9 +113,9 @@ class EtcdLive:
         """The number of keys at the pinned revision."""
         return self.key_count
 
-    def history(self) -> Iterator[LogRow]:
-        """Every key at the pinned revision as one history row at its `mod_revision`, in key order."""
-        subs: dict[int, int] = {}
+    def keys(self) -> Iterator[LogRow]:
+        """Every key at the pinned revision as a history row at its `mod_revision`, in key order
+        (`sub` 0: the Source numbers the keys of one revision once they are in revision order)."""
         start = b"\0"
         while True:
             request = rpc_pb2.RangeRequest(
@@ -114,10 +123,8 @@ class EtcdLive:
             )
             reply = self._call(self._kv.Range, request)
             for kv in reply.kvs:
-                sub = subs.get(kv.mod_revision, 0)
-                subs[kv.mod_revision] = sub + 1
                 yield LogRow(
-                    kv.mod_revision, sub, kv.key, kv.create_revision, kv.version, kv.lease, kv.value, False
+                    kv.mod_revision, 0, kv.key, kv.create_revision, kv.version, kv.lease, kv.value, False
                 )
             if not reply.more or not reply.kvs:
                 return
@@ -133,3 +140,59 @@ class EtcdLive:
             left = max(reply.TTL, 0)  # -1: it expired since it was listed
             leases.append(Lease(status.ID, max(reply.grantedTTL, 1), start + left))
         return leases
+
+
+class EtcdLiveSource:
+    """A live etcd as a copy's `Source` (kinepy.migrate.model): its keys at one revision R, the
+    copy compacted at R (see the module's docstring). `endpoint` is `http://HOST:PORT`."""
+
+    def __init__(self, endpoint: str, *, timeout: float = TIMEOUT) -> None:
+        self.endpoint = endpoint
+        self.description = f"etcd {endpoint}"
+        self._timeout = timeout
+        self._etcd: EtcdLive | None = None
+        self._spool: RowSpool | None = None
+
+    async def open(self, *, current_only: bool) -> Header:
+        etcd = self._etcd = await asyncio.to_thread(EtcdLive, self.endpoint, timeout=self._timeout)
+        log.info(
+            "%s: reading every key at revision %d; etcd's history below it is not copied "
+            "(the copy is compacted at %d)",
+            self.description,
+            etcd.revision,
+            etcd.revision,
+        )
+        spool = self._spool = RowSpool()
+        await asyncio.to_thread(self._read_all, etcd, spool)
+        # The identity stays kinepy's own (0: the target chooses): etcd's is a member of a raft cluster.
+        return Header(etcd.revision, etcd.revision, 0, 0, log_rows=spool.rows, current_rows=spool.rows)
+
+    @staticmethod
+    def _read_all(etcd: EtcdLive, spool: RowSpool) -> None:
+        """Every key, spooled to disk: etcd lists keys in key order, a copy goes in revision order."""
+        keys = etcd.keys()
+        while batch := list(itertools.islice(keys, 5000)):
+            spool.add(batch)
+
+    async def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
+        spool = self._spool
+        assert spool is not None, "open() first"
+        rows = spool.in_revision_order()
+        while batch := await asyncio.to_thread(lambda: list(itertools.islice(rows, batch_rows))):
+            yield batch
+
+    async def leases(self) -> list[Lease]:
+        etcd = self._etcd
+        assert etcd is not None, "open() first"
+        return await asyncio.to_thread(etcd.leases)
+
+    async def hash_kv(self, revision: int) -> int | None:
+        return None  # etcd's HashKV hashes bbolt's bytes, not comparable with kinepy's
+
+    async def aclose(self) -> None:
+        etcd, self._etcd = self._etcd, None
+        spool, self._spool = self._spool, None
+        if etcd is not None:
+            etcd.close()
+        if spool is not None:
+            spool.close()

@@ -131,8 +131,9 @@ class Target(Protocol):
     async def counts(self) -> Counts:
         """Live keys, history rows and leases now in the target."""
 
-    async def hash_kv(self, revision: int) -> int:
-        """kinepy's HashKV of the target at `revision`."""
+    async def hash_kv(self, revision: int) -> int | None:
+        """kinepy's HashKV of the target at `revision`, or None for a target whose revisions are its
+        own (a live etcd), which checks what it holds in `finish` instead."""
 
     async def aclose(self) -> None:
         """Release every connection; idempotent."""

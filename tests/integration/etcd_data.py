@@ -113,3 +113,9 @@ def lease_ids(endpoint: str) -> list[int]:
     with channel(endpoint) as ch:
         reply = rpc_pb2_grpc.LeaseStub(ch).LeaseLeases(rpc_pb2.LeaseLeasesRequest())
         return sorted(lease.ID for lease in reply.leases)
+
+
+def current_revision(endpoint: str) -> int:
+    with channel(endpoint) as ch:
+        reply = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"\0", count_only=True))
+        return int(reply.header.revision)

@@ -1,0 +1,124 @@
+"""`kinepy migrate` from etcd: a snapshot file and a live etcd, into kinepy, served as etcd served it.
+
+The suite's real etcd 3.4 holds a varied store (etcd_data.fill: Txns, overwrites, deletes, a
+compaction, a 100 kB value, a lease, 1500 keys). A kinepy server on the copy must answer like etcd:
+the same store revision, Range at every revision from the compaction point, Watch from it, the
+lease, and "compacted" below it. The commands are the ones docs/operations.md shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import conftest
+import etcd_data
+import pytest
+from test_migrate import Client, MakeKinepy, View, connect, kinepy_cli, ok, serve_and_view, source_store, view
+
+pytestmark = [pytest.mark.etcd, pytest.mark.kinepy]
+__all__ = ["connect"]  # a fixture of test_migrate, used here
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[conftest.EtcdServer, etcd_data.Filled]]:
+    server = etcd_data.start_etcd(tmp_path_factory.mktemp("etcd"))
+    yield server, etcd_data.fill(server.endpoint)
+    server.stop()
+
+
+def etcd_view(server: conftest.EtcdServer, connect: Callable[[str], Client], compact: int) -> View:
+    return view(connect(server.endpoint), compact)
+
+
+def without_hash(v: View) -> View:
+    return dataclasses.replace(v, hash=0)  # etcd's HashKV hashes bbolt's bytes; kinepy's its rows
+
+
+def test_snapshot_file_migrates_with_revisions_history_and_leases(
+    etcd: tuple[conftest.EtcdServer, etcd_data.Filled],
+    make_kinepy_server: MakeKinepy,
+    connect: Callable[[str], Client],
+    tmp_path: Path,
+) -> None:
+    server, filled = etcd
+    snapshot = tmp_path / "snapshot.db"
+    ok(conftest.run_etcdctl(server.endpoint, "snapshot", "save", str(snapshot)))  # type: ignore[arg-type]
+    original = etcd_view(server, connect, filled.compact_revision)
+
+    target = tmp_path / "state.db"
+    out = ok(kinepy_cli("migrate", "--from", str(snapshot), "--to", f"sqlite://{target}"))
+    assert f"revision {filled.revision}, compacted at {filled.compact_revision}" in out
+    copy = serve_and_view(make_kinepy_server, connect, f"sqlite://{target}", filled.compact_revision)
+    assert without_hash(copy) == without_hash(original)
+    assert original.revision == filled.revision
+    assert original.events and original.leases and "compacted" in original.below_compaction
+
+
+def test_corrupt_snapshot_is_refused_and_creates_nothing(
+    etcd: tuple[conftest.EtcdServer, etcd_data.Filled], tmp_path: Path
+) -> None:
+    server, _filled = etcd
+    snapshot = tmp_path / "snapshot.db"
+    ok(conftest.run_etcdctl(server.endpoint, "snapshot", "save", str(snapshot)))  # type: ignore[arg-type]
+    data = bytearray(snapshot.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    snapshot.write_bytes(bytes(data))
+    target = tmp_path / "state.db"
+    proc = kinepy_cli("migrate", "--from", str(snapshot), "--to", f"sqlite://{target}")
+    assert proc.returncode == 1
+    assert "sha256 checksum mismatch" in proc.stderr
+    assert not target.exists()
+
+
+def test_live_etcd_migrates_the_current_state_with_its_revisions(
+    etcd: tuple[conftest.EtcdServer, etcd_data.Filled],
+    make_kinepy_server: MakeKinepy,
+    connect: Callable[[str], Client],
+    tmp_path: Path,
+) -> None:
+    server, _filled = etcd
+    target = tmp_path / "state.db"
+    out = ok(kinepy_cli("migrate", "--from", server.url, "--to", f"sqlite://{target}"))
+    revision = etcd_data.current_revision(server.endpoint)
+    assert f"revision {revision}, compacted at {revision}" in out
+    original = etcd_view(server, connect, revision)
+    copy = serve_and_view(make_kinepy_server, connect, f"sqlite://{target}", revision)
+    assert copy.revision == original.revision == revision
+    assert copy.ranges == original.ranges  # every key with its create/mod revision, version, lease
+    assert copy.leases == original.leases
+    # The events at the copied revision, without their previous values (older history stays behind).
+    assert [e[:5] for e in copy.events] == [e[:5] for e in original.events]
+    assert "compacted" in copy.below_compaction  # history below the copied revision is not copied
+
+
+def test_back_to_etcd_copies_the_current_state_and_says_revisions_are_lost(
+    make_etcd_server: Callable[[], conftest.EtcdServer],
+    make_kinepy_server: MakeKinepy,
+    connect: Callable[[str], Client],
+    tmp_path: Path,
+) -> None:
+    _server, original, _compact = source_store(make_kinepy_server, connect, tmp_path / "a.db")
+    etcd = make_etcd_server()
+    proc = kinepy_cli("migrate", "--from", f"sqlite://{tmp_path / 'a.db'}", "--to", etcd.url)
+    out = ok(proc)
+    assert "revisions, versions and history not kept" in out
+    assert "keys get etcd's own revisions" in proc.stderr
+    current = original.ranges[original.revision]
+    copied = etcd_data.current(etcd.endpoint)
+    assert [(kv.key, kv.value, kv.lease) for kv in copied] == [(k[0], k[1], k[5]) for k in current]
+    assert all(kv.version == 1 for kv in copied)
+    assert etcd_data.lease_ids(etcd.endpoint) == [lease_id for lease_id, _ttl in original.leases]
+    # Granted for the time the lease had left, so its deadline stays.
+    [(lease_id, granted)] = etcd_view(etcd, connect, 1).leases
+    [(original_id, original_ttl)] = original.leases
+    assert lease_id == original_id and original_ttl - 30 < granted <= original_ttl
+
+    again = kinepy_cli("migrate", "--from", f"sqlite://{tmp_path / 'a.db'}", "--to", etcd.url)
+    assert again.returncode == 1
+    assert f"target etcd {etcd.url} already holds a store" in again.stderr
+    ok(kinepy_cli("migrate", "--from", f"sqlite://{tmp_path / 'a.db'}", "--to", etcd.url, "--replace"))
+    assert [(kv.key, kv.value, kv.lease) for kv in etcd_data.current(etcd.endpoint)] == [
+        (k[0], k[1], k[5]) for k in current
+    ]
