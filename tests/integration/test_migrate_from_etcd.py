@@ -44,7 +44,7 @@ def test_snapshot_file_migrates_with_revisions_history_and_leases(
 ) -> None:
     server, filled = etcd
     snapshot = tmp_path / "snapshot.db"
-    ok(conftest.run_etcdctl(server.endpoint, "snapshot", "save", str(snapshot)))  # type: ignore[arg-type]
+    ok(conftest.run_etcdctl(server.endpoint, "snapshot", "save", str(snapshot)))
     original = etcd_view(server, connect, filled.compact_revision)
 
     target = tmp_path / "state.db"
@@ -61,7 +61,7 @@ def test_corrupt_snapshot_is_refused_and_creates_nothing(
 ) -> None:
     server, _filled = etcd
     snapshot = tmp_path / "snapshot.db"
-    ok(conftest.run_etcdctl(server.endpoint, "snapshot", "save", str(snapshot)))  # type: ignore[arg-type]
+    ok(conftest.run_etcdctl(server.endpoint, "snapshot", "save", str(snapshot)))
     data = bytearray(snapshot.read_bytes())
     data[len(data) // 2] ^= 0x10
     snapshot.write_bytes(bytes(data))
