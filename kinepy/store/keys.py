@@ -20,13 +20,3 @@ def key_range(key: bytes, range_end: bytes) -> KeyRange:
 
 def is_empty(r: KeyRange) -> bool:
     return r.end is not None and r.end <= r.start
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range_end that turns `prefix` into a prefix range (etcd's GetPrefixRangeEnd)."""
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\x00"

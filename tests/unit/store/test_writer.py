@@ -61,6 +61,10 @@ async def writer(backend: FakeBackend, recorder: Recorder) -> AsyncIterator[Writ
     await writer.aclose()
 
 
+def _range_txn(key: bytes) -> TxnRequest:
+    return TxnRequest([], [RangeRequest(key)], [])
+
+
 async def _first_batch_held(backend: FakeBackend, writer: Writer) -> asyncio.Task[txn.BatchResponse]:
     """Submit a put whose batch is held inside the backend's write, so the next ones queue up."""
     backend.hold_writes()
@@ -166,10 +170,6 @@ async def test_a_request_cancelled_after_its_batch_started_still_commits(
     with pytest.raises(asyncio.CancelledError):
         await first
     assert (await writer.submit(_range_txn(b"first"))).responses[0].kvs[0].value == b"1"  # type: ignore[union-attr]
-
-
-def _range_txn(key: bytes) -> TxnRequest:
-    return TxnRequest([], [RangeRequest(key)], [])
 
 
 async def test_commits_are_published_in_order_before_their_callers_are_answered(
