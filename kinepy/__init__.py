@@ -7,8 +7,8 @@ The library API, all importable from `kinepy`:
 - `Config`: every setting, with its default.
 - `resolve_endpoint(config)` → `Resolved`: where to connect for a datastore endpoint, starting a
   server unless it names a real etcd; `UpstreamTLS` holds the TLS files to use.
-- The errors: `KinepyError` and its subclasses `ConfigError`, `BackendError`, `BackendUnavailable`,
-  `EtcdError` (see `kinepy.errors`).
+- The errors: `KinepyError` and its subclasses `ConfigError`, `ListenError`, `BackendError`,
+  `BackendUnavailable`, `EtcdError` (see `kinepy.errors`).
 
 `kinepy.testing` is a pytest plugin with a `kinepy_endpoint` fixture; see docs/library.md.
 """
@@ -17,7 +17,7 @@ import importlib
 import typing
 
 from kinepy.config import Config
-from kinepy.errors import BackendError, BackendUnavailable, ConfigError, EtcdError, KinepyError
+from kinepy.errors import BackendError, BackendUnavailable, ConfigError, EtcdError, KinepyError, ListenError
 from kinepy.specs import UpstreamTLS
 
 if typing.TYPE_CHECKING:
@@ -61,6 +61,7 @@ __all__ = [
     "ConfigError",
     "EtcdError",
     "KinepyError",
+    "ListenError",
     "Resolved",
     "Server",
     "UpstreamTLS",

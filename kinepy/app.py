@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
 import types
@@ -20,8 +21,10 @@ from kinepy.backends.factory import create_backend
 from kinepy.backends.timing import TimedBackend
 from kinepy.config import GRPC_OVERHEAD_BYTES, Config
 from kinepy.endpoint import backend_spec
+from kinepy.errors import ConfigError, ListenError
+from kinepy.listen import ListenAddress, check_listen_address, parse_listen_address
 from kinepy.metrics.interceptor import RequestInterceptor
-from kinepy.metrics.listener import MetricsListener
+from kinepy.metrics.listener import MetricsListener, parse_metrics_address
 from kinepy.metrics.registry import Metrics
 from kinepy.passthrough import PassthroughHandler
 from kinepy.proto import rpc_pb2_grpc
@@ -32,7 +35,7 @@ from kinepy.server.lease import LeaseServicer
 from kinepy.server.listener import use_etcd_tcp_options
 from kinepy.server.maintenance import AuthServicer, ClusterServicer, MaintenanceServicer
 from kinepy.server.watch import WatchServicer, add_watch_servicer
-from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec
+from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec, bracket_host
 from kinepy.store.store import Store, StoreSettings
 
 log = logging.getLogger(__name__)
@@ -40,13 +43,6 @@ log = logging.getLogger(__name__)
 QUIESCE_SECONDS = 0.02  # shutdown: no new call started for this long means the loop has caught up
 QUIESCE_MAX_SECONDS = 0.5
 UNLIMITED = 2**31 - 1  # the largest value of a grpc-core integer channel argument
-
-
-def grpc_address(listen_address: str) -> str:
-    """`host:port` stays; `unix://path` becomes grpc's `unix:path`."""
-    if listen_address.startswith("unix://"):
-        return "unix:" + listen_address[len("unix://") :]
-    return listen_address
 
 
 def receive_limit(config: Config) -> int:
@@ -91,8 +87,35 @@ def backend_settings(config: Config) -> BackendSettings:
 
 
 def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {path}: {exc.strerror or exc}") from None
+
+
+def _tls_context(cert_file: str, key_file: str, trusted_ca_file: str) -> ssl.SSLContext:
+    """A server TLS context from the listener's files; `ConfigError` naming the file that is missing
+    or not PEM, or a key that does not match the certificate."""
+    for path in (cert_file, key_file, trusted_ca_file):
+        if path:
+            _read_file(path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"the listener's TLS certificate {cert_file} and key {key_file} do not load: {exc.reason or exc}"
+        ) from None
+    if trusted_ca_file:
+        try:
+            context.load_verify_locations(trusted_ca_file)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"the trusted CA file {trusted_ca_file} does not load: {exc.reason or exc}"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class App:
@@ -113,17 +136,27 @@ class App:
 
     @property
     def endpoint(self) -> str:
-        """Where clients connect: `host:port`, or `unix://path`."""
-        if self.config.listen_address.startswith("unix://"):
-            return self.config.listen_address
-        host = self.config.listen_address.rsplit(":", 1)[0] or "127.0.0.1"
-        if host in ("0.0.0.0", "[::]", "::"):
-            host = "127.0.0.1"
-        return f"{host}:{self.port}"
+        """Where clients on this host connect: `host:port` (127.0.0.1 when every interface is
+        served), or `unix://path`."""
+        listen = parse_listen_address(self.config.listen_address)
+        if listen.path is not None:
+            return f"unix://{listen.path}"
+        host = "127.0.0.1" if listen.every_interface or listen.host is None else listen.host
+        return f"{bracket_host(host)}:{self.port}"
 
     async def start(self) -> None:
+        """Check every input (addresses, endpoint, TLS files) and that the addresses can be bound,
+        then open the database and serve. Every failure is a `KinepyError`: `ConfigError` for an
+        input, `ListenError` for an address, `BackendError` for the database."""
         config = self.config
+        listen = parse_listen_address(config.listen_address)
         spec = backend_spec(config)
+        credentials = self._server_credentials()
+        metrics_tls = self._metrics_tls()
+        check_listen_address(listen)
+        if config.metrics_address:
+            host, port = parse_metrics_address(config.metrics_address)
+            check_listen_address(ListenAddress(host, port))
         log.info("datastore: %s", spec.describe())
         interceptors: list[grpc.aio.ServerInterceptor] = [RequestInterceptor(self.metrics)]
         if not isinstance(spec, EtcdSpec):  # passthrough forwards the bytes to etcd as they are
@@ -136,8 +169,10 @@ class App:
             server.add_generic_rpc_handlers([self._passthrough])
         else:
             await self._start_store(spec, server)
-        self.port = self._bind(server)
-        if not config.listen_address.startswith("unix://"):
+        self.port = self._bind(server, listen, credentials)
+        if listen.path is not None:
+            os.chmod(listen.path, 0o600)  # as kine: only this user's processes may connect
+        else:
             use_etcd_tcp_options(self.port)
         if self.store is not None:
             headers = self._headers
@@ -148,25 +183,45 @@ class App:
         self._server = server
         if config.metrics_address:
             self.metrics_server = MetricsListener(
-                self.metrics, config.metrics_address, ssl_context=self._metrics_tls()
+                self.metrics, config.metrics_address, ssl_context=metrics_tls
             )
-            await self.metrics_server.start()
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot serve metrics on {config.metrics_address}: {exc.strerror or exc}"
+                ) from None
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving the etcd v3 API on %s", self.client_url)
+        if listen.is_unix:
+            log.info("serving the etcd v3 API on %s", self.client_url)
+        else:
+            scheme = "https" if config.server_cert_file else "http"
+            log.info("serving the etcd v3 API on %s://%s", scheme, listen.describe(self.port))
 
-    def _bind(self, server: grpc.aio.Server) -> int:
+    def _bind(
+        self, server: grpc.aio.Server, listen: ListenAddress, credentials: grpc.ServerCredentials | None
+    ) -> int:
+        target = listen.grpc_target()
+        try:
+            if credentials is None:
+                port: int = server.add_insecure_port(target)
+            else:
+                port = server.add_secure_port(target, credentials)
+        except RuntimeError:
+            raise ListenError(f"cannot listen on {listen.describe()}: grpc refused the address") from None
+        return port
+
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        """The listener's TLS credentials, the files read and checked now."""
         config = self.config
-        address = grpc_address(config.listen_address)
         if not config.server_cert_file:
-            port: int = server.add_insecure_port(address)
-            return port
-        credentials = grpc.ssl_server_credentials(
+            return None
+        _tls_context(config.server_cert_file, config.server_key_file, config.trusted_ca_file)
+        return grpc.ssl_server_credentials(
             [(_read_file(config.server_key_file), _read_file(config.server_cert_file))],
             root_certificates=_read_file(config.trusted_ca_file) if config.trusted_ca_file else None,
             require_client_auth=bool(config.trusted_ca_file),
         )
-        secure_port: int = server.add_secure_port(address, credentials)
-        return secure_port
 
     def _metrics_tls(self) -> ssl.SSLContext | None:
         """kine serves metrics with the listener's TLS (client certificates included) unless told
@@ -174,18 +229,15 @@ class App:
         config = self.config
         if not config.server_cert_file or config.metrics_ignore_tls_config:
             return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=config.trusted_ca_file or None)
-        context.load_cert_chain(config.server_cert_file, config.server_key_file)
-        if config.trusted_ca_file:
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return _tls_context(config.server_cert_file, config.server_key_file, config.trusted_ca_file)
 
     @property
     def client_url(self) -> str:
-        """The endpoint as a URL: `http(s)://host:port` or `unix://path`."""
+        """The endpoint as a URL: `http(s)://host:port`, or `unix(s)://path` (the `s`: TLS)."""
+        tls = bool(self.config.server_cert_file)
         if self.endpoint.startswith("unix://"):
-            return self.endpoint
-        return ("https://" if self.config.server_cert_file else "http://") + self.endpoint
+            return self.endpoint.replace("unix://", "unixs://", 1) if tls else self.endpoint
+        return ("https://" if tls else "http://") + self.endpoint
 
     async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
         config = self.config

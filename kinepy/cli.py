@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from kinepy import __version__
-from kinepy.app import App
 from kinepy.config import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, Config
 from kinepy.endpoint import parse_endpoint
 from kinepy.errors import ConfigError, KinepyError
@@ -490,35 +488,6 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("kinepy").setLevel(number)
 
 
-def check_listen_address(listen_address: str) -> None:
-    """Raise `OSError` when another process holds the TCP address, before any database is opened.
-
-    grpc binds with SO_REUSEPORT, so without this check a second server on a taken port could start
-    and silently share it. Other bind errors are left for grpc to report.
-    """
-    if listen_address.startswith("unix://"):
-        return
-    host, sep, port = listen_address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(
-            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise OSError(f"cannot resolve the listen address {listen_address}: {exc.strerror}") from None
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise OSError(f"cannot listen on {listen_address}: address already in use") from None
-
-
 def _secrets(endpoint: str) -> list[str]:
     """The passwords written in `endpoint` (as written and percent-decoded), longest first."""
     found: set[str] = set()
@@ -556,6 +525,8 @@ def notify_systemd(state: str) -> None:
 
 
 async def serve(config: Config) -> None:
+    from kinepy.app import App  # here, not at the top: grpc must load after GRPC_VERBOSITY is set
+
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -590,11 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        check_listen_address(config.listen_address)
-    except OSError as exc:
-        print(f"kinepy: {exc}", file=sys.stderr)
-        return 1
+    if config.log_level.upper() != "DEBUG":
+        # grpc-core prints its own log lines (C++, straight to stderr) unless told before it loads;
+        # kinepy reports what matters itself, in one line. `--log-level debug` keeps grpc's errors.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     setup_logging(config.log_level, config.log_format)
     for line in ignored:
         log.warning("%s", line)

@@ -2,6 +2,7 @@
 
     KinepyError
     ├── ConfigError            bad flag, environment variable or datastore endpoint
+    ├── ListenError            the server cannot listen on its address (in use, not this host's, …)
     ├── BackendError           the database failed a statement
     │   └── BackendUnavailable the database cannot be reached (retryable)
     └── EtcdError              an etcd rule was broken; carries etcd's gRPC code and exact text
@@ -25,6 +26,11 @@ class KinepyError(Exception):
 
 class ConfigError(KinepyError):
     """A flag, environment variable or endpoint is not one kinepy accepts."""
+
+
+class ListenError(KinepyError):
+    """The server cannot listen on its address: another process holds it, it is not an address of
+    this host, the port is privileged, or grpc refused it."""
 
 
 class BackendError(KinepyError):

@@ -94,7 +94,8 @@ def test_unavailable_postgres_fails_fast_without_the_password(tmp_path: Path) ->
     code, stderr, seconds = run_kinepy(
         "--datastore-endpoint", "postgres://u:secret@h.invalid/db", cwd=tmp_path
     )
-    assert code != 0 and seconds < FAIL_FAST_SECONDS
+    # docs/operations.md: an unreachable datastore is exit code 1 (2 is for bad configuration)
+    assert code == 1 and seconds < FAIL_FAST_SECONDS
     assert "secret" not in stderr
     assert "Traceback" not in stderr
     lines = error_lines(stderr)
@@ -294,3 +295,83 @@ def test_kines_own_flag_set_as_k3s_passes_it_serves(tmp_path: Path) -> None:
         _, stderr = server.communicate(timeout=20)
     assert server.returncode == 0, stderr
     assert "has no effect" not in stderr and "WARNING" not in stderr, stderr
+
+
+# -- --listen-address --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "127.0.0.1:99999", "unix://", ":2379x", "garbage", "http://127.0.0.1:2379"]
+)
+def test_bad_listen_address_exits_2_with_one_line_before_anything_is_created(
+    tmp_path: Path, address: str
+) -> None:
+    code, stderr, seconds = run_kinepy("--listen-address", address, cwd=tmp_path)
+    assert code == 2 and seconds < FAIL_FAST_SECONDS
+    assert stderr.startswith(f"kinepy: invalid listen address {address!r}: ") and stderr.count("\n") == 1, (
+        stderr
+    )
+    assert list(tmp_path.iterdir()) == []  # not even ./db
+
+
+def test_every_interface_is_logged_as_bound(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [*KINEPY, "--listen-address", ":0", "--datastore-endpoint", "sqlite://:memory:"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_environment(),
+        cwd=tmp_path,
+    )
+    try:
+        assert server.stderr is not None
+        line = ""
+        while "serving the etcd v3 API" not in line:
+            line = server.stderr.readline()
+            assert line, "kinepy exited before serving"
+        assert re.search(
+            r"serving the etcd v3 API on http://(\[::\]|0\.0\.0\.0):[1-9]\d* \(every interface\)$", line
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=20)
+    assert server.returncode == 0
+
+
+def test_no_grpc_core_line_reaches_the_user(tmp_path: Path) -> None:
+    """A plain-text client on a TLS listener makes grpc-core log a handshake error of its own (with
+    --log-level debug it does); it stays quiet by default."""
+    tls = _kine_tls_files(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            *KINEPY,
+            f"--listen-address=127.0.0.1:{port}",
+            "--datastore-endpoint=sqlite://:memory:",
+            f"--server-cert-file={tls['server']}",
+            f"--server-key-file={tls['server-key']}",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_environment(),
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not _accepts(port):
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # HTTP/2 without TLS
+                conn.settimeout(2)
+                try:
+                    conn.recv(100)
+                except OSError:
+                    pass
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=20)
+    assert server.returncode == 0
+    assert not re.search(r"^[EWI]\d{4} ", stderr, re.MULTILINE), stderr
