@@ -242,7 +242,9 @@ class App:
     async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
         config = self.config
         backend = TimedBackend(
-            create_backend(spec, backend_settings(config)), threshold=config.slow_sql_threshold
+            create_backend(spec, backend_settings(config)),
+            threshold=config.slow_sql_threshold,
+            warning_threshold=config.slow_sql_warning_threshold,
         )
         await backend.start()
         self.backend = backend
