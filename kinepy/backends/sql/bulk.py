@@ -213,14 +213,26 @@ class _SQLiteExport(StoreExport):
         return self._stream(SELECT_LOG, (self._revision,), batch_rows)
 
     async def _stream(self, statement: str, args: Sequence[Any], batch: int) -> AsyncIterator[list[LogRow]]:
+        # The cursor never leaves the export's thread: a cursor reset or freed on another thread
+        # while its connection works is SQLite API misuse.
         conn = self._conn
         assert conn is not None, "open() first"
-        cursor = await self._run(conn.execute, statement, args)
+        cursors: list[sqlite3.Cursor] = []
+
+        def fetch() -> list[LogRow]:
+            if not cursors:
+                cursors.append(conn.execute(statement, args))
+            return [_log_row(row) for row in cursors[0].fetchmany(batch)]
+
+        def close() -> None:
+            while cursors:
+                cursors.pop().close()
+
         try:
-            while rows := await self._run(cursor.fetchmany, batch):
-                yield [_log_row(row) for row in rows]
+            while rows := await self._run(fetch):
+                yield rows
         finally:
-            cursor.close()
+            await self._run(close)
 
     async def leases(self) -> list[Lease]:
         conn = self._conn
@@ -473,11 +485,17 @@ class _SQLiteImport(StoreImport):
 
     async def begin(self, meta: StoreMeta) -> None:
         args = (meta.revision, meta.compact_revision, INCOMPLETE_COPY, meta.cluster_id, meta.member_id)
-        await self._run(self._transaction, lambda conn: conn.execute(BEGIN_COPY, args))
+        def begin(conn: sqlite3.Connection) -> None:
+            conn.execute(BEGIN_COPY, args)
+
+        await self._run(self._transaction, begin)
 
     async def write_log(self, rows: list[LogRow]) -> None:
         tuples = _log_tuples(rows)
-        await self._run(self._transaction, lambda conn: conn.executemany(sql.INSERT_LOG, tuples))
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(sql.INSERT_LOG, tuples)  # no cursor may leave this thread
+
+        await self._run(self._transaction, write)
 
     async def finish(self, meta: StoreMeta, leases: list[Lease]) -> None:
         def finish(conn: sqlite3.Connection) -> None:
@@ -490,10 +508,12 @@ class _SQLiteImport(StoreImport):
                 (meta.revision, meta.compact_revision, sql.SCHEMA_VERSION, meta.cluster_id, meta.member_id),
             )
 
-        conn = await self._run(self._connection)
-        await self._run(conn.execute, "PRAGMA synchronous = FULL")
+        def pragma(statement: str) -> None:
+            self._connection().execute(statement).fetchall()
+
+        await self._run(pragma, "PRAGMA synchronous = FULL")
         await self._run(self._transaction, finish)
-        await self._run(conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._run(pragma, "PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
