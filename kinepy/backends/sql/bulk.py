@@ -485,6 +485,7 @@ class _SQLiteImport(StoreImport):
 
     async def begin(self, meta: StoreMeta) -> None:
         args = (meta.revision, meta.compact_revision, INCOMPLETE_COPY, meta.cluster_id, meta.member_id)
+
         def begin(conn: sqlite3.Connection) -> None:
             conn.execute(BEGIN_COPY, args)
 
@@ -492,6 +493,7 @@ class _SQLiteImport(StoreImport):
 
     async def write_log(self, rows: list[LogRow]) -> None:
         tuples = _log_tuples(rows)
+
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany(sql.INSERT_LOG, tuples)  # no cursor may leave this thread
 
@@ -588,13 +590,28 @@ class _ServerImport(StoreImport):
             )
 
 
+class _PostgresImport(_ServerImport):
+    """History through COPY (binary), about twice as fast as `unnest` arrays for whole tables."""
+
+    async def write_log(self, rows: list[LogRow]) -> None:
+        backend: Any = self._server
+        pool = backend._pool
+        if pool is None:
+            raise BackendUnavailable("the PostgreSQL backend is closed")
+        with backend._errors():
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table("kv_log", records=_log_tuples(rows), columns=LOG_COLUMNS)
+
+
 def open_import(backend: Backend) -> StoreImport:
     """A writer of copies into `backend`, which must have been created with `allow_incomplete_copy`
     set and started (see `prepare_import`)."""
     if isinstance(backend, SQLiteBackend):
         return _SQLiteImport(backend)
     if isinstance(backend, ServerBackend):
-        return _ServerImport(backend)
+        from kinepy.backends.sql.postgres import PostgresBackend
+
+        return _PostgresImport(backend) if isinstance(backend, PostgresBackend) else _ServerImport(backend)
     raise BackendError(f"cannot copy into {type(backend).__name__}")
 
 
