@@ -19,6 +19,8 @@ from kinepy.errors import ConfigError
 from kinepy.migrate.bbolt import is_bbolt
 from kinepy.migrate.etcd_live import EtcdLiveSource
 from kinepy.migrate.etcd_snapshot import EtcdSnapshotSource
+from kinepy.migrate.etcd_snapshot_target import SCHEME as SNAPSHOT_SCHEME
+from kinepy.migrate.etcd_snapshot_target import EtcdSnapshotTarget
 from kinepy.migrate.etcd_target import EtcdTarget
 from kinepy.migrate.kine_store import KineSource, ServerSource
 from kinepy.migrate.kinepy_store import KinepySource, KinepyTarget
@@ -93,9 +95,12 @@ def open_source(location: str, *, connect_timeout: float = 10.0) -> Source:
 
 def open_target(location: str, *, connect_timeout: float = 10.0) -> Target:
     """The Target for `location`: a kinepy store on any backend (created when missing), or a live
-    etcd at `http://HOST:PORT` (the current state only: see `etcd_target`)."""
+    etcd at `http://HOST:PORT` (the current state only: see `etcd_target`), or an etcd snapshot file
+    at `etcd-snapshot://PATH` (every revision: see `etcd_snapshot_target`)."""
     if location.startswith("http://"):
         return EtcdTarget(location.split(",")[0], timeout=connect_timeout)
+    if location.startswith(SNAPSHOT_SCHEME):
+        return EtcdSnapshotTarget(location.removeprefix(SNAPSHOT_SCHEME))
     spec = _spec(location)
     if isinstance(spec, SQLiteSpec):
         if spec.path == ":memory:" or spec.path.startswith("file::memory:"):
@@ -109,7 +114,9 @@ def open_target(location: str, *, connect_timeout: float = 10.0) -> Target:
 
 def same_location(a: str, b: str) -> bool:
     """Whether two locations name the same store (as far as can be told without connecting)."""
-    if a.startswith(("http://", "https://")) or b.startswith(("http://", "https://")):
+    if a.startswith(("http://", "https://", SNAPSHOT_SCHEME)) or b.startswith(
+        ("http://", "https://", SNAPSHOT_SCHEME)
+    ):
         return a == b
     sa, sb = _spec(a), _spec(b)
     if isinstance(sa, SQLiteSpec) and isinstance(sb, SQLiteSpec):

@@ -30,14 +30,16 @@ class Filled:
     lease_ttl: int
 
 
-def start_etcd(root: Path) -> conftest.EtcdServer:
-    """A fresh single-member etcd in `root`, for a module-scoped fixture (the caller stops it)."""
+def start_etcd(root: Path, *, restored: tuple[Path, str, str] | None = None) -> conftest.EtcdServer:
+    """A fresh single-member etcd in `root` (the caller stops it), or one on a data directory made by
+    `etcdctl snapshot restore` (`restored`: data directory, member name, peer URL)."""
     conftest._require_etcd()
+    data_dir = restored[0] if restored else root / "data"
     server = conftest.EtcdServer(
-        kind="etcd", port=conftest.free_port(), log_path=root / "etcd.log", data_dir=root / "data"
+        kind="etcd", port=conftest.free_port(), log_path=root / "etcd.log", data_dir=data_dir
     )
-    peer = f"http://127.0.0.1:{conftest.free_port()}"
-    name = f"etcd-{server.port}"
+    name, peer = (restored[1], restored[2]) if restored else (f"etcd-{server.port}", "")
+    peer = peer or f"http://127.0.0.1:{conftest.free_port()}"
     argv = [
         conftest.ETCD_BIN,
         f"--name={name}",

@@ -122,3 +122,50 @@ def test_back_to_etcd_copies_the_current_state_and_says_revisions_are_lost(
     assert [(kv.key, kv.value, kv.lease) for kv in etcd_data.current(etcd.endpoint)] == [
         (k[0], k[1], k[5]) for k in current
     ]
+
+
+def test_snapshot_for_etcd_restore_keeps_every_revision(
+    make_kinepy_server: MakeKinepy, connect: Callable[[str], Client], tmp_path: Path
+) -> None:
+    """kinepy -> an etcd snapshot file -> `etcdctl snapshot restore` -> an etcd serving the same store."""
+    source, original, compact = source_store(make_kinepy_server, connect, tmp_path / "a.db")
+    source.stop()
+    snapshot = tmp_path / "etcd.snapshot"
+    out = ok(
+        kinepy_cli(
+            "migrate", "--from", f"sqlite://{tmp_path / 'a.db'}", "--to", f"etcd-snapshot://{snapshot}"
+        )
+    )
+    assert f"HashKV {original.hash} at revision {original.revision} on both sides" in out
+    assert not snapshot.with_name("etcd.snapshot.part").exists()
+
+    peer = f"http://127.0.0.1:{conftest.free_port()}"
+    restored = tmp_path / "restored"
+    proc = conftest.run_etcdctl(
+        "127.0.0.1:1",
+        "snapshot",
+        "restore",
+        str(snapshot),
+        f"--data-dir={restored}",
+        "--name=restored",
+        f"--initial-cluster=restored={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    etcd = etcd_data.start_etcd(tmp_path, restored=(restored, "restored", peer))
+    try:
+        copy = etcd_view(etcd, connect, compact)
+    finally:
+        etcd.stop()
+    assert without_hash(copy) == without_hash(original)
+    assert original.events and original.leases and "compacted" in original.below_compaction
+
+
+def test_snapshot_target_that_exists_is_refused(make_kinepy_server: MakeKinepy, tmp_path: Path) -> None:
+    source = tmp_path / "a.db"
+    make_kinepy_server(backend="sqlite", db_path=source).stop()
+    existing = tmp_path / "etcd.snapshot"
+    existing.write_bytes(b"keep me")
+    proc = kinepy_cli("migrate", "--from", f"sqlite://{source}", "--to", f"etcd-snapshot://{existing}")
+    assert proc.returncode == 1 and "already holds a store" in proc.stderr
+    assert existing.read_bytes() == b"keep me"
