@@ -50,13 +50,28 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     migrate = commands.add_parser(
         "migrate",
-        help="copy a whole store between SQLite, PostgreSQL and MySQL",
+        help="copy a whole store between SQLite, PostgreSQL and MySQL, in from kine or etcd, back to etcd",
         description="Copy a whole store (revisions, leases, compaction point, history) into an empty one, "
-        "then check the copy. URLs are datastore endpoints as --datastore-endpoint takes them, "
-        "or file paths.",
+        "then check the copy. URLs are datastore endpoints as --datastore-endpoint takes them (kinepy's "
+        "store, or kine's table at the endpoint kine was given), file paths (a SQLite file, an etcd "
+        "snapshot), or http://HOST:PORT for a live etcd (from it: the keys at one revision; to it: the "
+        "current state, with etcd's own revisions); etcd-snapshot://FILE writes an etcd snapshot that "
+        "etcdctl snapshot restore accepts, every revision kept.",
     )
-    migrate.add_argument("--from", dest="source", required=True, metavar="URL", help="the store to copy")
-    migrate.add_argument("--to", dest="target", required=True, metavar="URL", help="where to copy it")
+    migrate.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="URL",
+        help="the store to copy: a datastore endpoint, a file, or http://HOST:PORT (etcd)",
+    )
+    migrate.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="URL",
+        help="where to copy it: a datastore endpoint, http://HOST:PORT (etcd), or etcd-snapshot://FILE",
+    )
     _common(migrate)
     default = env.get("KINEPY_DATASTORE_ENDPOINT") or env.get("K3S_DATASTORE_ENDPOINT") or DEFAULT_DATASTORE
     backup = commands.add_parser(
