@@ -8,6 +8,7 @@ a log wants a line every few seconds, not a bar.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import IO, Protocol
@@ -79,7 +80,16 @@ class BarProgress:
         from tqdm import tqdm
 
         self.close()
-        self._bar = tqdm(total=total, desc=what, unit=" rows", unit_scale=True, file=self._stream)
+        sized = _sized(self._stream)
+        self._bar = tqdm(
+            total=total,
+            desc=what,
+            unit=" rows",
+            unit_scale=True,
+            file=self._stream,
+            ncols=None if sized else 100,
+            nrows=None if sized else 24,
+        )
 
     def advance(self, done: int) -> None:
         if self._bar is not None:
@@ -89,6 +99,16 @@ class BarProgress:
         bar, self._bar = self._bar, None
         if bar is not None:
             bar.close()  # type: ignore[attr-defined]
+
+
+def _sized(stream: IO[str]) -> bool:
+    """Whether the terminal reports its size; tqdm draws nothing on one that reports 0x0 (a pty
+    without a size, as under `script` or some CI runners), so it is then given 100x24."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
 
 
 def progress_for(stream: IO[str] | None = None, *, bar: bool | None = None) -> Progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from kinepy.backends.sql.bulk import hash_rows
 from kinepy.backends.sql.sqlite import SQLiteBackend
 from kinepy.migrate.copy import same_store
 from kinepy.migrate.model import Header
-from kinepy.migrate.progress import LogProgress, describe_rate, progress_for
+from kinepy.migrate.progress import BarProgress, LogProgress, describe_rate, progress_for
 
 
 def header(revision: int = 10, compact: int = 4, cluster: int = 7, member: int = 8) -> Header:
@@ -72,3 +73,15 @@ def test_hash_rows_is_the_backends_hash_kv(tmp_path: Path) -> None:
 
     assert hash_rows(rows) == asyncio.run(backend_hash())
     assert hash_rows(rows[1:], hash_rows(rows[:1])) == hash_rows(rows)
+
+
+def test_the_bar_shows_rows_rate_and_time_left_even_without_a_terminal_size() -> None:
+    out = io.StringIO()  # like a pty that reports 0x0: tqdm alone would draw nothing
+    bar = BarProgress(out)
+    bar.start("copying history", 400)
+    bar.advance(100)
+    bar.advance(300)
+    bar.close()
+    last = out.getvalue().split("\r")[-1]
+    assert last.startswith("copying history: 100%|")
+    assert "400/400" in last and "rows/s" in last
