@@ -4,6 +4,7 @@
         [--size smoke|full|scale] [--repeats N] [--out FILE.json] [--chart FILE.png]
     python -m benchmarks list [--size full]          the workloads and what they do
     python -m benchmarks report FILE.json [--chart FILE.png]   reprint a table, redraw a chart
+    python -m benchmarks soak [--minutes 60]         hours of mixed load; fails if anything grows (soak.py)
 
 For each dataset (see workloads.py) every target is started fresh and preloaded; then each workload runs
 `repeats` times, the targets interleaved (the order rotates each repeat) so a noisy neighbour hits them
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import report, soak
 from benchmarks.drive import loadgen, preload
 from benchmarks.targets import (
     TARGETS,
@@ -336,9 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     p_report = sub.add_parser("report", help="print the table of a results file; --chart redraws")
     p_report.add_argument("results")
     p_report.add_argument("--chart", default="")
+    p_soak = sub.add_parser("soak", help="a long mixed load; fails if memory, descriptors, ... keep growing")
+    soak.add_arguments(p_soak)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "soak":
+        return soak.run(args)
     if args.command == "list":
         for w in select(args.size, "all"):
             print(f"{w.name:<20} [{w.dataset.name}] {w.description}")

@@ -105,3 +105,31 @@ def test_floor_measures_every_shape(tmp_path: Path) -> None:
     for r in results:
         assert r["ops_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"], r
         assert r["shape"] in proc.stdout
+
+
+def test_soak_samples_and_judges_every_series(tmp_path: Path) -> None:
+    """`python -m benchmarks soak`, 30 s instead of minutes: the load runs without errors against a server
+    that stays up, every series is sampled and fitted. Whether something grows in 30 s is not asserted:
+    a server warming up does (exit status 1 is the verdict, 2 or a crash the failure)."""
+    out = tmp_path / "soak.json"
+    argv = [sys.executable, "-m", "benchmarks", "soak", "--seconds", "30", "--sample-seconds", "3"]
+    proc = subprocess.run(
+        [*argv, "--keys", "500", "--out", str(out)],
+        cwd=conftest.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), f"soak exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    result = json.loads(out.read_text())
+    assert result["server_alive"]
+    assert result["load"]["errors"] == 0, result["load"]["first_error"]
+    extra = result["load"]["extra"]
+    for kind in ("get", "list", "update", "event", "watch_events", "keepalives", "compactions"):
+        assert extra.get(kind, 0) > 0, f"no {kind} in {extra}"
+    assert len(result["samples"]) >= 8
+    for metric, judged in result["verdict"].items():
+        assert "slope_per_hour" in judged and judged["samples"] >= 3, (metric, judged)
+        assert judged["low_per_hour"] <= judged["slope_per_hour"] <= judged["high_per_hour"]
+    assert "rss_kib" in proc.stdout
