@@ -166,6 +166,7 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if isinstance(spec, EtcdSpec):
             self._passthrough = PassthroughHandler(spec)
+            await self._passthrough.check(retry_for=config.datastore_connect_timeout)
             server.add_generic_rpc_handlers([self._passthrough])
         else:
             await self._start_store(spec, server)

@@ -12,7 +12,8 @@ The accepted forms follow kine/k3s, so an endpoint that works there means the sa
     mysql://[USER[:PASS]@]tcp(HOST[:PORT])/[DB][?OPTS] Go DSN form (go-sql-driver): USER and PASS
     mysql://[USER[:PASS]@]unix(SOCKET)/[DB][?OPTS]      are taken literally, as kine does; defaults
                                                 root@127.0.0.1:3306/kubernetes
-    http(s)://HOST:2379[,http(s)://HOST:2379...]   a real etcd, passed through
+    http(s)://HOST[:PORT][,…]                    a real etcd, passed through, as kine does: any port
+    unix(s)://PATH[,…]                          (2379 when none is written), or a Unix socket; `s`: TLS
 
 Query options (`sslmode`, `tls`, `_busy_timeout`, ...) are kept, percent-decoded, for the backend to
 interpret; of a repeated option the last wins.
@@ -44,12 +45,21 @@ from kinepy.specs import (
     bracket_host,
 )
 
-__all__ = ["ACCEPTED_FORMS", "ETCD_PORT", "backend_spec", "parse_endpoint", "redact", "with_datastore_tls"]
+__all__ = [
+    "ACCEPTED_FORMS",
+    "ETCD_PORT",
+    "ETCD_SCHEMES",
+    "backend_spec",
+    "parse_endpoint",
+    "redact",
+    "with_datastore_tls",
+]
 
-ETCD_PORT = 2379
+ETCD_PORT = 2379  # etcd's client port: the port of an http(s):// etcd URL that names none
+ETCD_SCHEMES = ("http", "https", "unix", "unixs")
 ACCEPTED_FORMS = (
     f"empty (SQLite at {DEFAULT_SQLITE_PATH}), sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB, "
-    "mysql://USER:PASS@tcp(HOST:PORT)/DB, http(s)://HOST:2379[,…] (etcd passthrough)"
+    "mysql://USER:PASS@tcp(HOST:PORT)/DB, http(s)://HOST:PORT[,…] or unix(s)://PATH[,…] (etcd passthrough)"
 )
 
 _SECRET_OPTION_RE = re.compile(r"(?i)([?&](?:ssl)?password=)[^&]*")
@@ -72,9 +82,9 @@ def redact(endpoint: str) -> str:
         return endpoint  # no credentials; a path may legitimately contain ':' and '@'
     if not sep:
         scheme, rest = "", endpoint
-    if scheme.lower() in ("http", "https") and "," in rest:
+    if scheme.lower() in ETCD_SCHEMES and "," in rest:
         items = endpoint.split(",")
-        if all(re.match(r"(?i)https?://", item) for item in items):
+        if all(re.match(r"(?i)(https?|unixs?)://", item.strip()) for item in items):
             return ",".join(redact(item) for item in items)
     prefix = f"{scheme}://" if sep else ""
     at = _userinfo_end(rest)
@@ -108,7 +118,7 @@ def parse_endpoint(endpoint: str) -> BackendSpec:
         return _parse_postgres(endpoint, rest)
     if scheme == "mysql":
         return _parse_mysql(endpoint, rest)
-    if scheme in ("http", "https"):
+    if scheme in ETCD_SCHEMES:
         return _parse_etcd(endpoint, text)
     raise _invalid(endpoint, f"unknown scheme {scheme!r}")
 
@@ -214,26 +224,40 @@ def _split_host_port(endpoint: str, addr: str) -> tuple[str, int | None]:
 def _parse_etcd(endpoint: str, text: str) -> EtcdSpec:
     urls: list[str] = []
     options: dict[str, str] = {}
-    for item in text.split(","):
-        scheme, sep, _ = item.strip().partition("://")
-        if not sep or scheme.lower() not in ("http", "https"):
-            raise _invalid(endpoint, "every item of an etcd list must be an http(s):// URL")
-        try:
-            parts = urlsplit(item.strip())
-            port = parts.port
-        except ValueError:
-            raise _invalid(endpoint, "bad host or port") from None
-        if parts.username is not None or parts.password is not None:
-            raise _invalid(endpoint, "credentials in etcd URLs are not supported")
-        if not parts.hostname or parts.fragment or parts.path not in ("", "/"):
-            raise _invalid(endpoint, "an etcd URL is scheme://HOST:2379 with no path")
-        if port != ETCD_PORT:
-            raise _invalid(endpoint, f"an http(s) endpoint means etcd and must use port {ETCD_PORT}")
-        for key, value in _options(parts.query).items():
+    for raw in text.split(","):
+        item = raw.strip()
+        scheme, sep, rest = item.partition("://")
+        scheme = scheme.lower()
+        if not sep or scheme not in ETCD_SCHEMES:
+            raise _invalid(endpoint, "every item of an etcd list must be an http(s):// or unix(s):// URL")
+        if scheme in ("unix", "unixs"):
+            path, _, query = rest.partition("?")
+            if not path:
+                raise _invalid(endpoint, f"{scheme}:// needs the socket's path")
+            url = f"{scheme}://{path}"
+        else:
+            url, query = _etcd_url(endpoint, scheme, item)
+        for key, value in _options(query).items():
             if options.setdefault(key, value) != value:
                 raise _invalid(endpoint, f"conflicting values for option {key!r}")
-        urls.append(f"{scheme.lower()}://{bracket_host(parts.hostname)}:{port}")
+        urls.append(url)
     return EtcdSpec(tuple(urls), options)
+
+
+def _etcd_url(endpoint: str, scheme: str, item: str) -> tuple[str, str]:
+    """`scheme://HOST[:PORT]` in canonical form (port 2379 when none is written), and the query."""
+    try:
+        parts = urlsplit(item)
+        port = parts.port
+    except ValueError:
+        raise _invalid(endpoint, "bad host or port") from None
+    if parts.username is not None or parts.password is not None:
+        raise _invalid(endpoint, "credentials in etcd URLs are not supported")
+    if not parts.hostname or parts.fragment or parts.path not in ("", "/"):
+        raise _invalid(endpoint, "an etcd URL is scheme://HOST:PORT with no path")
+    if port == 0:
+        raise _invalid(endpoint, "bad port")
+    return f"{scheme}://{bracket_host(parts.hostname)}:{port or ETCD_PORT}", parts.query
 
 
 def backend_spec(config: Config) -> BackendSpec:

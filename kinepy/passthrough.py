@@ -1,6 +1,8 @@
 """etcd passthrough: forward every etcd gRPC call, as raw bytes, to a real etcd cluster.
 
-When `--datastore-endpoint` names a real etcd (`http(s)://host:2379[,…]`), kinepy starts no store:
+When `--datastore-endpoint` names a real etcd (`http(s)://host:port[,…]`, `unix(s)://path[,…]`), kinepy
+starts no store. `PassthroughHandler.check` makes sure at start that an upstream answers etcd's `Status`
+(over TLS or not, as its scheme says) and says clearly why none does; then
 its listener forwards each call of the etcd services (unary and streaming: Watch, LeaseKeepAlive,
 Snapshot) to the first upstream endpoint that answers, without decoding the messages. A call that
 fails with UNAVAILABLE before any response was relayed is retried on the next endpoint (failover);
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from kinepy.errors import BackendError, BackendUnavailable, ConfigError
 from kinepy.proto import rpc_pb2
 from kinepy.specs import EtcdSpec, upstream_tls
 
@@ -27,27 +30,58 @@ _PASS = (lambda b: b, lambda b: b)  # serializer / deserializer for raw bytes
 _FORWARDED_METADATA_SKIP = frozenset({"content-type", "user-agent", "grpc-accept-encoding", "grpc-timeout"})
 
 
+STATUS_METHOD = "/etcdserverpb.Maintenance/Status"
+_CHECK_ATTEMPT_SECONDS = 5.0  # one Status call at start
+_CHECK_RETRY_SECONDS = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """Where and how to reach one etcd member."""
 
-    target: str  # host:port
+    url: str  # as the endpoint names it: http(s)://host:port or unix(s)://path
+    target: str  # grpc's: host:port or unix:path
     tls: bool
 
 
 def upstreams(spec: EtcdSpec) -> list[Upstream]:
     out = []
     for url in spec.endpoints:
-        parts = urlsplit(url)
-        out.append(Upstream(parts.netloc, parts.scheme.lower() == "https"))
+        scheme, _, rest = url.partition("://")
+        scheme = scheme.lower()
+        if scheme in ("unix", "unixs"):
+            out.append(Upstream(url, f"unix:{rest}", scheme == "unixs"))
+        else:
+            out.append(Upstream(url, urlsplit(url).netloc, scheme == "https"))
     return out
 
 
 def _read(path: str | None) -> bytes | None:
     if path is None:
         return None
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the etcd TLS file {path}: {exc.strerror or exc}") from None
+
+
+def _why(upstream: Upstream, error: grpc.aio.AioRpcError) -> tuple[str, bool]:
+    """What a failed `Status` says about `upstream`, and whether waiting can change it."""
+    details = error.details() or ""
+    code = error.code()
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return f"{upstream.url} answers, but not etcd's Status ({details}): is it an etcd?", False
+    if "handshake failed" in details.lower() or "ssl_error" in details.lower():
+        hint = "does it serve plain http://, or is its certificate not signed by --ca-file?"
+        return f"{upstream.url}: TLS handshake failed ({hint}): {details}", False
+    if "Failed parsing HTTP/2" in details:
+        return f"{upstream.url} does not speak gRPC (HTTP/2): is it an etcd client URL?", False
+    if upstream.tls is False and "Socket closed" in details:
+        return f"{upstream.url} closed the connection (does it want https://?): {details}", True
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{upstream.url} did not answer within {_CHECK_ATTEMPT_SECONDS:.0f}s", True
+    return f"{upstream.url}: {details or code.name}", code == grpc.StatusCode.UNAVAILABLE
 
 
 class _Kind:
@@ -104,6 +138,39 @@ class PassthroughHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                 channel = grpc.aio.insecure_channel(upstream.target, options=options)
             self._channels.append(channel)
         return self._channels[index]
+
+    async def check(self, retry_for: float) -> None:
+        """Return once an upstream answers etcd's `Status`; keep trying the unreachable ones for
+        `retry_for` seconds; raise `BackendError` at once when every upstream fails in a way waiting
+        cannot change (TLS or not as the scheme says, not gRPC, not etcd), `BackendUnavailable` when
+        none answered in time. The ones that fail while another answers are logged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_for
+        request = rpc_pb2.StatusRequest().SerializeToString()
+        while True:
+            reasons: list[tuple[str, bool]] = []
+            for index, upstream in enumerate(self._upstreams):
+                call = self._channel(index).unary_unary(STATUS_METHOD, *_PASS)
+                try:
+                    answer = await call(request, timeout=_CHECK_ATTEMPT_SECONDS)
+                except grpc.aio.AioRpcError as exc:
+                    reasons.append(_why(upstream, exc))
+                    continue
+                version = rpc_pb2.StatusResponse.FromString(answer).version
+                log.info("etcd upstream %s answers (etcd %s)", upstream.url, version)
+                for reason, _ in reasons:
+                    log.warning("etcd upstream %s", reason)
+                self._preferred = index
+                return
+            text = "; ".join(reason for reason, _ in reasons)
+            if not any(retry for _, retry in reasons):
+                raise BackendError(f"etcd passthrough: no upstream answers: {text}")
+            if loop.time() >= deadline:
+                raise BackendUnavailable(
+                    f"etcd passthrough: no upstream answered within {retry_for:.0f}s: {text}"
+                )
+            log.warning("etcd passthrough: no upstream answers yet (%s); retrying", text)
+            await asyncio.sleep(_CHECK_RETRY_SECONDS)
 
     async def aclose(self) -> None:
         for channel in self._channels:

@@ -1,8 +1,8 @@
 """`resolve_endpoint`: where a program connects for a datastore endpoint, starting kinepy if need be.
 
 This is what kine's `endpoint.Listen` does for k3s: a program takes one datastore setting and gets
-back etcd client URLs. An etcd endpoint (`http(s)://host:2379[,…]`) is returned as it is, with its
-TLS files, and nothing starts: the program talks to etcd directly. Any other endpoint (empty,
+back etcd client URLs. An etcd endpoint (`http(s)://host:port[,…]`, `unix(s)://path`) is returned as
+it is, with its TLS files, and nothing starts: the program talks to etcd directly. Any other endpoint (empty,
 `sqlite://…`, `postgres://…`, `mysql://…`) needs a kinepy server: one is started in this event loop
 and its URL returned; the caller closes it with `Resolved.aclose()`.
 """
@@ -45,7 +45,7 @@ async def resolve_endpoint(config: Config) -> Resolved:
     spec = backend_spec(config)
     if isinstance(spec, EtcdSpec):
         tls = upstream_tls(spec)
-        secure = any(url.lower().startswith("https://") for url in spec.endpoints)
+        secure = any(url.lower().startswith(("https://", "unixs://")) for url in spec.endpoints)
         return Resolved(list(spec.endpoints), tls if secure else None, None)
     server = App(config)
     await server.__aenter__()

@@ -1,8 +1,8 @@
 """etcd passthrough against real etcd 3.4: KV, watch and lease calls through kinepy answer as etcd does,
 and a stopped endpoint fails over to the next.
 
-kinepy takes an etcd URL only on port 2379 (as kine does), so each etcd here listens on its own
-loopback address, 127.0.0.2:2379 and 127.0.0.3:2379; the tests skip if another process holds them.
+kinepy takes an etcd URL on any port, as kine does: each etcd here listens on a free port of its own
+loopback address (127.0.0.2, 127.0.0.3).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ WATCH_TIMEOUT = 20.0  # seconds for the watch through kinepy to show three event
 
 @dataclass
 class HostEtcd(conftest.EtcdServer):
-    """An etcd whose client URL is HOST:2379 (the port kinepy's passthrough accepts)."""
+    """An etcd whose client URL is HOST:PORT."""
 
     host: str = "127.0.0.1"
 
@@ -35,14 +35,10 @@ class HostEtcd(conftest.EtcdServer):
         return f"{self.host}:{self.port}"
 
 
-def _address_free(host: str, port: int) -> bool:
+def _free_port_on(host: str) -> int:
     with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -53,11 +49,10 @@ def make_etcd_on(
 
     def make(host: str) -> HostEtcd:
         conftest._require_etcd()
-        if not _address_free(host, 2379):
-            pytest.skip(f"{host}:2379 is in use; the passthrough tests need it")
+        port = _free_port_on(host)
         root = tmp_path_factory.mktemp("etcd")
         server = HostEtcd(
-            kind="etcd", port=2379, log_path=root / "etcd.log", data_dir=root / "data", host=host
+            kind="etcd", port=port, log_path=root / "etcd.log", data_dir=root / "data", host=host
         )
         peer = f"http://{host}:{conftest.free_port()}"
         name = f"etcd-{host}"

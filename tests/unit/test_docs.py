@@ -11,6 +11,7 @@ import dataclasses
 import importlib.machinery
 import importlib.util
 import re
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +19,9 @@ import pytest
 
 from kinepy.cli import build_parser
 from kinepy.config import Config
+from kinepy.endpoint import parse_endpoint
+from kinepy.errors import KinepyError, ListenError
+from kinepy.listen import parse_listen_address
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGURATION = ROOT / "docs" / "configuration.md"
@@ -114,3 +118,49 @@ def test_readme_starts_with_install_and_test_commands() -> None:
 @pytest.mark.parametrize("page", ["configuration.md", "architecture.md", "operations.md", "library.md"])
 def test_readme_links_every_page(page: str) -> None:
     assert f"(docs/{page})" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+# -- claims the docs make about the command line, checked against the code ----------------------
+
+
+def _error(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except Exception as exc:  # whichever error the call raises, its text is the message shown
+        return str(exc)
+    raise AssertionError("no error")
+
+
+def test_endpoint_error_example_is_the_real_message() -> None:
+    message = _error(lambda: parse_endpoint("foo://x"))
+    assert f"kinepy: {message}" in CONFIGURATION.read_text(encoding="utf-8")
+
+
+def test_listen_address_error_example_is_the_real_message() -> None:
+    message = _error(lambda: parse_listen_address("127.0.0.1"))
+    assert f"`kinepy: {message}`" in CONFIGURATION.read_text(encoding="utf-8")
+
+
+def test_passthrough_port_rule_is_kines() -> None:
+    # docs/configuration.md#etcd-passthrough: any port, 2379 when none is written, Unix sockets too
+    prose = CONFIGURATION.read_text(encoding="utf-8")
+    assert "on any port (`2379`, etcd's client port, when\nnone is written" in prose
+    assert parse_endpoint("https://etcd.example").describe() == "https://etcd.example:2379"
+    assert (
+        parse_endpoint("http://h:8080,unix:///run/etcd.sock").describe()
+        == "http://h:8080,unix:///run/etcd.sock"
+    )
+    assert "must be 2379" not in prose and "must use port" not in prose
+
+
+def test_the_library_docs_name_listen_error_for_an_address_in_use() -> None:
+    library = (ROOT / "docs" / "library.md").read_text(encoding="utf-8")
+    assert "`kinepy.ListenError`" in library and "`OSError`" not in library
+    assert issubclass(ListenError, KinepyError)
+
+
+def test_exit_codes_table_says_1_for_an_unreachable_datastore() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    row_1 = next(line for line in operations.splitlines() if line.startswith("| 1 |"))
+    row_2 = next(line for line in operations.splitlines() if line.startswith("| 2 |"))
+    assert "datastore unreachable" in row_1 and "unavailable" not in row_2

@@ -75,6 +75,12 @@ VALID: list[tuple[str, BackendSpec]] = [
     ("https://a:2379, https://b:2379", EtcdSpec(("https://a:2379", "https://b:2379"), {})),
     ("http://[::1]:2379", EtcdSpec(("http://[::1]:2379",), {})),
     ("https://h:2379?cacert=/ca.pem", EtcdSpec(("https://h:2379",), {"cacert": "/ca.pem"})),
+    # ... on any port, as kine: 2379 when none is written; and on Unix sockets
+    ("http://h:8080", EtcdSpec(("http://h:8080",), {})),
+    ("https://h", EtcdSpec(("https://h:2379",), {})),
+    ("unix:///run/etcd.sock", EtcdSpec(("unix:///run/etcd.sock",), {})),
+    ("unixs://etcd.sock?ca-file=/ca.pem", EtcdSpec(("unixs://etcd.sock",), {"ca-file": "/ca.pem"})),
+    ("http://a:2379,unix:///run/etcd.sock", EtcdSpec(("http://a:2379", "unix:///run/etcd.sock"), {})),
 ]
 
 
@@ -159,10 +165,10 @@ BAD = [
     "mysql://u:PASSWORD@udp(h)/db",
     "mysql://u:PASSWORD@unix()/db",
     "mysql://u:PASSWORD@tcp(h)/a/b",
-    "http://h:80",
-    "https://h",
-    "http://h:2380",
     "http://:2379",
+    "http://h:0",
+    "unix://",
+    "unixs://?ca-file=/ca.pem",
     "http://h:2379/v3",
     "http://h:2379,foo",
     "http://h:2379,postgres://u:PASSWORD@h/db",
@@ -178,14 +184,21 @@ def test_bad_endpoint_names_accepted_forms_without_the_password(endpoint: str) -
     message = str(info.value)
     assert message.startswith("invalid datastore endpoint '")
     assert message.endswith(f"expected one of: {ACCEPTED_FORMS}")
-    for form in ("sqlite://PATH", "postgres://", "mysql://", "http(s)://HOST:2379", "./db/state.db"):
+    for form in (
+        "sqlite://PATH",
+        "postgres://",
+        "mysql://",
+        "http(s)://HOST:PORT",
+        "unix(s)://PATH",
+        "./db/state.db",
+    ):
         assert form in message
     assert "PASSWORD" not in message and "WORD" not in message
 
 
-def test_http_on_another_port_says_why() -> None:
-    with pytest.raises(ConfigError, match="must use port 2379"):
-        parse_endpoint("http://h:8080")
+def test_an_etcd_list_item_of_another_kind_says_why() -> None:
+    with pytest.raises(ConfigError, match="every item of an etcd list must be an http"):
+        parse_endpoint("unix:///run/etcd.sock,mysql://h/db")
 
 
 def test_specs_are_frozen() -> None:
