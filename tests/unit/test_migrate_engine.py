@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from kinepy.backends.base import LogRow, ReadSet, WriteSet
-from kinepy.backends.sql.bulk import hash_rows
+from kinepy.backends.sql.bulk import batches, hash_rows
 from kinepy.backends.sql.sqlite import SQLiteBackend
 from kinepy.migrate.copy import same_store
 from kinepy.migrate.model import Header
@@ -85,3 +86,20 @@ def test_the_bar_shows_rows_rate_and_time_left_even_without_a_terminal_size() ->
     last = out.getvalue().split("\r")[-1]
     assert last.startswith("copying history: 100%|")
     assert "400/400" in last and "rows/s" in last
+
+
+def test_batches_are_bounded_by_rows_and_by_bytes() -> None:
+    async def chunks() -> AsyncIterator[list[LogRow]]:
+        for start in range(0, 1000, 200):
+            yield [
+                LogRow(r, 0, b"k", r, 1, 0, b"v" * (1 << 20 if r >= 900 else 10), False)
+                for r in range(start, start + 200)
+            ]
+
+    async def collect() -> list[list[LogRow]]:
+        return [batch async for batch in batches(chunks(), 300, max_bytes=4 << 20)]
+
+    got = asyncio.run(collect())
+    assert [r.revision for batch in got for r in batch] == list(range(1000))
+    assert [len(b) for b in got[:3]] == [300, 300, 300]
+    assert all(len(b) == 4 for b in got[3:-1])  # 1 MiB values: four to a 4 MiB batch

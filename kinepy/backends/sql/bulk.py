@@ -72,6 +72,8 @@ INSERT_LEASE = "INSERT INTO leases (id, ttl, expires_at) VALUES (?, ?, ?)"
 _KINEPY_TABLES = ("meta", "kv_log", "kv_current", "leases")
 _LOG_KINDS = ("bigint", "integer", "bytea", "bigint", "bigint", "bigint", "bytea", "smallint")
 _HASH_HEAD = struct.Struct(">qqqqqB").pack
+FETCH_ROWS = 200  # rows per fetch from a source: the most a batch overshoots BATCH_BYTES by
+BATCH_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,24 @@ def hash_rows(rows: Iterable[LogRow], crc: int = 0) -> int:
         head = _HASH_HEAD(r.revision, r.sub, r.create_revision, r.version, r.lease, int(r.tombstone))
         crc = zlib.crc32(r.value, zlib.crc32(r.key, zlib.crc32(head, crc)))
     return crc
+
+
+async def batches(
+    rows: AsyncIterator[list[LogRow]], max_rows: int, max_bytes: int = BATCH_BYTES
+) -> AsyncIterator[list[LogRow]]:
+    """`rows` regrouped into lists of at most `max_rows` rows and about `max_bytes` bytes of keys and
+    values, so that a batch of large values (etcd allows 1.5 MiB each) stays small in memory."""
+    batch: list[LogRow] = []
+    size = 0
+    async for chunk in rows:
+        for row in chunk:
+            batch.append(row)
+            size += len(row.key) + len(row.value) + 64
+            if len(batch) >= max_rows or size >= max_bytes:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _log_row(row: Sequence[Any]) -> LogRow:
@@ -147,7 +167,7 @@ class StoreExport(abc.ABC):
     async def hash_kv(self, revision: int) -> int:
         """kinepy's HashKV of the whole history at or below `revision`, in the snapshot."""
         crc = 0
-        async for rows in self._stream(sql.SELECT_LOG_FOR_HASH, (revision,), 5000):
+        async for rows in self._stream(sql.SELECT_LOG_FOR_HASH, (revision,), FETCH_ROWS):
             crc = hash_rows(rows, crc)
         return crc
 
@@ -209,8 +229,10 @@ class _SQLiteExport(StoreExport):
 
     def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
         if self._current_only:
-            return self._stream(SELECT_LOG_CURRENT_ONLY, (self._revision, self._revision), batch_rows)
-        return self._stream(SELECT_LOG, (self._revision,), batch_rows)
+            rows = self._stream(SELECT_LOG_CURRENT_ONLY, (self._revision, self._revision), FETCH_ROWS)
+        else:
+            rows = self._stream(SELECT_LOG, (self._revision,), FETCH_ROWS)
+        return batches(rows, batch_rows)
 
     async def _stream(self, statement: str, args: Sequence[Any], batch: int) -> AsyncIterator[list[LogRow]]:
         # The cursor never leaves the export's thread: a cursor reset or freed on another thread
@@ -277,8 +299,10 @@ class _ServerExport(StoreExport):
 
     def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
         if self._current_only:
-            return self._stream(SELECT_LOG_CURRENT_ONLY, (self._revision, self._revision), batch_rows)
-        return self._stream(SELECT_LOG, (self._revision,), batch_rows)
+            rows = self._stream(SELECT_LOG_CURRENT_ONLY, (self._revision, self._revision), FETCH_ROWS)
+        else:
+            rows = self._stream(SELECT_LOG, (self._revision,), FETCH_ROWS)
+        return batches(rows, batch_rows)
 
     async def _stream(self, statement: str, args: Sequence[Any], batch: int) -> AsyncIterator[list[LogRow]]:
         session = self._session
