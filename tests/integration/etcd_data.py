@@ -30,10 +30,14 @@ class Filled:
     lease_ttl: int
 
 
-def start_etcd(root: Path, *, restored: tuple[Path, str, str] | None = None) -> conftest.EtcdServer:
+def start_etcd(
+    root: Path, *, restored: tuple[Path, str, str] | None = None, binary: str = conftest.ETCD_BIN
+) -> conftest.EtcdServer:
     """A fresh single-member etcd in `root` (the caller stops it), or one on a data directory made by
-    `etcdctl snapshot restore` (`restored`: data directory, member name, peer URL)."""
-    conftest._require_etcd()
+    `etcdctl snapshot restore` (`restored`: data directory, member name, peer URL); Debian's etcd
+    unless `binary` says which."""
+    if binary == conftest.ETCD_BIN:
+        conftest._require_etcd()
     data_dir = restored[0] if restored else root / "data"
     server = conftest.EtcdServer(
         kind="etcd", port=conftest.free_port(), log_path=root / "etcd.log", data_dir=data_dir
@@ -41,7 +45,7 @@ def start_etcd(root: Path, *, restored: tuple[Path, str, str] | None = None) -> 
     name, peer = (restored[1], restored[2]) if restored else (f"etcd-{server.port}", "")
     peer = peer or f"http://127.0.0.1:{conftest.free_port()}"
     argv = [
-        conftest.ETCD_BIN,
+        binary,
         f"--name={name}",
         f"--data-dir={server.data_dir}",
         f"--listen-client-urls={server.url}",

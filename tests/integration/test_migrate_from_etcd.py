@@ -9,12 +9,14 @@ lease, and "compacted" below it. The commands are the ones docs/operations.md sh
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import conftest
 import etcd_data
 import pytest
+from etcd_release import etcd_release
 from test_migrate import Client, MakeKinepy, View, connect, kinepy_cli, ok, serve_and_view, source_store, view
 
 pytestmark = [pytest.mark.etcd, pytest.mark.kinepy]
@@ -169,3 +171,60 @@ def test_snapshot_target_that_exists_is_refused(make_kinepy_server: MakeKinepy, 
     proc = kinepy_cli("migrate", "--from", f"sqlite://{source}", "--to", f"etcd-snapshot://{existing}")
     assert proc.returncode == 1 and "already holds a store" in proc.stderr
     assert existing.read_bytes() == b"keep me"
+
+
+ETCD_36 = "v3.6.17"
+
+
+def test_etcd_36_snapshot_in_and_out_keeps_every_revision(
+    make_kinepy_server: MakeKinepy, connect: Callable[[str], Client], tmp_path: Path
+) -> None:
+    """etcd 3.6's layout both ways: its snapshot migrates into kinepy and serves the same store, and
+    the snapshot kinepy writes of that store is restored by etcdutl 3.6 into an etcd 3.6 that serves it
+    again."""
+    bin_dir = etcd_release(ETCD_36)
+    (tmp_path / "source").mkdir()
+    source = etcd_data.start_etcd(tmp_path / "source", binary=str(bin_dir / "etcd"))
+    try:
+        filled = etcd_data.fill(source.endpoint)
+        snapshot = tmp_path / "etcd36.snapshot"
+        ok(conftest.run_etcdctl(source.endpoint, "snapshot", "save", str(snapshot)))
+        original = etcd_view(source, connect, filled.compact_revision)
+    finally:
+        source.stop()
+
+    target = tmp_path / "state.db"
+    ok(kinepy_cli("migrate", "--from", str(snapshot), "--to", f"sqlite://{target}"))
+    copy = serve_and_view(make_kinepy_server, connect, f"sqlite://{target}", filled.compact_revision)
+    assert without_hash(copy) == without_hash(original)
+
+    back = tmp_path / "back.snapshot"
+    ok(kinepy_cli("migrate", "--from", f"sqlite://{target}", "--to", f"etcd-snapshot://{back}"))
+    peer = f"http://127.0.0.1:{conftest.free_port()}"
+    restored = tmp_path / "restored"
+    proc = subprocess.run(
+        [
+            str(bin_dir / "etcdutl"),
+            "snapshot",
+            "restore",
+            str(back),
+            f"--data-dir={restored}",
+            "--name=restored",
+            f"--initial-cluster=restored={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "restored-etcd").mkdir()
+    etcd = etcd_data.start_etcd(
+        tmp_path / "restored-etcd", restored=(restored, "restored", peer), binary=str(bin_dir / "etcd")
+    )
+    try:
+        again = etcd_view(etcd, connect, filled.compact_revision)
+    finally:
+        etcd.stop()
+    assert without_hash(again) == without_hash(original)
