@@ -83,7 +83,11 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
             try:
                 revision = await self._store.snapshot(path)
             except KinepyError as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: snapshot failed: {exc}")
+                # Not UNAVAILABLE: etcdctl retries that for ever (issue 13). This says why, at once.
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"kinepy: snapshot failed: {exc}; `kinepy backup` writes the same file",
+                )
             size = os.path.getsize(path)  # noqa: ASYNC240 - a stat of a local temp file
             header = self._headers(revision)
             digest = hashlib.sha256()

@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from kinepy.backends.base import LogRow
+from kinepy.endpoint import parse_endpoint
 from kinepy.migrate.copy import CopyOptions, copy_store
 from kinepy.migrate.endpoints import open_source, open_target
 from kinepy.migrate.model import TargetState
@@ -468,3 +469,26 @@ def test_etcdctl_snapshot_save_on_every_backend_gives_a_backup_that_restores(
     restored = tmp_path / "restored.db"
     ok(kinepy_cli("restore", str(snapshot), "--to", sqlite_url(restored)))
     assert serve_and_view(make_kinepy_server, connect, sqlite_url(restored), compact) == original
+
+
+@pytest.mark.etcd
+@pytest.mark.kinepy_backends("postgres", "mariadb")
+def test_a_failed_snapshot_fails_etcdctl_at_once_with_the_reason(
+    kinepy_server: conftest.KinepyServer,
+    kinepy_backend: str,
+    kinepy_databases: Any,
+    etcdctl: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+) -> None:
+    """etcdctl retries UNAVAILABLE for ever: a snapshot that cannot be taken (here kv_log is renamed
+    away under the running server) must fail with another code and say why."""
+    database = parse_endpoint(kinepy_server.datastore_endpoint).database  # type: ignore[union-attr]
+    server = kinepy_databases.server(kinepy_backend)
+    server.sql("ALTER TABLE kv_log RENAME TO kv_log_away", database=database)
+    try:
+        proc = etcdctl(kinepy_server.endpoint, "snapshot", "save", str(tmp_path / "snap.db"), timeout=20)
+    finally:
+        server.sql("ALTER TABLE kv_log_away RENAME TO kv_log", database=database)
+    assert proc.returncode != 0
+    assert "kinepy: snapshot failed:" in proc.stderr and "kinepy backup" in proc.stderr, proc.stderr
+    assert not (tmp_path / "snap.db").exists()

@@ -286,14 +286,16 @@ class _ServerExport(StoreExport):
             await connect_existing(self._backend)
         session: Session = await self._stack.enter_async_context(self._backend._session("read"))
         self._session = session
-        meta = _meta_of(await session.fetchone(SELECT_META_ROW), self.description)
-        self._revision = meta.revision
-        if current_only:
-            log_count = await session.fetchone(COUNT_LOG_CURRENT_ONLY, (meta.revision, meta.revision))
-        else:
-            log_count = await session.fetchone(COUNT_LOG, (meta.revision,))
-        current = await session.fetchone(COUNT_CURRENT)
-        leases = await session.fetchone(COUNT_LEASES)
+        # Driver errors raised here do not pass through the session's context manager: translate them.
+        with self._backend._errors():
+            meta = _meta_of(await session.fetchone(SELECT_META_ROW), self.description)
+            self._revision = meta.revision
+            if current_only:
+                log_count = await session.fetchone(COUNT_LOG_CURRENT_ONLY, (meta.revision, meta.revision))
+            else:
+                log_count = await session.fetchone(COUNT_LOG, (meta.revision,))
+            current = await session.fetchone(COUNT_CURRENT)
+            leases = await session.fetchone(COUNT_LEASES)
         assert log_count is not None and current is not None and leases is not None
         return meta, StoreCounts(int(current[0]), int(log_count[0]), int(leases[0]))
 
