@@ -10,11 +10,12 @@ import asyncio
 import itertools
 import os
 import queue
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ from kinepy.backends.base import LogRow
 from kinepy.endpoint import parse_endpoint
 from kinepy.migrate.copy import CopyOptions, copy_store
 from kinepy.migrate.endpoints import open_source, open_target
-from kinepy.migrate.model import TargetState
+from kinepy.migrate.model import Header, TargetState
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
+from kinepy.types import Lease
 
 pytestmark = pytest.mark.kinepy
 
@@ -492,3 +494,53 @@ def test_a_failed_snapshot_fails_etcdctl_at_once_with_the_reason(
     assert proc.returncode != 0
     assert "kinepy: snapshot failed:" in proc.stderr and "kinepy backup" in proc.stderr, proc.stderr
     assert not (tmp_path / "snap.db").exists()
+
+
+class CountingSource:
+    """A store of `keys` keys written once each (revisions 2..keys+1), built without a server."""
+
+    description = "generated store"
+
+    def __init__(self, keys: int) -> None:
+        self._keys = keys
+
+    async def open(self, *, current_only: bool) -> Header:
+        return Header(self._keys + 1, -1, 0, 0, self._keys, self._keys)
+
+    async def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
+        for start in range(0, self._keys, batch_rows):
+            stop = min(start + batch_rows, self._keys)
+            yield [LogRow(2 + i, 0, b"g/%07d" % i, 2 + i, 1, 0, b"v", False) for i in range(start, stop)]
+
+    async def leases(self) -> list[Lease]:
+        return []
+
+    async def hash_kv(self, revision: int) -> int | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_ctrl_c_leaves_an_incomplete_target_that_the_same_command_finishes(tmp_path: Path) -> None:
+    source, target = tmp_path / "a.db", tmp_path / "b.db"
+    asyncio.run(copy_store(CountingSource(100_000), open_target(sqlite_url(source)), CopyOptions()))
+    argv = [sys.executable, "-m", "kinepy", "migrate", "--progress", "log", "--batch-rows", "10"]
+    argv += ["--from", sqlite_url(source), "--to", sqlite_url(target)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # 10,000 transactions of 10 rows follow this line: seconds of work
+        if "copying history: 100000 rows" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; the target is marked incomplete" in err and "run the same command again" in err
+    with sqlite3.connect(target) as db:
+        assert db.execute("SELECT schema_version FROM meta").fetchone() == (-1,)
+        copied = db.execute("SELECT count(*) FROM kv_log").fetchone()[0]
+    assert 0 <= copied < 100_000
+    rerun = kinepy_cli("migrate", "--from", sqlite_url(source), "--to", sqlite_url(target))
+    assert "resuming the interrupted copy" in rerun.stderr
+    assert "100000 keys, 100000 history rows" in ok(rerun)
