@@ -23,6 +23,7 @@ A password never appears in `str()`, `repr()` or a `ConfigError`: they show `***
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -107,7 +108,7 @@ def parse_endpoint(endpoint: str) -> BackendSpec:
     """Parse a datastore endpoint; raise `ConfigError` naming the accepted forms if it is not one."""
     text = endpoint.strip()
     if not text:
-        return SQLiteSpec(DEFAULT_SQLITE_PATH, {})
+        return SQLiteSpec(DEFAULT_SQLITE_PATH, {}, create_directory=True)
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
     if not sep:
@@ -137,7 +138,9 @@ def _options(query: str) -> dict[str, str]:
 def _parse_sqlite(endpoint: str, rest: str) -> SQLiteSpec:
     path, _, query = rest.partition("?")
     path = path.removeprefix("file:")
-    return SQLiteSpec(path or DEFAULT_SQLITE_PATH, _options(query))
+    path = path or DEFAULT_SQLITE_PATH
+    default = posixpath.normpath(path) == posixpath.normpath(DEFAULT_SQLITE_PATH)
+    return SQLiteSpec(path, _options(query), create_directory=default)
 
 
 def _split_url(endpoint: str, url: str) -> tuple[str, int | None, str | None, str | None, str, str]:

@@ -68,6 +68,9 @@ class SQLiteSpec:
 
     path: str
     options: dict[str, str] = field(default_factory=dict)
+    create_directory: bool = field(default=False, compare=False)
+    """Create the file's missing directory (mode 0700): only for the default ./db/state.db; any other
+    missing directory is an error, most likely a typo."""
 
     def describe(self) -> str:
         """The endpoint in canonical form."""

@@ -12,7 +12,10 @@ def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
         from kinepy.backends.sql.sqlite import SQLiteBackend
 
         return SQLiteBackend(
-            spec.path, synchronous_full=settings.synchronous, read_threads=settings.read_threads
+            spec.path,
+            synchronous_full=settings.synchronous,
+            read_threads=settings.read_threads,
+            create_directory=spec.create_directory,
         )
     if isinstance(spec, PostgresSpec):
         from kinepy.backends.sql.postgres import PostgresBackend

@@ -11,7 +11,7 @@ import pytest
 
 from kinepy.app import App
 from kinepy.config import Config
-from kinepy.errors import ConfigError, ListenError
+from kinepy.errors import BackendError, ConfigError, ListenError
 
 
 def _nothing_in(directory: Path) -> bool:
@@ -70,3 +70,28 @@ async def test_missing_tls_file_is_a_config_error_naming_it(tmp_path: Path) -> N
         async with App(config):
             pass
     assert _nothing_in(tmp_path)
+
+
+async def test_a_missing_sqlite_directory_is_an_error_not_an_empty_cluster(tmp_path: Path) -> None:
+    database = tmp_path / "typo-dir" / "sub" / "state.db"
+    config = Config(listen_address="127.0.0.1:0", datastore_endpoint=f"sqlite://{database}")
+    with pytest.raises(BackendError, match=f"directory {tmp_path / 'typo-dir' / 'sub'} does not exist"):
+        async with App(config):
+            pass
+    assert _nothing_in(tmp_path)
+
+
+async def test_the_default_sqlite_directory_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with App(Config(listen_address="127.0.0.1:0")):
+        pass
+    assert (tmp_path / "db" / "state.db").is_file()
+
+
+async def test_an_unopenable_sqlite_file_names_the_path_and_the_os_error(tmp_path: Path) -> None:
+    config = Config(listen_address="127.0.0.1:0", datastore_endpoint=f"sqlite://{tmp_path}")
+    with pytest.raises(BackendError, match=f"cannot open SQLite database {tmp_path}: Is a directory"):
+        async with App(config):
+            pass

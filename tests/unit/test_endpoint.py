@@ -251,3 +251,20 @@ def test_backend_spec_applies_the_configs_database_tls() -> None:
         datastore_endpoint="mysql://u@db/k8s", datastore_cert_file="/c.pem", datastore_key_file="/k.pem"
     )
     assert backend_spec(config).options == {"ssl-cert": "/c.pem", "ssl-key": "/k.pem", "tls": "true"}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "create"),
+    [
+        ("", True),
+        ("sqlite://", True),
+        ("sqlite://db/state.db", True),
+        ("sqlite://./db/state.db", True),
+        ("sqlite:///typo-dir/sub/state.db", False),
+        ("sqlite://state.db", False),
+        ("sqlite://db/other.db", False),
+    ],
+)
+def test_only_the_default_sqlite_directory_is_created(endpoint: str, create: bool) -> None:
+    spec = parse_endpoint(endpoint)
+    assert isinstance(spec, SQLiteSpec) and spec.create_directory is create

@@ -101,8 +101,16 @@ def _event(row: tuple[Any, ...]) -> Event:
 class SQLiteBackend:
     """kinepy's storage model in one SQLite file (or in memory)."""
 
-    def __init__(self, path: str, *, synchronous_full: bool = True, read_threads: int = 4) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous_full: bool = True,
+        read_threads: int = 4,
+        create_directory: bool = False,
+    ) -> None:
         self.path = path
+        self._create_directory = create_directory
         self._memory = path == ":memory:" or path.startswith("file::memory:")
         self._synchronous = "FULL" if synchronous_full else "NORMAL"
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kinepy-sqlite-writer")
@@ -164,12 +172,37 @@ class SQLiteBackend:
 
     async def start(self) -> None:
         if not self._memory:
-            directory = os.path.dirname(os.path.abspath(self.path))  # noqa: ASYNC240 - once, at start
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._check_file()
         await self._run(self._writer, self._create_schema)
         if not self._memory:
             self._inline = self._open()
         log.info("SQLite database %s ready (synchronous=%s)", self.path, self._synchronous)
+
+    def _check_file(self) -> None:
+        """Make sure the database file can be opened, read and written (creating it if new), with an
+        error naming the path and the OS's reason; sqlite3 would only say "unable to open database
+        file". The directory is created only when the spec allows it (the default ./db)."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            if not self._create_directory:
+                what = "is not a directory" if os.path.exists(directory) else "does not exist"
+                raise BackendError(
+                    f"cannot open SQLite database {self.path}: directory {directory} {what} "
+                    "(kinepy creates only the default ./db; create it, or check the path)"
+                )
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise BackendError(f"cannot create directory {directory}: {exc.strerror or exc}") from None
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644))
+        except OSError as exc:
+            raise BackendError(f"cannot open SQLite database {self.path}: {exc.strerror or exc}") from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise BackendError(
+                f"cannot open SQLite database {self.path}: directory {directory} is not writable "
+                "(SQLite keeps its -wal and -shm files beside the database)"
+            )
 
     def _create_schema(self) -> None:
         conn = self._connect()
