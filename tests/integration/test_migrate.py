@@ -251,10 +251,12 @@ def test_round_trip_sqlite_postgres_mariadb_sqlite(
         fresh_url("mariadb"),
         sqlite_url(tmp_path / "z.db"),
     ]
+    first = (tmp_path / "a.db").read_bytes()
     for source, target in itertools.pairwise(chain):
         out = ok(kinepy_cli("migrate", "--from", source, "--to", target))
         assert f"HashKV {original.hash} at revision {original.revision} on both sides" in out
         assert serve_and_view(make_kinepy_server, connect, target, compact) == original
+    assert (tmp_path / "a.db").read_bytes() == first  # a source is only read
 
 
 def test_current_only_keeps_revisions_of_the_current_state(
