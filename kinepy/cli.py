@@ -125,7 +125,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Serve the etcd v3 API (KV, Watch, Lease, Maintenance, Cluster) from a SQL database.",
         epilog="Every flag can also be set by the environment variables shown in brackets, the first "
         "one set winning; kine's flags and KINE_* variables are accepted with kine's meaning "
-        "(docs/configuration.md has the table).",
+        "(docs/configuration.md has the table). Other commands: `kinepy migrate --from URL --to URL` "
+        "copies a whole store, `kinepy backup FILE` and `kinepy restore FILE` (each has --help).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
