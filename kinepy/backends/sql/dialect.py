@@ -22,6 +22,7 @@ import logging
 import random
 import re
 import socket
+import ssl
 import struct
 import time
 import zlib
@@ -126,6 +127,21 @@ def unresolvable(exc: BaseException | None) -> bool:
     while exc is not None:
         if isinstance(exc, socket.gaierror):
             return exc.errno != socket.EAI_AGAIN
+        exc = exc.__cause__
+    return False
+
+
+def misconfigured(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) says the connection settings are wrong, which waiting cannot
+    change: TLS refused by the server or failing (an untrusted certificate, a host name it does not
+    match), a TLS file that cannot be read, an option the driver rejects."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError | ValueError):
+            return True
+        if isinstance(exc, OSError) and exc.filename is not None:
+            return True  # a file named in the settings (sslrootcert, ssl-ca, ...), not the network
+        if "rejected SSL upgrade" in str(exc):
+            return True  # asyncpg: sslmode asks for TLS, the server does not offer it
         exc = exc.__cause__
     return False
 

@@ -40,6 +40,7 @@ from kinepy.backends.sql.dialect import (
     ServerBackend,
     Session,
     chunks,
+    misconfigured,
     pyformat,
     quote_key,
     unresolvable,
@@ -139,7 +140,7 @@ def _code(exc: BaseException) -> int:
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether `exc` says the server is unreachable or busy right now, not that a statement is wrong."""
-    if unresolvable(exc):
+    if unresolvable(exc) or misconfigured(exc):
         return False
     if isinstance(exc, aiomysql.InterfaceError | OSError):
         return True
@@ -184,6 +185,16 @@ def ssl_context(options: dict[str, str]) -> ssl.SSLContext | None:
     if cert:
         context.load_cert_chain(cert, key)
     return context
+
+
+def tls_required(options: dict[str, str]) -> bool:
+    """Whether the options ask for TLS that must not fall back to plain text: `tls=true` or
+    `skip-verify`, or TLS files without `tls=` (kine's --ca-file/--cert-file); not `tls=preferred`."""
+    opts = {k.lower().replace("_", "-"): v for k, v in options.items()}
+    tls = opts.get("tls", "").lower()
+    return tls in ("true", "1", "skip-verify") or (
+        tls == "" and bool(opts.get("ssl-ca") or opts.get("ssl-cert"))
+    )
 
 
 def literal(value: Any) -> str:
@@ -345,6 +356,18 @@ class MySQLBackend(ServerBackend):
             args["port"] = spec.port
         return args
 
+    async def _require_tls(self, conn: aiomysql.Connection) -> None:
+        """PyMySQL goes on in plain text when the server offers no TLS, whatever the client asked
+        for; go-sql-driver (kine) refuses. So does kinepy."""
+        async with conn.cursor() as cur:
+            await cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            rows = await cur.fetchall()
+        if not rows or not rows[0][1]:
+            raise BackendError(
+                f"MySQL server at {self.spec.describe()} does not support TLS, which the endpoint's "
+                "tls=/ssl-* options or --datastore-ca-file/--datastore-cert-file ask for"
+            )
+
     async def _bootstrap(self) -> str:
         """Connect once (creating the database if missing); learn the server and how it names the
         session isolation variable; return the pool's init command."""
@@ -373,6 +396,8 @@ class MySQLBackend(ServerBackend):
                 conn.close()
             conn = await aiomysql.connect(db=database, **self._connect_args())
         try:
+            if tls_required(self.spec.options):
+                await self._require_tls(conn)
             async with conn.cursor() as cur:
                 await cur.execute("SELECT @@version, @@max_allowed_packet")
                 version, max_packet = (await cur.fetchall())[0]

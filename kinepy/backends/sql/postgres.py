@@ -35,6 +35,7 @@ from kinepy.backends.sql.dialect import (
     ServerBackend,
     Session,
     byte_batches,
+    misconfigured,
     numbered,
     unresolvable,
 )
@@ -131,7 +132,7 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state.startswith(_RETRYABLE_CLASSES) or state in _RETRYABLE_CODES
-    if isinstance(exc, asyncpg.exceptions.DataError) or unresolvable(exc):
+    if isinstance(exc, asyncpg.exceptions.DataError) or unresolvable(exc) or misconfigured(exc):
         return False
     return isinstance(exc, OSError | asyncpg.InterfaceError)
 
