@@ -17,7 +17,7 @@ from kinepy.backends.sql.kine import SQLiteKineExport, sqlite_tables
 from kinepy.endpoint import parse_endpoint
 from kinepy.errors import ConfigError
 from kinepy.migrate.bbolt import is_bbolt
-from kinepy.migrate.etcd_live import EtcdLiveSource
+from kinepy.migrate.etcd_live import EtcdLiveSource, is_etcd_url
 from kinepy.migrate.etcd_snapshot import EtcdSnapshotSource
 from kinepy.migrate.etcd_snapshot_target import SCHEME as SNAPSHOT_SCHEME
 from kinepy.migrate.etcd_snapshot_target import EtcdSnapshotTarget
@@ -62,6 +62,13 @@ def _sqlite_source(path: str) -> Source:
     return KinepySource(open_export(SQLiteSpec(path)))
 
 
+def _first_endpoint(location: str) -> str:
+    """The first of a comma-separated list of etcd URLs, with the list's query (TLS files)."""
+    head, _, query = location.partition("?")
+    first = head.split(",")[0]
+    return f"{first}?{query}" if query else first
+
+
 def open_source(location: str, *, connect_timeout: float = 10.0) -> Source:
     """The Source for `location` (nothing is connected or read before its `open`): a kinepy store
     or kine's table at a datastore endpoint, a live etcd at `http://HOST:PORT`, or a file
@@ -79,10 +86,8 @@ def open_source(location: str, *, connect_timeout: float = 10.0) -> Source:
                     "database) or an etcd snapshot"
                 )
         return _sqlite_source(location)
-    if location.startswith("https://"):
-        raise ConfigError(f"{location}: copying from etcd over TLS is not supported; use http://HOST:PORT")
-    if location.startswith("http://"):  # any port: the etcd being left need not listen on 2379
-        return EtcdLiveSource(location.split(",")[0], timeout=connect_timeout)
+    if is_etcd_url(location):  # any port: the etcd being left need not listen on 2379
+        return EtcdLiveSource(_first_endpoint(location), timeout=connect_timeout)
     spec = parse_endpoint(location)
     if isinstance(spec, SQLiteSpec):
         if spec.path == ":memory:" or spec.path.startswith("file::memory:"):
@@ -97,8 +102,8 @@ def open_target(location: str, *, connect_timeout: float = 10.0) -> Target:
     """The Target for `location`: a kinepy store on any backend (created when missing), or a live
     etcd at `http://HOST:PORT` (the current state only: see `etcd_target`), or an etcd snapshot file
     at `etcd-snapshot://PATH` (every revision: see `etcd_snapshot_target`)."""
-    if location.startswith("http://"):
-        return EtcdTarget(location.split(",")[0], timeout=connect_timeout)
+    if is_etcd_url(location):
+        return EtcdTarget(_first_endpoint(location), timeout=connect_timeout)
     if location.startswith(SNAPSHOT_SCHEME):
         return EtcdSnapshotTarget(location.removeprefix(SNAPSHOT_SCHEME))
     spec = _spec(location)

@@ -25,8 +25,10 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import grpc
 
@@ -35,6 +37,7 @@ from kinepy.backends.sql.spool import RowSpool
 from kinepy.errors import KinepyError
 from kinepy.migrate.model import Header
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
+from kinepy.specs import EtcdSpec, upstream_tls
 from kinepy.types import Lease
 
 log = logging.getLogger(__name__)
@@ -49,30 +52,47 @@ class EtcdSourceError(KinepyError):
 
 
 def is_etcd_url(url: str) -> bool:
-    """`http://host:port`: etcd's own client URL form (kinepy's SQL endpoints never use it)."""
-    return url.startswith("http://")
+    """`http(s)://host:port`: etcd's own client URL form (kinepy's SQL endpoints never use it)."""
+    return url.startswith(("http://", "https://"))
 
 
-def _target(url: str) -> str:
-    if not is_etcd_url(url):
-        raise EtcdSourceError(f"{url!r}: an etcd endpoint is http://HOST:PORT")
-    host = url.removeprefix("http://").rstrip("/")
-    if not host or "/" in host:
-        raise EtcdSourceError(f"{url!r}: an etcd endpoint is http://HOST:PORT")
-    return host
+def etcd_channel(url: str, error: type[KinepyError]) -> tuple[grpc.Channel, str]:
+    """A channel to the etcd at `http://HOST:PORT`, or `https://HOST:PORT` with TLS files in the query
+    (`?ca-file=…&cert-file=…&key-file=…`, as for passthrough; default: the system CAs, no client
+    certificate); and the URL without its query, to show."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+        raise error(f"{url!r}: an etcd endpoint is http(s)://HOST:PORT[?ca-file=…&cert-file=…&key-file=…]")
+    target = parts.netloc
+    shown = f"{parts.scheme}://{target}"
+    options = [("grpc.max_receive_message_length", _MAX_MESSAGE)]
+    if parts.scheme == "http":
+        return grpc.insecure_channel(target, options=options), shown
+    tls = upstream_tls(EtcdSpec((shown,), dict(parse_qsl(parts.query))))
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise error(f"{shown}: cannot read {path}: {exc.strerror}") from exc
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(tls.ca_file),
+        private_key=read(tls.key_file),
+        certificate_chain=read(tls.cert_file),
+    )
+    return grpc.secure_channel(target, credentials, options=options), shown
 
 
 class EtcdLive:
     """A live etcd read at one revision. `revision` is pinned when the object is made."""
 
     def __init__(self, url: str, *, page_size: int = PAGE_SIZE, timeout: float = TIMEOUT) -> None:
-        self.url = url
         self._page_size = page_size
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(
-            _target(url),
-            options=[("grpc.max_receive_message_length", _MAX_MESSAGE)],
-        )
+        self._channel, self.url = etcd_channel(url, EtcdSourceError)
         self._kv = rpc_pb2_grpc.KVStub(self._channel)
         self._lease = rpc_pb2_grpc.LeaseStub(self._channel)
         try:
@@ -148,7 +168,7 @@ class EtcdLiveSource:
 
     def __init__(self, endpoint: str, *, timeout: float = TIMEOUT) -> None:
         self.endpoint = endpoint
-        self.description = f"etcd {endpoint}"
+        self.description = f"etcd {urlsplit(endpoint)._replace(query='').geturl()}"
         self._timeout = timeout
         self._etcd: EtcdLive | None = None
         self._spool: RowSpool | None = None

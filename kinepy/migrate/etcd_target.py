@@ -32,7 +32,7 @@ import grpc
 from kinepy.backends.base import LogRow
 from kinepy.backends.sql.spool import RowSpool
 from kinepy.errors import KinepyError
-from kinepy.migrate.etcd_live import TIMEOUT, is_etcd_url
+from kinepy.migrate.etcd_live import TIMEOUT, etcd_channel
 from kinepy.migrate.model import Counts, Header, TargetState, TargetStatus
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.types import Lease
@@ -61,12 +61,10 @@ class EtcdTarget:
     """The copy engine sends only the current state (as with `--current-only`)."""
 
     def __init__(self, endpoint: str, *, timeout: float = TIMEOUT) -> None:
-        if not is_etcd_url(endpoint):
-            raise EtcdTargetError(f"{endpoint!r}: an etcd endpoint is http://HOST:PORT")
+        self._channel, shown = etcd_channel(endpoint, EtcdTargetError)
         self.endpoint = endpoint
-        self.description = f"etcd {endpoint}"
+        self.description = f"etcd {shown}"
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(endpoint.removeprefix("http://").rstrip("/"))
         self._kv = rpc_pb2_grpc.KVStub(self._channel)
         self._lease = rpc_pb2_grpc.LeaseStub(self._channel)
         self._spool: RowSpool | None = None

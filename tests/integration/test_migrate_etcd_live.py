@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import conftest
 import etcd_data
 import pytest
+import trustme
 
 from kinepy.migrate.etcd_live import EtcdLive, EtcdSourceError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
@@ -54,7 +57,7 @@ def test_unreachable_etcd_gives_a_clear_error() -> None:
 
 
 def test_not_an_etcd_url() -> None:
-    with pytest.raises(EtcdSourceError, match="http://HOST:PORT"):
+    with pytest.raises(EtcdSourceError, match=r"http\(s\)://HOST:PORT"):
         EtcdLive("http://")
 
 
@@ -68,3 +71,56 @@ def test_compaction_past_the_pin_stops_the_copy(make_etcd_server: Callable[[], c
             kv.Compact(rpc_pb2.CompactionRequest(revision=last))
             with pytest.raises(EtcdSourceError, match="compacted past revision 2 during the copy"):
                 list(source.keys())
+
+
+HOST = "127.0.0.5"
+
+
+def test_etcd_with_tls_and_client_certificates(tmp_path: Path) -> None:
+    """`https://HOST:PORT?ca-file=…&cert-file=…&key-file=…`, as k3s's embedded etcd needs, and as for
+    passthrough; without the client certificate etcd refuses."""
+    conftest._require_etcd()
+    ca = trustme.CA()
+    server_cert, client_cert = ca.issue_cert(HOST), ca.issue_cert("kinepy-client")
+    certs = {name: tmp_path / f"{name}.pem" for name in ("ca", "server", "server-key", "cert", "key")}
+    ca.cert_pem.write_to_path(str(certs["ca"]))
+    server_cert.cert_chain_pems[0].write_to_path(str(certs["server"]))
+    server_cert.private_key_pem.write_to_path(str(certs["server-key"]))
+    client_cert.cert_chain_pems[0].write_to_path(str(certs["cert"]))
+    client_cert.private_key_pem.write_to_path(str(certs["key"]))
+    url = f"https://{HOST}:{conftest.free_port()}"
+    peer = f"http://{HOST}:{conftest.free_port()}"
+    tls = [f"--cacert={certs['ca']}", f"--cert={certs['cert']}", f"--key={certs['key']}"]
+    with (tmp_path / "etcd.log").open("wb") as log:
+        etcd = subprocess.Popen(
+            [
+                conftest.ETCD_BIN,
+                "--name=tls",
+                f"--data-dir={tmp_path / 'data'}",
+                f"--listen-client-urls={url}",
+                f"--advertise-client-urls={url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=tls={peer}",
+                f"--cert-file={certs['server']}",
+                f"--key-file={certs['server-key']}",
+                f"--trusted-ca-file={certs['ca']}",
+                "--client-cert-auth",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while conftest.run_etcdctl(url, *tls, "put", "/tls/a", "1").returncode != 0:
+            assert time.monotonic() < deadline, (tmp_path / "etcd.log").read_text()[-2000:]
+            time.sleep(0.2)
+        conftest.run_etcdctl(url, *tls, "put", "/tls/b", "2")
+        query = f"?ca-file={certs['ca']}&cert-file={certs['cert']}&key-file={certs['key']}"
+        with EtcdLive(url + query) as source:
+            assert [(r.key, r.value) for r in source.keys()] == [(b"/tls/a", b"1"), (b"/tls/b", b"2")]
+        with pytest.raises(EtcdSourceError, match="etcd did not answer"):
+            EtcdLive(f"{url}?ca-file={certs['ca']}", timeout=3)  # no client certificate
+    finally:
+        etcd.terminate()
+        etcd.wait(10)
