@@ -103,3 +103,20 @@ def test_batches_are_bounded_by_rows_and_by_bytes() -> None:
     assert [r.revision for batch in got for r in batch] == list(range(1000))
     assert [len(b) for b in got[:3]] == [300, 300, 300]
     assert all(len(b) == 4 for b in got[3:-1])  # 1 MiB values: four to a 4 MiB batch
+
+
+def test_the_backend_internals_bulk_copies_use_still_exist() -> None:
+    """backends/sql/bulk.py connects to an existing database through the server backends' own connect
+    path, creating nothing (kinepy migrate's sources, etcdctl snapshot save): a rename there must
+    show up here, in the unit tests, not only in the integration tests."""
+    from kinepy.backends.sql import mysql, postgres
+    from kinepy.specs import MySQLSpec, PostgresSpec
+
+    pg = postgres.PostgresBackend(PostgresSpec())
+    my = mysql.MySQLBackend(MySQLSpec())
+    for backend in (pg, my):
+        for name in ("_session", "_errors", "_pool", "_connect_timeout", "spec", "allow_incomplete_copy"):
+            assert hasattr(backend, name), f"{type(backend).__name__}.{name}"
+    assert callable(pg._create_pool)
+    assert callable(my._bootstrap) and callable(my._create_pool) and callable(my._connect_args)
+    assert isinstance(mysql._UNKNOWN_DATABASE, int) and callable(mysql._code)
