@@ -33,10 +33,19 @@ def listening_sockets(port: int) -> list[socket.socket]:
     except OSError:
         return []
     found: list[socket.socket] = []
+    duplicates: set[int] = set()
     for name in names:
+        if int(name) in duplicates:  # a number listed before this loop reused for one of its duplicates
+            continue
         try:
-            sock = socket.socket(fileno=os.dup(int(name)))
-        except OSError:  # not a socket, or closed meanwhile
+            fd = os.dup(int(name))
+        except OSError:  # closed meanwhile
+            continue
+        duplicates.add(fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # not a socket: close the duplicate, or every server start leaks one per descriptor
+            os.close(fd)
             continue
         if _is_listening_tcp(sock, port):
             found.append(sock)
