@@ -5,7 +5,10 @@ tests/integration/test_cli_process.py."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -444,3 +447,23 @@ def test_error_messages_never_show_the_password(endpoint: str, secret: str) -> N
     scrubbed = _scrub(f"could not connect to {endpoint}: password {secret!r} rejected", endpoint)
     assert secret not in scrubbed
     assert "***" in scrubbed
+
+
+def _kine_app_go() -> Path | None:
+    """kine v0.16.4's pkg/app/app.go in the Go module cache, if it was downloaded there
+    (`go mod download github.com/k3s-io/kine@v0.16.4`)."""
+    cache = Path(os.environ.get("GOMODCACHE") or Path.home() / "go" / "pkg" / "mod")
+    path = cache / "github.com" / "k3s-io" / "kine@v0.16.4" / "pkg" / "app" / "app.go"
+    return path if path.is_file() else None
+
+
+def test_kine_flags_list_is_kines_own() -> None:
+    app_go = _kine_app_go()
+    if app_go is None:
+        pytest.skip("kine v0.16.4 is not in the Go module cache")
+    source = app_go.read_text(encoding="utf-8")
+    assert sorted(f"--{name}" for name in re.findall(r'Name:\s*"([a-z0-9-]+)"', source)) == sorted(
+        flag for flag, _, _ in KINE_FLAGS
+    )
+    kine_variables = set(re.findall(r'"(KINE_[A-Z_]+)"', source))
+    assert kine_variables == {variable for _, variables, _ in KINE_FLAGS for variable in variables}
