@@ -331,6 +331,28 @@ def test_unreachable_or_missing_source_fails_clearly_and_creates_nothing(tmp_pat
     assert not target.exists()
 
 
+def test_an_unreachable_target_fails_clearly_and_leaves_the_source_as_it_was(
+    make_kinepy_server: MakeKinepy, connect: Callable[[str], Client], tmp_path: Path
+) -> None:
+    server, _, _ = source_store(make_kinepy_server, connect, tmp_path / "a.db")
+    server.stop()
+    before = (tmp_path / "a.db").read_bytes()
+    closed = conftest.free_port()
+    proc = kinepy_cli(
+        "migrate",
+        "--connect-timeout",
+        "0",
+        "--from",
+        sqlite_url(tmp_path / "a.db"),
+        "--to",
+        f"mysql://u:secret@tcp(127.0.0.1:{closed})/db",
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "migrate failed: MySQL at mysql://u:***@tcp(127.0.0.1" in proc.stderr
+    assert "secret" not in proc.stderr + proc.stdout
+    assert (tmp_path / "a.db").read_bytes() == before
+
+
 class FailingTarget:
     """A real target whose history writes stop after `batches` (a copy interrupted part way)."""
 
