@@ -6,7 +6,8 @@ builds a SQLite store of `--keys` keys, each written once, then `--updates` of t
 `keys + updates` history rows), through the copy engine's own bulk path (a synthetic Source, no
 server: seconds instead of hours of Puts); starts a PostgreSQL as the tests do
 (`kinepy.testing.databases`); runs `python -m kinepy migrate --progress log` into a fresh database,
-and prints the command's wall time and its summary line. docs/performance.md records the figures.
+and prints the command's wall time and its summary line; with `--backup`, then times `kinepy backup`
+of that database into a SQLite file. docs/performance.md records the figures.
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ async def build(path: Path, keys: int, updates: int, value_bytes: int) -> None:
     await copy_store(source, open_target(f"sqlite://{path}"), CopyOptions(batch_rows=20000), LogProgress(30))
 
 
+def timed(command: list[str], batch_rows: int, what: str, rows: int, keys: int) -> bool:
+    """Run `python -m kinepy COMMAND` with log progress; print its summary and wall time."""
+    argv = [sys.executable, "-m", "kinepy", *command, "--progress", "log", "--batch-rows", str(batch_rows)]
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ))
+    seconds = time.monotonic() - started
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        print(f"{what} failed ({proc.returncode})")
+        return False
+    print(proc.stdout.strip())
+    print(f"{what}: {rows} history rows, {keys} keys in {seconds:.1f} s", flush=True)
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,6 +103,7 @@ def main() -> int:
     parser.add_argument("--value-bytes", type=int, default=128)
     parser.add_argument("--to", choices=("postgres", "mariadb"), default="postgres")
     parser.add_argument("--batch-rows", type=int, default=5000)
+    parser.add_argument("--backup", action="store_true", help="then time `kinepy backup` of the target")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="kinepy-migrate-bench-"))
     source = root / "source.db"
@@ -99,27 +116,21 @@ def main() -> int:
     server = start_database_server(args.to)
     try:
         target = server.url(server.create_database())
-        argv = [
-            sys.executable,
-            "-m",
-            "kinepy",
-            "migrate",
-            "--progress",
-            "log",
-            "--batch-rows",
-            str(args.batch_rows),
-        ]
-        argv += ["--from", f"sqlite://{source}", "--to", target]
-        started = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ))
-        seconds = time.monotonic() - started
-        sys.stderr.write(proc.stderr)
-        if proc.returncode != 0:
-            print(f"migrate failed ({proc.returncode})")
-            return 1
-        print(proc.stdout.strip())
         rows = args.keys + args.updates
-        print(f"kinepy migrate sqlite -> {args.to}: {rows} history rows, {args.keys} keys in {seconds:.1f} s")
+        command = ["migrate", "--from", f"sqlite://{source}", "--to", target]
+        if not timed(command, args.batch_rows, f"kinepy migrate sqlite -> {args.to}", rows, args.keys):
+            return 1
+        if args.backup:
+            backup = root / "backup.db"
+            if not timed(
+                ["backup", "--from", target, str(backup)],
+                args.batch_rows,
+                f"kinepy backup of {args.to}",
+                rows,
+                args.keys,
+            ):
+                return 1
+            backup.unlink(missing_ok=True)
     finally:
         server.remove()
         source.unlink(missing_ok=True)
