@@ -393,6 +393,11 @@ def test_interrupted_copy_is_not_served_and_a_rerun_finishes_it(
     proc = kinepy_cli("--listen-address", f"127.0.0.1:{port}", "--datastore-endpoint", target_url, timeout=60)
     assert proc.returncode == 1
     assert "holds an incomplete copy" in proc.stderr and "run the same command again" in proc.stderr
+    # Nor is it a source: copying it further would spread a half store.
+    proc = kinepy_cli("migrate", "--from", target_url, "--to", sqlite_url(tmp_path / "c.db"))
+    assert proc.returncode == 1
+    assert f"{target_url} holds an incomplete copy, not a store" in proc.stderr
+    assert not (tmp_path / "c.db").exists()
     # A copy of the same store resumes; the check at the end covers the rows of both runs.
     proc = kinepy_cli("migrate", "--batch-rows", "5", "--from", source_url, "--to", target_url)
     ok(proc)
