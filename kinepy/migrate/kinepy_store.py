@@ -22,10 +22,8 @@ class KinepySource:
     def __init__(self, export: StoreExport) -> None:
         self._export = export
         self.description = export.description
-        self._current_only = False
 
     async def open(self, *, current_only: bool) -> Header:
-        self._current_only = current_only
         meta, counts = await self._export.open(current_only=current_only)
         if meta.incomplete:
             raise_incomplete(self.description)
@@ -46,8 +44,10 @@ class KinepySource:
         return await self._export.leases()
 
     async def hash_kv(self, revision: int) -> int | None:
-        # Only-current copies leave the older history behind: the full hashes differ by design.
-        return None if self._current_only else await self._export.hash_kv(revision)
+        """None: the rows `log` yields are this store's whole history at its snapshot revision, so the
+        hash the engine computes over them *is* the store's HashKV there (kinepy's CRC, `hash_rows`);
+        reading the history a second time in the same snapshot would only repeat it."""
+        return None
 
     async def aclose(self) -> None:
         await self._export.aclose()

@@ -164,13 +164,6 @@ class StoreExport(abc.ABC):
     @abc.abstractmethod
     async def leases(self) -> list[Lease]: ...
 
-    async def hash_kv(self, revision: int) -> int:
-        """kinepy's HashKV of the whole history at or below `revision`, in the snapshot."""
-        crc = 0
-        async for rows in self._stream(sql.SELECT_LOG_FOR_HASH, (revision,), FETCH_ROWS):
-            crc = hash_rows(rows, crc)
-        return crc
-
     @abc.abstractmethod
     def _stream(self, statement: str, args: Sequence[Any], batch: int) -> AsyncIterator[list[LogRow]]: ...
 
