@@ -19,6 +19,9 @@ import pytest
 from etcd_release import etcd_release
 from test_migrate import Client, MakeKinepy, View, connect, kinepy_cli, ok, serve_and_view, source_store, view
 
+from kinepy.migrate.etcd_target import MARKER
+from kinepy.proto import rpc_pb2, rpc_pb2_grpc
+
 pytestmark = [pytest.mark.etcd, pytest.mark.kinepy]
 __all__ = ["connect"]  # a fixture of test_migrate, used here
 
@@ -228,3 +231,35 @@ def test_etcd_36_snapshot_in_and_out_keeps_every_revision(
     finally:
         etcd.stop()
     assert without_hash(again) == without_hash(original)
+
+
+def test_interrupted_copies_into_etcd_are_redone(
+    make_etcd_server: Callable[[], conftest.EtcdServer],
+    make_kinepy_server: MakeKinepy,
+    connect: Callable[[str], Client],
+    tmp_path: Path,
+) -> None:
+    """An etcd holding the incomplete-copy marker (a copy cut short) and a leftover FILE.part are
+    taken over by the next run, which finishes and leaves neither behind."""
+    _server, original, _compact = source_store(make_kinepy_server, connect, tmp_path / "a.db")
+    etcd = make_etcd_server()
+    marker = '{"revision": 99, "compact_revision": -1}'
+    with etcd_data.channel(etcd.endpoint) as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        kv.Put(rpc_pb2.PutRequest(key=MARKER, value=marker.encode()))
+        kv.Put(rpc_pb2.PutRequest(key=b"k/00", value=b"half-copied"))
+    proc = kinepy_cli("migrate", "--from", f"sqlite://{tmp_path / 'a.db'}", "--to", etcd.url)
+    ok(proc)
+    assert "interrupted copy of another store" in proc.stderr
+    current = original.ranges[original.revision]
+    assert [(kv.key, kv.value) for kv in etcd_data.current(etcd.endpoint)] == [(k[0], k[1]) for k in current]
+
+    snapshot = tmp_path / "etcd.snapshot"
+    snapshot.with_name("etcd.snapshot.part").write_bytes(b"cut short")
+    ok(
+        kinepy_cli(
+            "migrate", "--from", f"sqlite://{tmp_path / 'a.db'}", "--to", f"etcd-snapshot://{snapshot}"
+        )
+    )
+    assert not snapshot.with_name("etcd.snapshot.part").exists()
+    assert snapshot.stat().st_size % 512 == 32
