@@ -60,6 +60,13 @@ def test_snapshot_file_migrates_with_revisions_history_and_leases(
     assert original.revision == filled.revision
     assert original.events and original.leases and "compacted" in original.below_compaction
 
+    current = tmp_path / "current.db"
+    out = ok(kinepy_cli("migrate", "--current-only", "--from", str(snapshot), "--to", f"sqlite://{current}"))
+    assert f"revision {filled.revision}, compacted at {filled.revision}" in out
+    only = serve_and_view(make_kinepy_server, connect, f"sqlite://{current}", filled.revision)
+    assert only.ranges[filled.revision] == original.ranges[filled.revision]
+    assert only.leases == original.leases
+
 
 def test_corrupt_snapshot_is_refused_and_creates_nothing(
     etcd: tuple[conftest.EtcdServer, etcd_data.Filled], tmp_path: Path
