@@ -81,7 +81,7 @@ class ServerSource:
         try:
             tables = await server_tables(probe)
         finally:
-            await probe.aclose()  # type: ignore[attr-defined]
+            await probe.aclose()
         if {"meta", "kv_log"} <= tables or "kine" not in tables:
             self._source = KinepySource(open_export(self._spec, connect_timeout=self._connect_timeout))
         else:

@@ -17,17 +17,16 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-import struct
-import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from kinepy.backends.base import Backend, LogRow
+from kinepy.backends.sql import core
 from kinepy.backends.sql import statements as sql
-from kinepy.backends.sql.dialect import LEASE_TABLE_COLUMNS, LOG_COLUMNS, ServerBackend, Session
+from kinepy.backends.sql.core import AsyncSession
+from kinepy.backends.sql.dialect import ServerBackend
 from kinepy.backends.sql.sqlite import SQLiteBackend
 from kinepy.errors import BackendError, BackendUnavailable
 from kinepy.specs import BackendSpec, MySQLSpec, PostgresSpec, SQLiteSpec
@@ -70,8 +69,6 @@ DERIVE_CURRENT = (
 )
 INSERT_LEASE = "INSERT INTO leases (id, ttl, expires_at) VALUES (?, ?, ?)"
 _KINEPY_TABLES = ("meta", "kv_log", "kv_current", "leases")
-_LOG_KINDS = ("bigint", "integer", "bytea", "bigint", "bigint", "bigint", "bytea", "smallint")
-_HASH_HEAD = struct.Struct(">qqqqqB").pack
 FETCH_ROWS = 200  # rows per fetch from a source: the most a batch overshoots BATCH_BYTES by
 BATCH_BYTES = 32 * 1024 * 1024
 
@@ -100,10 +97,7 @@ class StoreCounts:
 
 def hash_rows(rows: Iterable[LogRow], crc: int = 0) -> int:
     """kinepy's HashKV (`Backend.hash_kv`) continued over `rows`, given in `(revision, sub)` order."""
-    for r in rows:
-        head = _HASH_HEAD(r.revision, r.sub, r.create_revision, r.version, r.lease, int(r.tombstone))
-        crc = zlib.crc32(r.value, zlib.crc32(r.key, zlib.crc32(head, crc)))
-    return crc
+    return core.hash_rows(core.log_tuples(rows), crc)
 
 
 async def batches(
@@ -269,7 +263,7 @@ class _ServerExport(StoreExport):
         self._connected = connected  # a started backend: use its pool, leave it open at the end
         self.description = description
         self._stack = contextlib.AsyncExitStack()
-        self._session: Session | None = None
+        self._session: AsyncSession | None = None
         self._revision = 0
         self._current_only = False
 
@@ -277,7 +271,7 @@ class _ServerExport(StoreExport):
         self._current_only = current_only
         if not self._connected:
             await connect_existing(self._backend)
-        session: Session = await self._stack.enter_async_context(self._backend._session("read"))
+        session: AsyncSession = await self._stack.enter_async_context(self._backend._session("read"))
         self._session = session
         # Driver errors raised here do not pass through the session's context manager: translate them.
         with self._backend._errors():
@@ -327,23 +321,15 @@ async def connect_existing(backend: ServerBackend, retry_for: float | None = Non
     from kinepy.backends.sql.mysql import MySQLBackend
     from kinepy.backends.sql.postgres import PostgresBackend
 
-    attempt_for = backend._connect_timeout if retry_for is None else retry_for  # type: ignore[attr-defined]
-    deadline = time.monotonic() + attempt_for
-    where = f"at {backend.spec.describe()}"  # type: ignore[attr-defined]
-    while True:
-        try:
-            with backend._errors(where):  # type: ignore[attr-defined]
-                if isinstance(backend, PostgresBackend):
-                    await _connect_postgres(backend)
-                elif isinstance(backend, MySQLBackend):
-                    await _connect_mysql(backend)
-                else:  # pragma: no cover - only two server backends
-                    raise BackendError(f"cannot export from {backend.name}")
-            break
-        except BackendUnavailable:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(1.0)
+    async def connect() -> None:
+        if isinstance(backend, PostgresBackend):
+            await _connect_postgres(backend)
+        elif isinstance(backend, MySQLBackend):
+            await _connect_mysql(backend)
+        else:  # pragma: no cover - only two server backends
+            raise BackendError(f"cannot export from {backend.name}")
+
+    await backend.connect_retrying(connect, retry_for)
 
 
 async def _connect_postgres(backend: Any) -> None:
@@ -430,13 +416,6 @@ class StoreImport(abc.ABC):
         await self.backend.aclose()
 
 
-def _log_tuples(rows: list[LogRow]) -> list[tuple[Any, ...]]:
-    return [
-        (r.revision, r.sub, r.key, r.create_revision, r.version, r.lease, r.value, int(r.tombstone))
-        for r in rows
-    ]
-
-
 class _SQLiteImport(StoreImport):
     """Writes through a connection of its own (the backend's schema, WAL mode and file), on one thread."""
 
@@ -511,7 +490,7 @@ class _SQLiteImport(StoreImport):
         await self._run(self._transaction, begin)
 
     async def write_log(self, rows: list[LogRow]) -> None:
-        tuples = _log_tuples(rows)
+        tuples = core.log_tuples(rows)
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany(sql.INSERT_LOG, tuples)  # no cursor may leave this thread
@@ -552,7 +531,7 @@ class _ServerImport(StoreImport):
         super().__init__(cast(Backend, backend))
         self._server = backend
 
-    def _session(self, kind: str) -> contextlib.AbstractAsyncContextManager[Session]:
+    def _session(self, kind: str) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         return self._server._session(kind)
 
     async def meta(self) -> StoreMeta:
@@ -588,7 +567,7 @@ class _ServerImport(StoreImport):
 
     async def write_log(self, rows: list[LogRow]) -> None:
         async with self._session("write") as session:
-            await session.insert("kv_log", LOG_COLUMNS, _LOG_KINDS, _log_tuples(rows), upsert="")
+            await session.insert(sql.KV_LOG, core.log_tuples(rows), False)
 
     async def finish(self, meta: StoreMeta, leases: list[Lease]) -> None:
         async with self._session("write") as session:
@@ -597,11 +576,7 @@ class _ServerImport(StoreImport):
             await session.execute("DELETE FROM leases")
             if leases:
                 await session.insert(
-                    "leases",
-                    LEASE_TABLE_COLUMNS,
-                    ("bigint", "bigint", "double precision"),
-                    [(lease.id, lease.ttl, lease.expires_at) for lease in leases],
-                    upsert="",
+                    sql.LEASES, [(lease.id, lease.ttl, lease.expires_at) for lease in leases], False
                 )
             await session.execute(
                 BEGIN_COPY,
@@ -619,7 +594,9 @@ class _PostgresImport(_ServerImport):
             raise BackendUnavailable("the PostgreSQL backend is closed")
         with backend._errors():
             async with pool.acquire() as conn, conn.transaction():
-                await conn.copy_records_to_table("kv_log", records=_log_tuples(rows), columns=LOG_COLUMNS)
+                await conn.copy_records_to_table(
+                    "kv_log", records=core.log_tuples(rows), columns=sql.KV_LOG.columns
+                )
 
 
 def open_import(backend: Backend) -> StoreImport:

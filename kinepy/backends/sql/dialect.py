@@ -1,15 +1,15 @@
-"""What PostgreSQL and MySQL/MariaDB share: statement conversion and the storage logic above a session.
+"""What PostgreSQL and MySQL/MariaDB share: statement conversion, their statements, the backend.
 
-`statements.py` writes SQL once, with `?` placeholders, for SQLite. A server database needs three
-rewrites, each done once per distinct statement text (cached), never per call:
+`statements.py` writes SQL once, with `?` placeholders. A server database needs three rewrites, each
+done once per distinct statement text (cached), never per call:
 
 - placeholders: `$1, $2, …` for asyncpg, `%s` for aiomysql (whose own `%` must then be doubled);
 - `x''` (an empty BLOB in SQLite and MySQL) is a *bit string* in PostgreSQL: it becomes `''::bytea`;
 - `key` is a reserved word in MySQL: it becomes `` `key` ``.
 
-`ServerBackend` holds the logic both server backends run (reads at a revision, the write transaction,
-compaction, hashing); a subclass supplies connections, transactions and a `Session` that talks its
-driver, including the set-based statements each database does best (`= ANY($1)` arrays and
+`ServerBackend` runs the SQL core (core.py: the write transaction, compaction, hashing) and the
+Range of one round trip; a subclass supplies connections, transactions and a `AsyncSession` that talks
+its driver, including the set-based statements each database does best (`= ANY($1)` arrays and
 `unnest` on PostgreSQL, `IN (…)` lists and multi-row `INSERT`/`REPLACE` on MySQL).
 """
 
@@ -17,59 +17,39 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import re
 import socket
 import ssl
-import struct
 import time
-import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Protocol
 
 from kinepy.backends.base import BackendStatus, Evaluate, RangeRows, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql import statements as sql
-from kinepy.errors import BackendError, CompactedError
-from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease
+from kinepy.backends.sql.core import (
+    AsyncSession,
+    compact_steps,
+    event_of,
+    hash_rows,
+    kv_of,
+    lease_of,
+    meta_of,
+    run_async,
+    write_steps,
+)
+from kinepy.errors import BackendError, BackendUnavailable, CompactedError
+from kinepy.types import Event, KeyRange, KeyValue, Lease
 
 log = logging.getLogger(__name__)
 
-Row = Sequence[Any]
-
-# Statements of our own (the shared ones live in statements.py, which SQLite uses unchanged).
-SELECT_META_FOR_UPDATE = sql.SELECT_META + " FOR UPDATE"
-SELECT_META_IDS = "SELECT schema_version, cluster_id, member_id FROM meta WHERE id = 1"
-INSERT_META = (
-    "INSERT INTO meta (id, revision, compact_revision, schema_version, cluster_id, member_id) "
-    "VALUES (1, 1, -1, ?, ?, ?)"
-)
-LEASE_COLUMNS = "id, ttl, expires_at"
-SELECT_LEASE = "SELECT id, ttl, expires_at FROM leases WHERE id = ?"
-SELECT_EXPIRED_LEASES = (
-    "SELECT id, ttl, expires_at FROM leases WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
-)
-LOG_COLUMNS = ("revision", "sub", "key", "create_revision", "version", "lease", "value", "tombstone")
-CURRENT_COLUMNS = ("key", "create_revision", "mod_revision", "version", "lease", "value")
-LEASE_TABLE_COLUMNS = ("id", "ttl", "expires_at")
-TABLES = ("meta", "kv_log", "kv_current", "leases")
-
-# Compaction: kv_log rows superseded by a newer row of the same key written in (after, upto]. SQLite
-# deletes by rowid; MySQL cannot name the DELETE target in a subquery (error 1093), so each server
-# dialect joins the table to itself instead.
-COMPACT_SUPERSEDED_POSTGRES = (
-    "DELETE FROM kv_log o USING kv_log n WHERE o.key = n.key AND o.revision < n.revision "
-    "AND n.revision > ? AND n.revision <= ?"
-)
-COMPACT_SUPERSEDED_MYSQL = (
-    "DELETE o FROM kv_log o JOIN kv_log n ON o.key = n.key AND o.revision < n.revision "
-    "WHERE n.revision > ? AND n.revision <= ?"
-)
-COMPACT_TOMBSTONES = (
-    "DELETE FROM kv_log WHERE revision > ? AND revision <= ? AND tombstone = 1 AND revision < ?"
-)
+DEFAULT_POOL_SIZE = 10
+DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to keep retrying an unreachable server at start
+ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
 
 # Rows per IN (…) list or per unnest() array statement, and bytes of values per statement.
 IN_CHUNK = 500
@@ -146,53 +126,26 @@ def misconfigured(exc: BaseException | None) -> bool:
     return False
 
 
-def kv_of(row: Row) -> KeyValue:
-    """A `KeyValue` from `key, create_revision, mod_revision, version, lease, value`."""
-    return KeyValue(bytes(row[0]), row[1], row[2], row[3], bytes(row[5]), row[4])
-
-
-def event_of(row: Row) -> Event:
-    """An `Event` from a `select_events` row (with the previous row's columns when asked)."""
-    revision, _sub, key, create_revision, version, lease, value, tombstone = tuple(row[:8])
-    key = bytes(key)
-    prev = None
-    if len(row) > 8 and row[8] is not None and not row[13]:
-        prev = KeyValue(key, row[9], row[8], row[10], bytes(row[12]), row[11])
-    if tombstone:
-        return Event(EventType.DELETE, KeyValue(key, 0, revision, 0, b"", 0), prev)
-    return Event(EventType.PUT, KeyValue(key, create_revision, revision, version, bytes(value), lease), prev)
-
-
 def _by_key(kv: KeyValue) -> bytes:
     return kv.key
 
 
-def lease_of(row: Row) -> Lease:
-    return Lease(int(row[0]), int(row[1]), float(row[2]))
-
-
 def _at_revision_parts(
-    key_range: KeyRange, revision: int, cols_log: str, cols_cur: str, *, limit: int = 0
-) -> tuple[str, list[object]]:
+    key_range: KeyRange, revision: int, cols_log: str, cols_cur: str, limit: int = 0
+) -> sql.Statement:
     """The keys of `key_range` as they were at `revision` (unordered); with `limit`, enough of them
     for the first `limit` in key order.
 
-    Keys not changed since `revision` come from kv_current: with a limit, only the first `limit` in
-    key order (an index range scan that stops early; neither database pushes an outer LIMIT into a
-    UNION, and MariaDB would copy the whole range into a temporary table). For the keys changed
+    Keys not changed since `revision` come from kv_current (`unchanged_since`; without its limit,
+    MariaDB would copy the whole range into a temporary table). For the keys changed
     since (found by the primary key, `revision > R`), first the newest revision at or below R (one
     backward step in the `(key, revision)` index), then that one row by both columns; a tombstone
-    means the key was absent. statements.py's SQLite form filters every history row of a changed key
+    means the key was absent. SQLite's form (sqlite.py) filters every history row of a changed key
     with a correlated subquery, and MariaDB plans its `IN (…)` as a scan of the whole log: the cost
     must follow the page and the changes since R, not the history.
     """
-    cond_cur, p_cur = sql.range_condition(key_range, "key")
+    current, args = sql.unchanged_since(key_range, revision, cols_cur, limit, derived_table=False)
     cond_chg, p_chg = sql.range_condition(key_range, "c.key")
-    current = f"SELECT {cols_cur} FROM kv_current WHERE {cond_cur} AND mod_revision <= ?"
-    args: list[object] = [*p_cur, revision]
-    if limit > 0:
-        current = f"({current} ORDER BY key LIMIT ?)"
-        args.append(limit)
     stmt = (
         f"{current} UNION ALL "
         f"(SELECT {cols_log} FROM (SELECT ch.key, "
@@ -203,30 +156,23 @@ def _at_revision_parts(
     return stmt, [*args, revision, revision, *p_chg]
 
 
-_LOG_COLS = "l.key, l.create_revision, l.revision, l.version, l.lease, l.value"
-_LOG_COLS_KEYS_ONLY = "l.key, l.create_revision, l.revision, l.version, l.lease, x''"
-
-
-def select_at_revision(
-    key_range: KeyRange, revision: int, *, keys_only: bool, limit: int
-) -> tuple[str, list[object]]:
-    """Rows of `key_range` at `revision`, in key order (at most `limit`, 0: all)."""
-    cols_cur = sql.KV_COLUMNS_KEYS_ONLY if keys_only else sql.KV_COLUMNS
-    cols_log = _LOG_COLS_KEYS_ONLY if keys_only else _LOG_COLS
-    inner, args = _at_revision_parts(key_range, revision, cols_log, cols_cur, limit=limit)
-    stmt = f"SELECT * FROM ({inner}) AS r ORDER BY 1"
-    if limit > 0:
-        stmt += " LIMIT ?"
-        args.append(limit)
-    return stmt, args
-
-
-def count_at_revision(key_range: KeyRange, revision: int) -> tuple[str, list[object]]:
+def _count_at_revision(key_range: KeyRange, revision: int) -> sql.Statement:
     inner, args = _at_revision_parts(key_range, revision, "l.key", "key")
     return f"SELECT count(*) FROM ({inner}) AS r", args
 
 
-def range_statement(
+def server_statements(compact_superseded: str) -> sql.Statements:
+    """The statements of PostgreSQL and MySQL, which differ only in how they delete superseded history."""
+    return sql.Statements(
+        select_meta_for_write=sql.SELECT_META + " FOR UPDATE",
+        at_revision_parts=_at_revision_parts,
+        count_at_revision=_count_at_revision,
+        compact_superseded=compact_superseded,
+    )
+
+
+def range_statement(  # read_range's parameters, passed on as they came
+    statements: sql.Statements,
     key_range: KeyRange,
     revision: int,
     *,
@@ -251,13 +197,15 @@ def range_statement(
     """
     meta = "SELECT m.revision, m.compact_revision"
     if revision > 0:
-        count_stmt, count_args = count_at_revision(key_range, revision)
+        count_stmt, count_args = statements.count_at_revision(key_range, revision)
     else:
         count_stmt, count_args = sql.count_current(key_range)
     if count_only:
         return f"{meta}, ({count_stmt}) FROM meta m WHERE m.id = 1", list(count_args)
     if revision > 0:
-        rows_stmt, args = select_at_revision(key_range, revision, keys_only=keys_only, limit=limit)
+        rows_stmt, args = sql.select_at_revision(
+            statements, key_range, revision, keys_only=keys_only, limit=limit
+        )
     else:
         rows_stmt, args = sql.select_current(key_range, keys_only=keys_only, limit=limit)
     select = f"{meta}, d.*"
@@ -267,81 +215,146 @@ def range_statement(
     return f"{select} FROM meta m LEFT JOIN ({rows_stmt}) d ON 1 = 1 WHERE m.id = 1", args
 
 
-class Session(abc.ABC):
-    """One connection inside one transaction (or none), speaking `?`-style SQL."""
+class ServerSpec(Protocol):
+    """What the backend itself needs of a server database's endpoint."""
 
-    @abc.abstractmethod
-    async def fetch(self, statement: str, args: Sequence[Any] = ()) -> list[Row]:
-        """Every row of `statement`."""
-
-    async def fetchone(self, statement: str, args: Sequence[Any] = ()) -> Row | None:
-        rows = await self.fetch(statement, args)
-        return rows[0] if rows else None
-
-    @abc.abstractmethod
-    async def execute(self, statement: str, args: Sequence[Any] = ()) -> int:
-        """Run `statement`; the number of rows it changed."""
-
-    @abc.abstractmethod
-    async def fetch_in(self, statement: str, values: Sequence[Any], kind: str) -> list[Row]:
-        """Rows of `statement`, whose `{in}` restricts a column to `values` (of SQL type `kind`:
-        `bytea` or `bigint`), in as few statements as the dialect allows."""
-
-    @abc.abstractmethod
-    async def execute_in(self, statement: str, values: Sequence[Any], kind: str) -> int:
-        """Like `fetch_in`, for a DELETE; the number of rows deleted."""
-
-    @abc.abstractmethod
-    async def insert(
-        self,
-        table: str,
-        columns: Sequence[str],
-        kinds: Sequence[str],
-        rows: list[tuple[Any, ...]],
-        *,
-        upsert: str,
-    ) -> None:
-        """Insert `rows` set-based; on a conflict of the primary key `upsert` (if not empty),
-        replace the other columns."""
-
-    @abc.abstractmethod
-    def stream(self, statement: str, args: Sequence[Any], *, batch: int = 1000) -> AsyncIterator[list[Row]]:
-        """The rows of `statement` in batches, without holding them all (inside a transaction)."""
+    @property
+    def user(self) -> str: ...
+    @property
+    def password(self) -> str | None: ...
+    def describe(self) -> str:
+        """The endpoint, password shown as ***."""
 
 
 class ServerBackend(abc.ABC):
     """The storage model (kv_log, kv_current, meta, leases) on a database server.
 
-    Subclasses provide `_session(kind)`: an async context manager yielding a `Session` in a
+    Subclasses provide `_session(kind)`: an async context manager yielding an `AsyncSession` in a
     transaction of the given kind: "read" (a consistent snapshot, read only), "write" (read
     committed; `write` locks the meta row first, so writers serialise across processes and every
     statement after the lock sees every earlier commit) or "none" (autocommit).
     """
 
     name = "SQL"
+    statements: sql.Statements
     shared = True
     """Other kinepy processes may write to the same database."""
     max_key_bytes = 0
     """Longest key the key indexes accept; longer keys are refused before any statement runs."""
 
-    cluster_id: int
-    member_id: int
     schema_version: int = 0
     allow_incomplete_copy = False
     """Start on a database holding an incomplete copy (only the copy itself does: bulk.py)."""
+    driver_errors: tuple[type[BaseException], ...] = (OSError,)
+    """What the driver raises: turned into `BackendUnavailable` (worth a retry) or `BackendError`."""
+
+    def __init__(self, spec: ServerSpec, *, pool_size: int, connect_timeout: float) -> None:
+        self._password = spec.password
+        self._user = spec.user
+        self._endpoint = spec.describe()
+        self._pool_size = max(2, pool_size)
+        self._connect_timeout = connect_timeout
+        self._log = logging.getLogger(type(self).__module__)
+        self.server_version = ""
+        self.cluster_id = 0
+        self.member_id = 0
 
     @abc.abstractmethod
-    def _session(self, kind: str) -> AbstractAsyncContextManager[Session]: ...
+    def _session(self, kind: str) -> AbstractAsyncContextManager[AsyncSession]: ...
+
+    # -- errors: passwords never in an error or a log line ---------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        password = self._password
+        return text.replace(password, "***") if password else text
+
+    @abc.abstractmethod
+    def _retryable(self, exc: BaseException) -> bool:
+        """Whether `exc` says the server is unreachable or busy right now, not that a statement is wrong."""
+
+    def _describe(self, exc: BaseException) -> str:
+        return str(exc) or type(exc).__name__
+
+    def _underlying(self, exc: BaseException) -> BaseException:
+        """The error to report when the driver raised `exc`."""
+        return exc
+
+    def _error(self, exc: BaseException, what: str = "") -> BackendError:
+        prefix = f"{self.name} {what}".rstrip()
+        message = self._scrub(f"{prefix}: {self._describe(exc)}")
+        return BackendUnavailable(message) if self._retryable(exc) else BackendError(message)
+
+    @contextlib.contextmanager
+    def _errors(self, what: str = "") -> Iterator[None]:
+        try:
+            yield
+        except self.driver_errors as exc:
+            raise self._error(self._underlying(exc), what) from exc
+
+    def _cannot_create(self, database: str, reason: str) -> BackendError:
+        return BackendError(
+            self._scrub(
+                f"{self.name} database {database!r} does not exist and user {self._user!r} "
+                f"may not create it: {reason}"
+            )
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Connect the pool, creating the database when it is missing (and permitted)."""
+
+    @abc.abstractmethod
+    async def _create_schema(self) -> None:
+        """Create or check the tables and the meta row (`_init_meta`), under a lock of the database."""
+
+    async def connect_retrying(
+        self, connect: Callable[[], Awaitable[None]], retry_for: float | None = None
+    ) -> None:
+        """Run `connect`, again every second while the server is unreachable, for `retry_for`
+        seconds (default: the connect timeout); its errors as `_errors` reports them."""
+        deadline = time.monotonic() + (self._connect_timeout if retry_for is None else retry_for)
+        while True:
+            try:
+                with self._errors(f"at {self._endpoint}"):
+                    await connect()
+                return
+            except BackendUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                self._log.warning("%s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def start(self) -> None:
+        """Connect, retrying while the server is unreachable (`connect_timeout` s); create the schema."""
+        await self.connect_retrying(self._open)
+        try:
+            await self._create_schema()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._log.info(
+            "%s database %s ready (server %s, schema version %d)",
+            self.name,
+            self._endpoint,
+            self.server_version or "?",
+            self.schema_version,
+        )
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release every connection; idempotent."""
 
     # -- schema --------------------------------------------------------------------------------
 
-    async def _init_meta(self, session: Session) -> None:
+    async def _init_meta(self, session: AsyncSession) -> None:
         """Create the meta row, or check the schema version of an existing one (in the schema lock)."""
-        row = await session.fetchone(SELECT_META_IDS)
+        row = await session.fetchone(sql.SELECT_META_IDS)
         if row is None:
             cluster_id = random.getrandbits(63) or 1
             member_id = random.getrandbits(63) or 1
-            await session.execute(INSERT_META, (sql.SCHEMA_VERSION, cluster_id, member_id))
+            await session.execute(sql.INSERT_META, (sql.SCHEMA_VERSION, cluster_id, member_id))
             version = sql.SCHEMA_VERSION
         else:
             version, cluster_id, member_id = (int(v) for v in row)
@@ -359,13 +372,13 @@ class ServerBackend(abc.ABC):
 
     async def revisions(self) -> tuple[int, int]:
         async with self._session("none") as session:
-            return await self._meta(session, sql.SELECT_META)
+            return meta_of(await session.fetchone(sql.SELECT_META))
 
     async def wait_for_change(self, max_wait: float) -> None:
         """Polling: sleep `max_wait` (PostgreSQL overrides this with LISTEN/NOTIFY)."""
         await asyncio.sleep(max_wait)
 
-    async def read_range(
+    async def read_range(  # the Backend Protocol's signature, as every backend spells it
         self,
         key_range: KeyRange,
         *,
@@ -378,13 +391,17 @@ class ServerBackend(abc.ABC):
         """One statement, one round trip: the meta row joined to the rows (and the count), so the
         revisions and the rows come from one snapshot without a transaction around them."""
         stmt, args = range_statement(
-            key_range, revision, limit=limit, keys_only=keys_only, count_only=count_only, count=count
+            self.statements,
+            key_range,
+            revision,
+            limit=limit,
+            keys_only=keys_only,
+            count_only=count_only,
+            count=count,
         )
         async with self._session("none") as session:
             rows = await session.fetch(stmt, args)
-        if not rows:
-            raise BackendError("the meta row is missing: this database was not created by kinepy")
-        current, compact = int(rows[0][0]), int(rows[0][1])
+        current, compact = meta_of(rows[0] if rows else None)
         if revision > current or (revision > 0 and revision < compact):
             return RangeRows(current, compact, [], 0)
         if count_only:
@@ -394,44 +411,6 @@ class ServerBackend(abc.ABC):
         if count and limit > 0 and len(kvs) >= limit:
             return RangeRows(current, compact, kvs, int(rows[0][8]))
         return RangeRows(current, compact, kvs, len(kvs))
-
-    @staticmethod
-    async def _meta(session: Session, statement: str) -> tuple[int, int]:
-        row = await session.fetchone(statement)
-        if row is None:
-            raise BackendError("the meta row is missing: this database was not created by kinepy")
-        return int(row[0]), int(row[1])
-
-    @staticmethod
-    async def _range(
-        session: Session,
-        key_range: KeyRange,
-        revision: int,
-        current: int,
-        compact: int,
-        limit: int,
-        keys_only: bool,
-        count_only: bool,
-    ) -> tuple[list[KeyValue], int]:
-        """At most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest), in key order,
-        and how many keys the range holds; within the caller's read transaction."""
-        latest = revision <= 0 or revision >= current
-        if revision > current or (revision > 0 and revision < compact):
-            return [], 0
-        if count_only:
-            stmt, args = sql.count_current(key_range) if latest else count_at_revision(key_range, revision)
-            row = await session.fetchone(stmt, args)
-            return [], int(row[0]) if row else 0
-        if latest:
-            stmt, args = sql.select_current(key_range, keys_only=keys_only, limit=limit)
-        else:
-            stmt, args = select_at_revision(key_range, revision, keys_only=keys_only, limit=limit)
-        kvs = [kv_of(row) for row in await session.fetch(stmt, args)]
-        if limit <= 0 or len(kvs) < limit:
-            return kvs, len(kvs)
-        stmt, args = sql.count_current(key_range) if latest else count_at_revision(key_range, revision)
-        row = await session.fetchone(stmt, args)
-        return kvs, int(row[0]) if row else 0
 
     async def read_events(
         self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
@@ -444,12 +423,10 @@ class ServerBackend(abc.ABC):
         the logical compaction has committed, so if the meta row still allows `after + 1` after the
         read, nothing the read needed was deleted before it.
         """
-        stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv)
-        if limit > 0:
-            stmt, args = f"{stmt} LIMIT ?", [*args, limit]
+        stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv, limit=limit)
         async with self._session("none") as session:
             events = [event_of(row) for row in await session.fetch(stmt, args)]
-            _, compact = await self._meta(session, sql.SELECT_META)
+            _, compact = meta_of(await session.fetchone(sql.SELECT_META))
         if after + 1 < compact:
             raise CompactedError()
         return events
@@ -460,12 +437,12 @@ class ServerBackend(abc.ABC):
 
     async def get_lease(self, lease_id: int) -> Lease | None:
         async with self._session("none") as session:
-            row = await session.fetchone(SELECT_LEASE, (lease_id,))
+            row = await session.fetchone(sql.SELECT_LEASE, (lease_id,))
         return None if row is None else lease_of(row)
 
     async def expired_leases(self, now: float, limit: int) -> list[Lease]:
         async with self._session("none") as session:
-            return [lease_of(row) for row in await session.fetch(SELECT_EXPIRED_LEASES, (now, limit))]
+            return [lease_of(row) for row in await session.fetch(sql.SELECT_EXPIRED_LEASES, (now, limit))]
 
     async def lease_keys(self, lease_id: int) -> list[bytes]:
         async with self._session("none") as session:
@@ -474,41 +451,14 @@ class ServerBackend(abc.ABC):
     # -- writes --------------------------------------------------------------------------------
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
-        async with self._session("write") as session:
-            current, compact = await self._meta(session, SELECT_META_FOR_UPDATE)
-            rows: dict[bytes, KeyValue] = {}
-            if read_set.keys:
-                stmt = f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE key {{in}}"
-                for row in await session.fetch_in(stmt, list(read_set.keys), "bytea"):
-                    kv = kv_of(row)
-                    rows[kv.key] = kv
-            for key_range in read_set.ranges:
-                stmt, args = sql.select_current(key_range, keys_only=False, limit=0)
-                for row in await session.fetch(stmt, args):
-                    kv = kv_of(row)
-                    rows[kv.key] = kv
-            leases: dict[int, Lease] = {}
-            lease_ids = list(read_set.leases | read_set.lease_keys)
-            if lease_ids:
-                stmt = f"SELECT {LEASE_COLUMNS} FROM leases WHERE id {{in}}"
-                for row in await session.fetch_in(stmt, lease_ids, "bigint"):
-                    lease = lease_of(row)
-                    leases[lease.id] = lease
-            if read_set.lease_keys:
-                stmt = f"SELECT {sql.KV_COLUMNS} FROM kv_current WHERE lease {{in}} AND lease <> 0"
-                for row in await session.fetch_in(stmt, list(read_set.lease_keys), "bigint"):
-                    kv = kv_of(row)
-                    rows[kv.key] = kv
-            historic: dict[tuple[KeyRange, int], list[KeyValue]] = {}
-            for key_range, rev in read_set.historic:
-                if compact <= rev <= current:
-                    kvs, _ = await self._range(session, key_range, rev, current, compact, 0, False, False)
-                    historic[(key_range, rev)] = kvs
-            write_set = evaluate(Snapshot(current, compact, rows, leases, historic))
+        def checked(snapshot: Snapshot) -> WriteSet | None:
+            write_set = evaluate(snapshot)
             if write_set is not None:
                 self._check_keys([key for key, kv in write_set.current.items() if kv is not None])
-                await self._apply(session, write_set, compact)
             return write_set
+
+        async with self._session("write") as session:
+            return await run_async(write_steps(self.statements, read_set, checked), session)
 
     def _check_keys(self, keys: list[bytes]) -> None:
         """Refuse (before any row is written; the transaction rolls back) a key the indexes cannot hold."""
@@ -520,67 +470,9 @@ class ServerBackend(abc.ABC):
                     f"a key of {longest} bytes is longer than the {self.name} backend's limit of {limit}"
                 )
 
-    @staticmethod
-    async def _apply(session: Session, write_set: WriteSet, compact: int) -> None:
-        if write_set.log:
-            await session.insert(
-                "kv_log",
-                LOG_COLUMNS,
-                ("bigint", "integer", "bytea", "bigint", "bigint", "bigint", "bytea", "smallint"),
-                [
-                    (
-                        r.revision,
-                        r.sub,
-                        r.key,
-                        r.create_revision,
-                        r.version,
-                        r.lease,
-                        r.value,
-                        int(r.tombstone),
-                    )
-                    for r in write_set.log
-                ],
-                upsert="",
-            )
-        upserts = []
-        deletes = []
-        for key, kv in write_set.current.items():
-            if kv is None:
-                deletes.append(key)
-            else:
-                upserts.append((kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.lease, kv.value))
-        if upserts:
-            await session.insert(
-                "kv_current",
-                CURRENT_COLUMNS,
-                ("bytea", "bigint", "bigint", "bigint", "bigint", "bytea"),
-                upserts,
-                upsert="key",
-            )
-        if deletes:
-            await session.execute_in("DELETE FROM kv_current WHERE key {in}", deletes, "bytea")
-        lease_upserts = [
-            (lease.id, lease.ttl, lease.expires_at) for lease in write_set.leases.values() if lease
-        ]
-        if lease_upserts:
-            await session.insert(
-                "leases",
-                LEASE_TABLE_COLUMNS,
-                ("bigint", "bigint", "double precision"),
-                lease_upserts,
-                upsert="id",
-            )
-        lease_deletes = [lease_id for lease_id, lease in write_set.leases.items() if lease is None]
-        if lease_deletes:
-            await session.execute_in("DELETE FROM leases WHERE id {in}", lease_deletes, "bigint")
-        new_compact = compact if write_set.compact_revision is None else write_set.compact_revision
-        await session.execute(sql.UPDATE_META, (write_set.revision, new_compact))
-
     # -- compaction and maintenance ------------------------------------------------------------
 
-    compact_superseded = COMPACT_SUPERSEDED_POSTGRES
-
-    async def _lock_compaction(self, session: Session) -> None:
+    async def _lock_compaction(self, session: AsyncSession) -> None:
         """Hold the database-wide compaction lock until `session`'s transaction ends (MySQL, whose
         lock belongs to a connection, takes it around `compact_batch` instead)."""
         return None
@@ -594,31 +486,25 @@ class ServerBackend(abc.ABC):
         # instead of deleting the same rows at once.
         async with self._session("write") as session:
             await self._lock_compaction(session)
-            row = await session.fetchone(sql.COMPACT_WINDOW_END, (after, upto, max_rows))
-            upto = sql.compact_window_end(after, upto, None if row is None else int(row[0]))
-            deleted = await session.execute(self.compact_superseded, (after, upto))
-            deleted += await session.execute(COMPACT_TOMBSTONES, (after, upto, compact_revision))
-            return deleted, upto
+            steps = compact_steps(self.statements, compact_revision, after, upto, max_rows)
+            return await run_async(steps, session)
 
     async def hash_kv(self, revision: int) -> tuple[int, int]:
         async with self._session("read") as session:
-            current, compact = await self._meta(session, sql.SELECT_META)
+            current, compact = meta_of(await session.fetchone(sql.SELECT_META))
             upto = current if revision <= 0 else revision
             crc = 0
-            pack = struct.Struct(">qqqqqB").pack
             async for rows in session.stream(sql.SELECT_LOG_FOR_HASH, (upto,)):
-                for revision_, sub, key, create, version, lease, value, tombstone in rows:
-                    head = pack(revision_, sub, create, version, lease, tombstone)
-                    crc = zlib.crc32(bytes(value), zlib.crc32(bytes(key), zlib.crc32(head, crc)))
+                crc = hash_rows(rows, crc)
             return crc, compact
 
     @abc.abstractmethod
-    async def _sizes(self, session: Session) -> tuple[int, int]:
+    async def _sizes(self, session: AsyncSession) -> tuple[int, int]:
         """(size on disk, size in use) of kinepy's tables, in bytes."""
 
     async def status(self) -> BackendStatus:
         async with self._session("none") as session:
-            current, compact = await self._meta(session, sql.SELECT_META)
+            current, compact = meta_of(await session.fetchone(sql.SELECT_META))
             size, in_use = await self._sizes(session)
         return BackendStatus(current, compact, size, in_use)
 

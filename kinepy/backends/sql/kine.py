@@ -34,7 +34,8 @@ from typing import Any
 
 from kinepy.backends.base import LogRow
 from kinepy.backends.sql.bulk import connect_existing
-from kinepy.backends.sql.dialect import ServerBackend, Session
+from kinepy.backends.sql.core import AsyncSession
+from kinepy.backends.sql.dialect import ServerBackend
 from kinepy.errors import BackendError
 
 KINE_VERSION = "v0.16.4"
@@ -286,14 +287,14 @@ class ServerKineExport(KineExport):
         self._backend: Any = backend  # a PostgresBackend or MySQLBackend
         self.description = f"kine's {description}"
         self._stack = contextlib.AsyncExitStack()
-        self._session: Session | None = None
+        self._session: AsyncSession | None = None
         self._revision = 0
         self._current_only = False
 
     async def open(self, *, current_only: bool) -> KineState:
         self._current_only = current_only
         await connect_existing(self._backend)
-        session: Session = await self._stack.enter_async_context(self._backend._session("read"))
+        session: AsyncSession = await self._stack.enter_async_context(self._backend._session("read"))
         self._session = session
         with self._backend._errors():
             columns = [str(row[0]) for row in await session.fetch(_COLUMNS[_dialect(self._backend)])]

@@ -27,33 +27,32 @@ import contextlib
 import logging
 import re
 import ssl
-import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiomysql
 
+from kinepy.backends.sql.core import AsyncSession, Row
 from kinepy.backends.sql.dialect import (
-    COMPACT_SUPERSEDED_MYSQL,
+    ATTEMPT_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POOL_SIZE,
     IN_CHUNK,
-    Row,
     ServerBackend,
-    Session,
     chunks,
     misconfigured,
     pyformat,
     quote_key,
+    server_statements,
     unresolvable,
 )
+from kinepy.backends.sql.statements import Table
 from kinepy.errors import BackendError, BackendUnavailable, ConfigError
 from kinepy.specs import MySQLSpec
 
 log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 3064
-DEFAULT_POOL_SIZE = 10
-DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to keep retrying an unreachable server at start
-_ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
 _POOL_RECYCLE = 3600  # seconds; below the server's default wait_timeout (8 h)
 _SCHEMA_LOCK = "kinepy_schema"
 _COMPACT_LOCK = "kinepy_compact"
@@ -223,7 +222,7 @@ def render(statement: str, args: Sequence[Any]) -> str:
     return pyformat(statement) % tuple(literal(arg) for arg in args)
 
 
-class _MySession(Session):
+class _MySession(AsyncSession):
     __slots__ = ("_conn", "_cur", "_max_statement")
 
     def __init__(self, conn: Any, cur: Any, max_statement: int) -> None:
@@ -254,18 +253,10 @@ class _MySession(Session):
             changed += await self.execute(self._in(statement, len(chunk)), chunk)
         return changed
 
-    async def insert(
-        self,
-        table: str,
-        columns: Sequence[str],
-        kinds: Sequence[str],
-        rows: list[tuple[Any, ...]],
-        *,
-        upsert: str,
-    ) -> None:
+    async def insert(self, table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> None:
         """Multi-row INSERT (or REPLACE), each statement at most `_max_statement` bytes."""
         verb = "REPLACE" if upsert else "INSERT"
-        head = quote_key(f"{verb} INTO {table} ({', '.join(columns)}) VALUES ")
+        head = quote_key(f"{verb} INTO {table.name} ({', '.join(table.columns)}) VALUES ")
         parts: list[str] = []
         size = len(head)
         for row in rows:
@@ -292,7 +283,12 @@ class MySQLBackend(ServerBackend):
 
     name = "MySQL"
     max_key_bytes = MAX_KEY_BYTES
-    compact_superseded = COMPACT_SUPERSEDED_MYSQL
+    driver_errors = (aiomysql.MySQLError, OSError)
+    # MySQL cannot name the DELETE target in a subquery (error 1093): the table joins itself.
+    statements = server_statements(
+        "DELETE o FROM kv_log o JOIN kv_log n ON o.key = n.key AND o.revision < n.revision "
+        "WHERE n.revision > ? AND n.revision <= ?"
+    )
 
     def __init__(
         self,
@@ -302,39 +298,25 @@ class MySQLBackend(ServerBackend):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: float = 0.0,
     ) -> None:
+        super().__init__(spec, pool_size=pool_size, connect_timeout=connect_timeout)
         self.spec = spec
-        self._pool_size = max(2, pool_size)
-        self._connect_timeout = connect_timeout
         # aiomysql's pool_recycle closes a connection idle that long; never beyond _POOL_RECYCLE,
         # so that the server's wait_timeout does not close it first.
         self._recycle = min(idle_timeout, _POOL_RECYCLE) if idle_timeout > 0 else _POOL_RECYCLE
         options = spec.options
         timeout = options.get("timeout")
-        self._attempt_timeout = _seconds(timeout) if timeout else _ATTEMPT_TIMEOUT
+        self._attempt_timeout = _seconds(timeout) if timeout else ATTEMPT_TIMEOUT
         self._ssl = ssl_context(options)
         self._pool: aiomysql.Pool | None = None
         self._max_statement = 1024 * 1024
-        self.server_version = ""
-        self.cluster_id = 0
-        self.member_id = 0
 
     # -- errors --------------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        password = self.spec.password
-        return text.replace(password, "***") if password else text
+    def _retryable(self, exc: BaseException) -> bool:
+        return is_retryable(exc)
 
-    def _error(self, exc: BaseException, what: str = "") -> BackendError:
-        prefix = f"MySQL {what}".rstrip()
-        message = self._scrub(f"{prefix}: {_describe(exc)}")
-        return BackendUnavailable(message) if is_retryable(exc) else BackendError(message)
-
-    @contextlib.contextmanager
-    def _errors(self, what: str = "") -> Iterator[None]:
-        try:
-            yield
-        except (aiomysql.MySQLError, OSError) as exc:
-            raise self._error(exc, what) from exc
+    def _describe(self, exc: BaseException) -> str:
+        return _describe(exc)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -385,12 +367,7 @@ class MySQLBackend(ServerBackend):
             except aiomysql.MySQLError as create_exc:
                 if _code(create_exc) != _DATABASE_EXISTS:
                     if _code(create_exc) in _ACCESS_DENIED:
-                        raise BackendError(
-                            self._scrub(
-                                f"MySQL database {database!r} does not exist and user {self.spec.user!r} "
-                                f"may not create it: {_describe(create_exc)}"
-                            )
-                        ) from create_exc
+                        raise self._cannot_create(database, _describe(create_exc)) from create_exc
                     raise
             finally:
                 conn.close()
@@ -422,30 +399,9 @@ class MySQLBackend(ServerBackend):
             **self._connect_args(),
         )
 
-    async def start(self) -> None:
-        deadline = time.monotonic() + self._connect_timeout
-        while True:
-            try:
-                with self._errors(f"at {self.spec.describe()}"):
-                    init_command = await self._bootstrap()
-                    self._pool = await self._create_pool(init_command)
-                break
-            except BackendUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                log.warning("%s; retrying", exc)
-                await asyncio.sleep(1.0)
-        try:
-            await self._create_schema()
-        except BaseException:
-            await self.aclose()
-            raise
-        log.info(
-            "MySQL database %s ready (server %s, schema version %d)",
-            self.spec.describe(),
-            self.server_version,
-            self.schema_version,
-        )
+    async def _open(self) -> None:
+        init_command = await self._bootstrap()
+        self._pool = await self._create_pool(init_command)
 
     async def _create_schema(self) -> None:
         async with self._session("none") as session:
@@ -478,7 +434,7 @@ class MySQLBackend(ServerBackend):
             pool.terminate()
 
     @contextlib.asynccontextmanager
-    async def _session(self, kind: str) -> AsyncIterator[Session]:
+    async def _session(self, kind: str) -> AsyncIterator[AsyncSession]:
         pool = self._pool
         if pool is None:
             raise BackendUnavailable("the MySQL backend is closed")
@@ -520,7 +476,7 @@ class MySQLBackend(ServerBackend):
                 with contextlib.suppress(Exception):
                     await lock.execute("SELECT RELEASE_LOCK(?)", (_COMPACT_LOCK,))
 
-    async def _sizes(self, session: Session) -> tuple[int, int]:
+    async def _sizes(self, session: AsyncSession) -> tuple[int, int]:
         row = await session.fetchone(_SIZES)
         if not row:
             return 0, 0

@@ -21,33 +21,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
 
+from kinepy.backends.sql.core import AsyncSession, Row
 from kinepy.backends.sql.dialect import (
+    ATTEMPT_TIMEOUT,
     BATCH_BYTES,
-    Row,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POOL_SIZE,
     ServerBackend,
-    Session,
     byte_batches,
     misconfigured,
     numbered,
+    server_statements,
     unresolvable,
 )
+from kinepy.backends.sql.statements import Table, on_conflict_update
 from kinepy.errors import BackendError, BackendUnavailable
 from kinepy.specs import PostgresSpec
 
 log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 2684
-DEFAULT_POOL_SIZE = 10
-DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to keep retrying an unreachable server at start
-_ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
 _CLOSE_TIMEOUT = 10.0
 _SCHEMA_LOCK = 0x6B696E6570790001  # pg_advisory_xact_lock key: "kinepy" + 1
 _COMPACT_LOCK = 0x6B696E6570790002  # the same, for physical compaction batches
@@ -60,6 +61,8 @@ NOTIFY_CHANNEL = "kinepy_commit"
 _RETRYABLE_CLASSES = ("08", "53", "57", "40")
 _RETRYABLE_CODES = ("55P03", "25006")
 
+# Each dialect writes its own DDL (column types, key and index syntax), alike by design: kine too keeps
+# one schema per driver.
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -146,7 +149,15 @@ def underlying(exc: BaseException) -> BaseException:
     return exc
 
 
-class _PgSession(Session):
+@functools.lru_cache(maxsize=16)
+def _insert_statement(table: Table, upsert: bool) -> str:
+    """Whole columns as arrays: one statement, one round trip, one plan, whatever the batch size."""
+    arrays = ", ".join(f"?::{kind}[]" for kind in table.kinds)
+    statement = f"INSERT INTO {table.name} ({', '.join(table.columns)}) SELECT * FROM unnest({arrays})"
+    return numbered(statement + on_conflict_update(table) if upsert else statement)
+
+
+class _PgSession(AsyncSession):
     __slots__ = ("_conn",)
 
     def __init__(self, conn: asyncpg.Connection) -> None:
@@ -167,21 +178,8 @@ class _PgSession(Session):
     async def execute_in(self, statement: str, values: Sequence[Any], kind: str) -> int:
         return await self.execute(statement.replace("{in}", f"= ANY(?::{kind}[])"), (list(values),))
 
-    async def insert(
-        self,
-        table: str,
-        columns: Sequence[str],
-        kinds: Sequence[str],
-        rows: list[tuple[Any, ...]],
-        *,
-        upsert: str,
-    ) -> None:
-        arrays = ", ".join(f"?::{kind}[]" for kind in kinds)
-        statement = f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
-        if upsert:
-            updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != upsert)
-            statement += f" ON CONFLICT ({upsert}) DO UPDATE SET {updates}"
-        text = numbered(statement)
+    async def insert(self, table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> None:
+        text = _insert_statement(table, upsert)
         for batch in byte_batches(rows, BATCH_BYTES):
             await self._conn.execute(text, *(list(column) for column in zip(*batch, strict=True)))
 
@@ -197,7 +195,17 @@ class PostgresBackend(ServerBackend):
     """kinepy's storage model in a PostgreSQL database (created when missing and permitted)."""
 
     name = "PostgreSQL"
+    statements = server_statements(
+        "DELETE FROM kv_log o USING kv_log n WHERE o.key = n.key AND o.revision < n.revision "
+        "AND n.revision > ? AND n.revision <= ?"
+    )
     max_key_bytes = MAX_KEY_BYTES
+    driver_errors = (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
+        OSError,
+    )
 
     def __init__(
         self,
@@ -208,15 +216,14 @@ class PostgresBackend(ServerBackend):
         synchronous_commit: bool = True,
         idle_timeout: float = 0.0,
     ) -> None:
+        super().__init__(spec, pool_size=pool_size, connect_timeout=connect_timeout)
         self.spec = spec
-        self._pool_size = max(2, pool_size)
         self._idle_timeout = idle_timeout  # asyncpg: 0 keeps idle connections open
-        self._connect_timeout = connect_timeout
         options = dict(spec.options)
         self._host = options.pop("host", spec.host)
         port = options.pop("port", None)
         self._port = int(port) if port else spec.port
-        self._attempt_timeout = float(options.pop("connect_timeout", _ATTEMPT_TIMEOUT) or _ATTEMPT_TIMEOUT)
+        self._attempt_timeout = float(options.pop("connect_timeout", ATTEMPT_TIMEOUT) or ATTEMPT_TIMEOUT)
         settings = {"application_name": options.pop("application_name", "kinepy")}
         if not synchronous_commit:
             settings["synchronous_commit"] = "off"
@@ -229,60 +236,35 @@ class PostgresBackend(ServerBackend):
         self._changed = asyncio.Event()
         self._listen_failed = False
         self._own_pids: set[int] = set()  # server processes of our pool: their NOTIFYs are our commits
-        self.cluster_id = 0
-        self.member_id = 0
 
     # -- errors --------------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        password = self.spec.password
-        return text.replace(password, "***") if password else text
+    def _retryable(self, exc: BaseException) -> bool:
+        return is_retryable(exc)
 
-    def _error(self, exc: BaseException, what: str = "") -> BackendError:
-        prefix = f"PostgreSQL {what}".rstrip()
-        message = self._scrub(f"{prefix}: {str(exc) or type(exc).__name__}")
-        return BackendUnavailable(message) if is_retryable(exc) else BackendError(message)
-
-    @contextlib.contextmanager
-    def _errors(self, what: str = "") -> Iterator[None]:
-        try:
-            yield
-        except (
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.exceptions.InternalClientError,
-            OSError,
-        ) as exc:
-            raise self._error(underlying(exc), what) from exc
+    def _underlying(self, exc: BaseException) -> BaseException:
+        return underlying(exc)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def _where(self) -> str:
-        return f"at {self.spec.describe()}"
+    def _connect_args(self, database: str) -> dict[str, Any]:
+        return {
+            "dsn": self._dsn,
+            "host": self._host,
+            "port": self._port,
+            "user": self.spec.user,
+            "password": self.spec.password,
+            "database": database,
+            "timeout": self._attempt_timeout,
+            "server_settings": self._server_settings,
+        }
 
-    async def _connect(self, database: str, **kwargs: Any) -> Any:
-        return await asyncpg.connect(
-            self._dsn,
-            host=self._host,
-            port=self._port,
-            user=self.spec.user,
-            password=self.spec.password,
-            database=database,
-            timeout=self._attempt_timeout,
-            server_settings=self._server_settings,
-            **kwargs,
-        )
+    async def _connect(self, database: str) -> Any:
+        return await asyncpg.connect(**self._connect_args(database))
 
     async def _create_pool(self) -> asyncpg.Pool:
         return await asyncpg.create_pool(
-            self._dsn,
-            host=self._host,
-            port=self._port,
-            user=self.spec.user,
-            password=self.spec.password,
-            database=self.spec.database,
-            timeout=self._attempt_timeout,
-            server_settings=self._server_settings,
+            **self._connect_args(self.spec.database),
             min_size=1,
             max_size=self._pool_size,
             max_inactive_connection_lifetime=self._idle_timeout,
@@ -308,51 +290,29 @@ class PostgresBackend(ServerBackend):
             except asyncpg.DuplicateDatabaseError:
                 pass
             except asyncpg.InsufficientPrivilegeError as exc:
-                raise BackendError(
-                    self._scrub(
-                        f"PostgreSQL database {database!r} does not exist and user {self.spec.user!r} "
-                        f"may not create it: {exc}"
-                    )
-                ) from exc
+                raise self._cannot_create(database, str(exc)) from exc
             finally:
                 await conn.close()
             return
         raise BackendError(f"PostgreSQL database {database!r} does not exist") from last
 
-    async def start(self) -> None:
-        deadline = time.monotonic() + self._connect_timeout
-        while True:
-            try:
-                with self._errors(self._where()):
-                    try:
-                        self._pool = await self._create_pool()
-                    except asyncpg.InvalidCatalogNameError:
-                        await self._create_database()
-                        self._pool = await self._create_pool()
-                break
-            except BackendUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                log.warning("%s; retrying", exc)
-                await asyncio.sleep(1.0)
+    async def _open(self) -> None:
         try:
-            async with self._session("write") as session:
-                await session.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
-                for statement in _SCHEMA:
-                    await session.execute(statement)
-                if await session.fetchone(_NOTIFY_TRIGGER_EXISTS) is None:
-                    await session.execute(_CREATE_NOTIFY_TRIGGER)
-                await self._init_meta(session)
-                version = await session.fetchone("SHOW server_version")
-        except BaseException:
-            await self.aclose()
-            raise
-        log.info(
-            "PostgreSQL database %s ready (server %s, schema version %d)",
-            self.spec.describe(),
-            version[0] if version else "?",
-            self.schema_version,
-        )
+            self._pool = await self._create_pool()
+        except asyncpg.InvalidCatalogNameError:
+            await self._create_database()
+            self._pool = await self._create_pool()
+
+    async def _create_schema(self) -> None:
+        async with self._session("write") as session:
+            await session.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            for statement in _SCHEMA:
+                await session.execute(statement)
+            if await session.fetchone(_NOTIFY_TRIGGER_EXISTS) is None:
+                await session.execute(_CREATE_NOTIFY_TRIGGER)
+            await self._init_meta(session)
+            version = await session.fetchone("SHOW server_version")
+        self.server_version = str(version[0]) if version else ""
 
     # -- other processes' commits ----------------------------------------------------------------
 
@@ -368,7 +328,7 @@ class PostgresBackend(ServerBackend):
             try:
                 listener = await self._connect(self.spec.database)
                 await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except self.driver_errors as exc:
                 if not self._listen_failed:  # once per outage, not every `max_wait`
                     self._listen_failed = True
                     log.warning("%s; following other processes by polling", self._error(exc, "LISTEN failed"))
@@ -401,7 +361,7 @@ class PostgresBackend(ServerBackend):
             pool.terminate()
 
     @contextlib.asynccontextmanager
-    async def _session(self, kind: str) -> AsyncIterator[Session]:
+    async def _session(self, kind: str) -> AsyncIterator[AsyncSession]:
         pool = self._pool
         if pool is None:
             raise BackendUnavailable("the PostgreSQL backend is closed")
@@ -423,10 +383,10 @@ class PostgresBackend(ServerBackend):
 
     # -- maintenance ---------------------------------------------------------------------------
 
-    async def _lock_compaction(self, session: Session) -> None:
+    async def _lock_compaction(self, session: AsyncSession) -> None:
         await session.execute("SELECT pg_advisory_xact_lock(?)", (_COMPACT_LOCK,))
 
-    async def _sizes(self, session: Session) -> tuple[int, int]:
+    async def _sizes(self, session: AsyncSession) -> tuple[int, int]:
         row = await session.fetchone(_SIZES)
         size = int(row[0]) if row and row[0] is not None else 0
         return size, size

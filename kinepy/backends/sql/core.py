@@ -1,0 +1,316 @@
+"""The SQL core every dialect runs, written once: row decoders, a range read at a revision, the write
+transaction (read set, evaluate, rows written), a compaction batch and the history hash.
+
+The logic that issues several statements is written as *steps*: a generator that yields a `Request`
+(one statement for a driver to run) and is sent back its result. SQLite runs steps on a database
+thread over a blocking connection (`run`), PostgreSQL and MySQL on the event loop over an async
+session (`run_async`): one piece of logic, with no event loop in SQLite's threads and no thread hop
+per statement. Each driver runs a request the way its database does best (`executemany` on SQLite,
+`unnest` arrays on PostgreSQL, multi-row `REPLACE` on MySQL).
+"""
+
+from __future__ import annotations
+
+import abc
+import struct
+import zlib
+from collections.abc import AsyncIterator, Generator, Iterable, Sequence
+from typing import Any, Protocol, TypeVar, cast
+
+from kinepy.backends.base import Evaluate, LogRow, RangeRows, ReadSet, Snapshot, WriteSet
+from kinepy.backends.sql import statements as sql
+from kinepy.backends.sql.statements import Statements, Table
+from kinepy.errors import BackendError
+from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease
+
+T = TypeVar("T")
+Row = Sequence[Any]
+
+
+# One statement for a driver: the name of the session method that runs it, and its arguments (a plain
+# tuple: a Range of one key runs a few of them on the event loop, and a tuple costs least to build).
+Request = tuple[str, tuple[Any, ...]]
+Steps = Generator[Request, Any, T]
+
+
+def fetch(statement: str, args: Sequence[Any] = ()) -> Request:
+    """Every row of `statement`."""
+    return "fetch", (statement, args)
+
+
+def fetchone(statement: str, args: Sequence[Any] = ()) -> Request:
+    """The first row of `statement`, or None."""
+    return "fetchone", (statement, args)
+
+
+def fetch_in(statement: str, values: Sequence[Any], kind: str) -> Request:
+    """Rows of `statement`, whose `{in}` restricts a column to `values` (of SQL type `kind`)."""
+    return "fetch_in", (statement, values, kind)
+
+
+def execute(statement: str, args: Sequence[Any] = ()) -> Request:
+    """Run `statement`; the number of rows it changed."""
+    return "execute", (statement, args)
+
+
+def execute_in(statement: str, values: Sequence[Any], kind: str) -> Request:
+    """Like `fetch_in`, for a DELETE; the number of rows deleted."""
+    return "execute_in", (statement, values, kind)
+
+
+def insert(table: Table, rows: list[tuple[Any, ...]], *, upsert: bool) -> Request:
+    """Insert `rows` set-based; with `upsert`, a row whose key exists replaces it."""
+    return "insert", (table, rows, upsert)
+
+
+class BlockingSession(Protocol):
+    """A connection that runs requests and blocks (SQLite, on a database thread)."""
+
+    def fetch(self, statement: str, args: Sequence[Any] = ()) -> Iterable[Row]: ...
+    def fetchone(self, statement: str, args: Sequence[Any] = ()) -> Row | None: ...
+    def fetch_in(self, statement: str, values: Sequence[Any], kind: str) -> list[Row]: ...
+    def execute(self, statement: str, args: Sequence[Any] = ()) -> int: ...
+    def execute_in(self, statement: str, values: Sequence[Any], kind: str) -> int: ...
+    def insert(self, table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> None: ...
+
+
+class AsyncSession(abc.ABC):
+    """A connection that runs requests on the event loop (PostgreSQL, MySQL), inside one transaction
+    (or none), speaking `?`-style SQL."""
+
+    @abc.abstractmethod
+    async def fetch(self, statement: str, args: Sequence[Any] = ()) -> list[Row]:
+        """Every row of `statement`."""
+
+    async def fetchone(self, statement: str, args: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetch(statement, args)
+        return rows[0] if rows else None
+
+    @abc.abstractmethod
+    async def execute(self, statement: str, args: Sequence[Any] = ()) -> int:
+        """Run `statement`; the number of rows it changed."""
+
+    @abc.abstractmethod
+    async def fetch_in(self, statement: str, values: Sequence[Any], kind: str) -> list[Row]:
+        """Rows of `statement`, whose `{in}` restricts a column to `values` (of SQL type `kind`:
+        `bytea` or `bigint`), in as few statements as the dialect allows."""
+
+    @abc.abstractmethod
+    async def execute_in(self, statement: str, values: Sequence[Any], kind: str) -> int:
+        """Like `fetch_in`, for a DELETE; the number of rows deleted."""
+
+    @abc.abstractmethod
+    async def insert(self, table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> None:
+        """Insert `rows` set-based; with `upsert`, a row whose key exists replaces it."""
+
+    @abc.abstractmethod
+    def stream(self, statement: str, args: Sequence[Any], *, batch: int = 1000) -> AsyncIterator[list[Row]]:
+        """The rows of `statement` in batches, without holding them all (inside a transaction)."""
+
+
+def run(steps: Steps[T], session: BlockingSession) -> T:
+    """Run `steps` to the end on a blocking session; what they return."""
+    reply: Any = None
+    while True:
+        try:
+            request = steps.send(reply)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        method, args = request
+        reply = getattr(session, method)(*args)
+
+
+async def run_async(steps: Steps[T], session: AsyncSession) -> T:
+    """Run `steps` to the end on an async session; what they return (`run`'s twin, line for line:
+    a coroutine cannot drive blocking code on a database thread, nor the reverse)."""
+    reply: Any = None
+    while True:
+        try:
+            request = steps.send(reply)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        method, args = request
+        reply = await getattr(session, method)(*args)
+
+
+# -- decoders ------------------------------------------------------------------------------------
+
+
+def kv_of(row: Row) -> KeyValue:
+    """A `KeyValue` from `key, create_revision, mod_revision, version, lease, value`."""
+    return KeyValue(bytes(row[0]), row[1], row[2], row[3], bytes(row[5]), row[4])
+
+
+def event_of(row: Row) -> Event:
+    """An `Event` from a `select_events` row (with the previous row's columns when asked)."""
+    revision, _sub, key, create_revision, version, lease, value, tombstone = tuple(row[:8])
+    key = bytes(key)
+    prev = None
+    if len(row) > 8 and row[8] is not None and not row[13]:
+        prev = KeyValue(key, row[9], row[8], row[10], bytes(row[12]), row[11])
+    if tombstone:
+        return Event(EventType.DELETE, KeyValue(key, 0, revision, 0, b"", 0), prev)
+    return Event(EventType.PUT, KeyValue(key, create_revision, revision, version, bytes(value), lease), prev)
+
+
+def lease_of(row: Row) -> Lease:
+    """A `Lease` from `id, ttl, expires_at`."""
+    return Lease(int(row[0]), int(row[1]), float(row[2]))
+
+
+def meta_of(row: Row | None) -> tuple[int, int]:
+    """`(revision, compact_revision)` from the meta row."""
+    if row is None:
+        raise BackendError("the meta row is missing: this database was not created by kinepy")
+    return int(row[0]), int(row[1])
+
+
+_HEAD = struct.Struct(">qqqqqB").pack
+
+
+def hash_rows(rows: Iterable[Row], crc: int) -> int:
+    """`crc` continued over `SELECT_LOG_FOR_HASH` rows."""
+    for revision, sub, key, create, version, lease, value, tombstone in rows:
+        head = _HEAD(revision, sub, create, version, lease, tombstone)
+        crc = zlib.crc32(bytes(value), zlib.crc32(bytes(key), zlib.crc32(head, crc)))
+    return crc
+
+
+# -- reads ---------------------------------------------------------------------------------------
+
+
+def read_range_steps(
+    statements: Statements,
+    key_range: KeyRange,
+    revision: int,
+    limit: int,
+    keys_only: bool,
+    count_only: bool,
+    count: bool,
+) -> Steps[RangeRows]:
+    """The meta row, then `range_steps`; inside the caller's read transaction."""
+    current, compact = meta_of((yield fetchone(sql.SELECT_META)))
+    kvs, total = yield from range_steps(
+        statements, key_range, revision, current, compact, limit, keys_only, count_only, count
+    )
+    return RangeRows(current, compact, kvs, total)
+
+
+def range_steps(
+    statements: Statements,
+    key_range: KeyRange,
+    revision: int,
+    current: int,
+    compact: int,
+    limit: int,
+    keys_only: bool,
+    count_only: bool,
+    count: bool = True,
+) -> Steps[tuple[list[KeyValue], int]]:
+    """At most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest), in key order,
+    and how many keys the range holds (with `count`; else the rows read); within the caller's
+    read transaction. A revision above `current` or below `compact` reads nothing."""
+    latest = revision <= 0 or revision >= current
+    if revision > current or (revision > 0 and revision < compact):
+        return [], 0
+    if count_only:
+        stmt, args = (
+            sql.count_current(key_range) if latest else statements.count_at_revision(key_range, revision)
+        )
+        return [], int((yield fetchone(stmt, args))[0])
+    if latest:
+        stmt, args = sql.select_current(key_range, keys_only=keys_only, limit=limit)
+    else:
+        stmt, args = sql.select_at_revision(statements, key_range, revision, keys_only=keys_only, limit=limit)
+    kvs = [kv_of(row) for row in (yield fetch(stmt, args))]
+    if limit <= 0 or len(kvs) < limit or not count:
+        return kvs, len(kvs)
+    stmt, args = sql.count_current(key_range) if latest else statements.count_at_revision(key_range, revision)
+    return kvs, int((yield fetchone(stmt, args))[0])
+
+
+# -- writes --------------------------------------------------------------------------------------
+
+
+def write_steps(statements: Statements, read_set: ReadSet, evaluate: Evaluate) -> Steps[WriteSet | None]:
+    """Inside the caller's write transaction: read `read_set`, call `evaluate` on it, write what it
+    returns (the caller commits)."""
+    current, compact = meta_of((yield fetchone(statements.select_meta_for_write)))
+    rows: dict[bytes, KeyValue] = {}
+    if read_set.keys:
+        for row in (yield fetch_in(sql.SELECT_CURRENT_IN_KEYS, list(read_set.keys), "bytea")):
+            kv = kv_of(row)
+            rows[kv.key] = kv
+    for key_range in read_set.ranges:
+        stmt, args = sql.select_current(key_range, keys_only=False, limit=0)
+        for row in (yield fetch(stmt, args)):
+            kv = kv_of(row)
+            rows[kv.key] = kv
+    leases: dict[int, Lease] = {}
+    lease_ids = list(read_set.leases | read_set.lease_keys)
+    if lease_ids:
+        for row in (yield fetch_in(sql.SELECT_LEASES_IN, lease_ids, "bigint")):
+            lease = lease_of(row)
+            leases[lease.id] = lease
+    if read_set.lease_keys:
+        for row in (yield fetch_in(sql.SELECT_CURRENT_IN_LEASES, list(read_set.lease_keys), "bigint")):
+            kv = kv_of(row)
+            rows[kv.key] = kv
+    historic: dict[tuple[KeyRange, int], list[KeyValue]] = {}
+    for key_range, rev in read_set.historic:
+        if compact <= rev <= current:
+            kvs, _ = yield from range_steps(statements, key_range, rev, current, compact, 0, False, False)
+            historic[(key_range, rev)] = kvs
+    write_set = evaluate(Snapshot(current, compact, rows, leases, historic))
+    if write_set is not None:
+        yield from apply_steps(write_set, compact)
+    return write_set
+
+
+def log_tuples(rows: Iterable[LogRow]) -> list[tuple[Any, ...]]:
+    """History rows as the columns of `KV_LOG`."""
+    return [
+        (r.revision, r.sub, r.key, r.create_revision, r.version, r.lease, r.value, int(r.tombstone))
+        for r in rows
+    ]
+
+
+def apply_steps(write_set: WriteSet, compact: int) -> Steps[None]:
+    """Write `write_set`: its history rows, the current state of its keys and leases, the meta row."""
+    if write_set.log:
+        yield insert(sql.KV_LOG, log_tuples(write_set.log), upsert=False)
+    upserts = []
+    deletes = []
+    for key, kv in write_set.current.items():
+        if kv is None:
+            deletes.append(key)
+        else:
+            upserts.append((kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.lease, kv.value))
+    if upserts:
+        yield insert(sql.KV_CURRENT, upserts, upsert=True)
+    if deletes:
+        yield execute_in(sql.DELETE_CURRENT_IN, deletes, "bytea")
+    lease_upserts = [(lease.id, lease.ttl, lease.expires_at) for lease in write_set.leases.values() if lease]
+    if lease_upserts:
+        yield insert(sql.LEASES, lease_upserts, upsert=True)
+    lease_deletes = [lease_id for lease_id, lease in write_set.leases.items() if lease is None]
+    if lease_deletes:
+        yield execute_in(sql.DELETE_LEASES_IN, lease_deletes, "bigint")
+    new_compact = compact if write_set.compact_revision is None else write_set.compact_revision
+    yield execute(sql.UPDATE_META, (write_set.revision, new_compact))
+
+
+def compact_steps(
+    statements: Statements, compact_revision: int, after: int, upto: int, max_rows: int
+) -> Steps[tuple[int, int]]:
+    """Inside the caller's write transaction: delete the history that no read at or above
+    `compact_revision` can see, driven by the rows in `(after, reached]`, where `reached <= upto`
+    ends the window at about `max_rows` rows; returns (rows deleted, reached).
+
+    The cost follows the changes in the window: every older row of a key written in it (it is
+    superseded), and the window's tombstones below the compaction revision."""
+    row = yield fetchone(sql.COMPACT_WINDOW_END, (after, upto, max_rows))
+    upto = sql.compact_window_end(after, upto, None if row is None else int(row[0]))
+    deleted = yield execute(statements.compact_superseded, (after, upto))
+    deleted += yield execute(sql.COMPACT_TOMBSTONES, (after, upto, compact_revision))
+    return deleted, upto
