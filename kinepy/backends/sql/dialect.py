@@ -42,7 +42,7 @@ from kinepy.backends.sql.core import (
     run_async,
     write_steps,
 )
-from kinepy.errors import BackendError, BackendUnavailable, CompactedError
+from kinepy.errors import BackendError, BackendUnavailable
 from kinepy.types import Event, KeyRange, KeyValue, Lease
 
 log = logging.getLogger(__name__)
@@ -415,21 +415,9 @@ class ServerBackend(abc.ABC):
     async def read_events(
         self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
     ) -> list[Event]:
-        """The events of `(after, upto]`; `CompactedError` if revision `after + 1` is compacted.
-
-        Another process may compact the shared database, and delete the history physically, before
-        this one's follower learns of it: the events read would then silently lack the deleted rows.
-        So the compaction revision is read *after* the events. Physical deletion starts only once
-        the logical compaction has committed, so if the meta row still allows `after + 1` after the
-        read, nothing the read needed was deleted before it.
-        """
         stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv, limit=limit)
         async with self._session("none") as session:
-            events = [event_of(row) for row in await session.fetch(stmt, args)]
-            _, compact = meta_of(await session.fetchone(sql.SELECT_META))
-        if after + 1 < compact:
-            raise CompactedError()
-        return events
+            return [event_of(row) for row in await session.fetch(stmt, args)]
 
     async def load_leases(self) -> list[Lease]:
         async with self._session("none") as session:
