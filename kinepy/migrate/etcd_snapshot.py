@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 
 from kinepy.backends.base import LogRow
+from kinepy.backends.sql.spool import ChangeSpool
 from kinepy.errors import KinepyError
 from kinepy.migrate.bbolt import BoltError, BoltFile, is_bbolt
 from kinepy.migrate.model import Header
@@ -41,6 +42,7 @@ from kinepy.types import Lease
 
 log = logging.getLogger(__name__)
 
+_SPOOL_BATCH = 5000
 CHECKSUM_SIZE = 32  # sha256
 _REVISION = struct.Struct(">Qc Q")
 _REVISION_SIZE = 17
@@ -208,11 +210,11 @@ class EtcdSnapshot:
 
     def history(self) -> Iterator[LogRow]:
         """Every change the snapshot holds, in (revision, sub) order."""
-        kv = KeyValuePb()
+        parse = KeyValuePb.FromString  # a message each: upb keeps what a reused message parsed
         for raw_revision, raw_kv in self._bucket(b"key"):
             main, sub, tombstone = parse_revision(raw_revision)
             try:
-                kv.ParseFromString(raw_kv)
+                kv = parse(raw_kv)
             except Exception as exc:  # protobuf's DecodeError
                 raise SnapshotError(f"{self.path}: corrupt key-value record at revision {main}") from exc
             if tombstone:
@@ -235,18 +237,30 @@ class EtcdSnapshot:
         return [record.to_lease(start) for record in self.lease_records()]
 
 
+def _merge_keep(rows: Iterator[LogRow], keep: Iterator[tuple[int, int]]) -> Iterator[LogRow]:
+    """The rows whose `(revision, sub)` is in `keep`; both in `(revision, sub)` order."""
+    wanted = next(keep, None)
+    for row in rows:
+        if wanted is None:
+            return
+        if (row.revision, row.sub) == wanted:
+            yield row
+            wanted = next(keep, None)
+
+
 class EtcdSnapshotSource:
     """An etcd snapshot file as a copy's `Source` (kinepy.migrate.model).
 
     `open` reads the whole file once before anything is copied (the checksum, then every entry of
     the `key` bucket, to count the live keys, and the leases), so a corrupt or truncated file is
-    refused before the target is touched. Memory holds one entry per key (its newest revision)."""
+    refused before the target is touched. Which key each entry touches goes to a temporary file
+    (`ChangeSpool`), not to memory."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.description = f"etcd snapshot {self.path}"
         self._snapshot: EtcdSnapshot | None = None
-        self._newest: dict[bytes, tuple[int, int, bool]] = {}
+        self._changes: ChangeSpool | None = None
         self._records: list[LeaseRecord] = []
         self._current_only = False
 
@@ -256,15 +270,13 @@ class EtcdSnapshotSource:
 
     def _open(self, current_only: bool) -> Header:
         snapshot = self._snapshot = EtcdSnapshot(self.path)
-        newest = self._newest
-        rows = 0
-        for row in snapshot.history():
-            newest[row.key] = (row.revision, row.sub, row.tombstone)
-            rows += 1
+        changes = self._changes = ChangeSpool()
+        rows = snapshot.history()
+        while batch := list(itertools.islice(rows, _SPOOL_BATCH)):
+            changes.add(batch)
         self._records = snapshot.lease_records()
-        live = sum(1 for _rev, _sub, tombstone in newest.values() if not tombstone)
-        if current_only:
-            rows = live + sum(1 for rev, _sub, tomb in newest.values() if tomb and rev == snapshot.revision)
+        live = changes.live_keys()
+        log_rows = sum(1 for _ in changes.current(snapshot.revision)) if current_only else changes.rows
         compact = snapshot.revision if current_only else snapshot.compact_revision
         log.info(
             "%s: etcd store at revision %d, compacted at %d, %s checksum",
@@ -273,33 +285,20 @@ class EtcdSnapshotSource:
             snapshot.compact_revision,
             "sha256 verified" if snapshot.has_checksum else "no",
         )
-        return Header(snapshot.revision, compact, 0, 0, log_rows=rows, current_rows=live)
-
-    def _keep(self, row: LogRow) -> bool:
-        if not self._current_only:
-            return True
-        assert self._snapshot is not None
-        revision, sub, tombstone = self._newest[row.key]
-        return (row.revision, row.sub) == (revision, sub) and (
-            not tombstone or revision == self._snapshot.revision
-        )
+        return Header(snapshot.revision, compact, 0, 0, log_rows=log_rows, current_rows=live)
 
     async def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
-        snapshot = self._snapshot
-        assert snapshot is not None, "open() first"
+        snapshot, changes = self._snapshot, self._changes
+        assert snapshot is not None and changes is not None, "open() first"
         rows = snapshot.history()
+        if self._current_only:
+            rows = _merge_keep(rows, changes.current(snapshot.revision))
 
-        def batch() -> tuple[list[LogRow], bool]:
-            """The kept rows of the next `batch_rows` entries, and whether there were any."""
-            read = list(itertools.islice(rows, batch_rows))
-            return [row for row in read if self._keep(row)], bool(read)
+        def batch() -> list[LogRow]:
+            return list(itertools.islice(rows, batch_rows))
 
-        while True:
-            kept, more = await asyncio.to_thread(batch)
-            if kept:
-                yield kept
-            if not more:
-                return
+        while chunk := await asyncio.to_thread(batch):
+            yield chunk
 
     async def leases(self) -> list[Lease]:
         now = time.time()
@@ -310,5 +309,8 @@ class EtcdSnapshotSource:
 
     async def aclose(self) -> None:
         snapshot, self._snapshot = self._snapshot, None
+        changes, self._changes = self._changes, None
+        if changes is not None:
+            changes.close()
         if snapshot is not None:
             snapshot.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import math
 import os
 import struct
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from kinepy.backends.base import LogRow
 from kinepy.backends.sql.bulk import hash_rows
+from kinepy.backends.sql.spool import ChangeSpool
 from kinepy.errors import KinepyError
 from kinepy.migrate.bbolt_writer import BoltWriter, BucketBuilder
 from kinepy.migrate.etcd_snapshot import EtcdSnapshot
@@ -160,14 +162,16 @@ class EtcdSnapshotTarget:
                     f"{self.part} reads back at revision {snapshot.revision}, compacted at "
                     f"{snapshot.compact_revision}; expected {header.revision}, {header.compact_revision}"
                 )
-            crc = rows = 0
-            live: dict[bytes, bool] = {}
-            for row in snapshot.history():
-                crc = hash_rows((row,), crc)
-                rows += 1
-                live[row.key] = not row.tombstone
-            leases = len(snapshot.lease_records())
-        self._counts = Counts(sum(live.values()), rows, leases)
+            crc = 0
+            changes = ChangeSpool(str(self.path.parent))
+            try:
+                rows = snapshot.history()
+                while batch := list(itertools.islice(rows, 5000)):
+                    crc = hash_rows(batch, crc)
+                    changes.add(batch)
+                self._counts = Counts(changes.live_keys(), changes.rows, len(snapshot.lease_records()))
+            finally:
+                changes.close()
         self._hash = crc
 
     async def counts(self) -> Counts:
