@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -140,6 +141,21 @@ STATEMENTS = sql.Statements(
 
 _IN_CHUNK = 500
 _CACHE_KIB = 8192
+
+
+def _warn_if_shared(path: str, directory: str) -> None:
+    """Warn, as etcd does for its data directory, when other users may read the data: kinepy creates
+    its files 0600 (and the default ./db 0700) but leaves the modes of existing ones alone."""
+    for what, name, private in (("directory", directory, 0o700), ("file", path, 0o600)):
+        mode = stat.S_IMODE(os.stat(name).st_mode)
+        if mode & 0o077:
+            log.warning(
+                "SQLite %s %s has mode %o: other users may read the data; etcd and kinepy use %o",
+                what,
+                name,
+                mode,
+                private,
+            )
 
 
 @functools.lru_cache(maxsize=16)
@@ -283,9 +299,12 @@ class SQLiteBackend:
             except OSError as exc:
                 raise BackendError(f"cannot create directory {directory}: {exc.strerror or exc}") from None
         try:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644))
+            # 0600 whatever the umask (which only takes bits away); SQLite gives the -wal and -shm
+            # files the database file's mode. etcd's files are 0600 in a 0700 directory too.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
             raise BackendError(f"cannot open SQLite database {self.path}: {exc.strerror or exc}") from None
+        _warn_if_shared(self.path, directory)
         if not os.access(directory, os.W_OK | os.X_OK):
             raise BackendError(
                 f"cannot open SQLite database {self.path}: directory {directory} is not writable "
