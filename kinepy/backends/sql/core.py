@@ -179,54 +179,39 @@ def hash_rows(rows: Iterable[Row], crc: int) -> int:
 # -- reads ---------------------------------------------------------------------------------------
 
 
-def read_range_steps(
-    statements: Statements,
-    key_range: KeyRange,
-    revision: int,
-    limit: int,
-    keys_only: bool,
-    count_only: bool,
-    count: bool,
-) -> Steps[RangeRows]:
-    """The meta row, then `range_steps`; inside the caller's read transaction."""
-    current, compact = meta_of((yield fetchone(sql.SELECT_META)))
-    kvs, total = yield from range_steps(
-        statements, key_range, revision, current, compact, limit, keys_only, count_only, count
-    )
-    return RangeRows(current, compact, kvs, total)
-
-
 def range_steps(
     statements: Statements,
     key_range: KeyRange,
     revision: int,
-    current: int,
-    compact: int,
     limit: int,
     keys_only: bool,
     count_only: bool,
     count: bool = True,
-) -> Steps[tuple[list[KeyValue], int]]:
+    meta: tuple[int, int] | None = None,
+) -> Steps[RangeRows]:
     """At most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest), in key order,
-    and how many keys the range holds (with `count`; else the rows read); within the caller's
-    read transaction. A revision above `current` or below `compact` reads nothing."""
+    and how many keys the range holds (with `count`; else the rows read); within the caller's read
+    transaction, whose `(revision, compact_revision)` is `meta` (None: read here first; one
+    generator either way, as a Range of one key runs this on the event loop). A revision above the
+    current one or below the compaction revision reads nothing."""
+    current, compact = meta_of((yield fetchone(sql.SELECT_META))) if meta is None else meta
     latest = revision <= 0 or revision >= current
     if revision > current or (revision > 0 and revision < compact):
-        return [], 0
+        return RangeRows(current, compact, [], 0)
     if count_only:
         stmt, args = (
             sql.count_current(key_range) if latest else statements.count_at_revision(key_range, revision)
         )
-        return [], int((yield fetchone(stmt, args))[0])
+        return RangeRows(current, compact, [], int((yield fetchone(stmt, args))[0]))
     if latest:
         stmt, args = sql.select_current(key_range, keys_only=keys_only, limit=limit)
     else:
         stmt, args = sql.select_at_revision(statements, key_range, revision, keys_only=keys_only, limit=limit)
     kvs = [kv_of(row) for row in (yield fetch(stmt, args))]
     if limit <= 0 or len(kvs) < limit or not count:
-        return kvs, len(kvs)
+        return RangeRows(current, compact, kvs, len(kvs))
     stmt, args = sql.count_current(key_range) if latest else statements.count_at_revision(key_range, revision)
-    return kvs, int((yield fetchone(stmt, args))[0])
+    return RangeRows(current, compact, kvs, int((yield fetchone(stmt, args))[0]))
 
 
 # -- writes --------------------------------------------------------------------------------------
@@ -259,8 +244,10 @@ def write_steps(statements: Statements, read_set: ReadSet, evaluate: Evaluate) -
     historic: dict[tuple[KeyRange, int], list[KeyValue]] = {}
     for key_range, rev in read_set.historic:
         if compact <= rev <= current:
-            kvs, _ = yield from range_steps(statements, key_range, rev, current, compact, 0, False, False)
-            historic[(key_range, rev)] = kvs
+            read = yield from range_steps(
+                statements, key_range, rev, 0, False, False, meta=(current, compact)
+            )
+            historic[(key_range, rev)] = read.kvs
     write_set = evaluate(Snapshot(current, compact, rows, leases, historic))
     if write_set is not None:
         yield from apply_steps(write_set, compact)

@@ -30,7 +30,7 @@ from kinepy.backends.sql.core import (
     hash_rows,
     lease_of,
     meta_of,
-    read_range_steps,
+    range_steps,
     run,
     write_steps,
 )
@@ -373,7 +373,7 @@ class SQLiteBackend:
         count_only: bool,
         count: bool = True,
     ) -> RangeRows:
-        steps = read_range_steps(STATEMENTS, key_range, revision, limit, keys_only, count_only, count)
+        steps = range_steps(STATEMENTS, key_range, revision, limit, keys_only, count_only, count)
         if self._inline is not None and key_range.end == key_range.start + b"\x00":
             # A single key is a few index lookups: cheaper on the loop's own connection than the
             # hop to a reader thread and back (measured: docs/performance.md).
