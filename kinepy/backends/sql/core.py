@@ -179,7 +179,7 @@ def hash_rows(rows: Iterable[Row], crc: int) -> int:
 # -- reads ---------------------------------------------------------------------------------------
 
 
-def range_steps(
+def range_steps(  # read_range's parameters (the Backend Protocol's), plus the meta row
     statements: Statements,
     key_range: KeyRange,
     revision: int,

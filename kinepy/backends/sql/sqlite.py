@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# SQLite's own DDL: alike in shape to the other dialects' by design (kine too keeps a schema per driver).
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (
         id INTEGER PRIMARY KEY CHECK (id = 1),
