@@ -17,6 +17,7 @@ from kinepy.backends.sql.kine import SQLiteKineExport, sqlite_tables
 from kinepy.endpoint import parse_endpoint
 from kinepy.errors import ConfigError
 from kinepy.migrate.bbolt import is_bbolt
+from kinepy.migrate.etcd_live import TIMEOUT as ETCD_TIMEOUT
 from kinepy.migrate.etcd_live import EtcdLiveSource, is_etcd_url
 from kinepy.migrate.etcd_snapshot import EtcdSnapshotSource
 from kinepy.migrate.etcd_snapshot_target import SCHEME as SNAPSHOT_SCHEME
@@ -87,7 +88,7 @@ def open_source(location: str, *, connect_timeout: float = 10.0) -> Source:
                 )
         return _sqlite_source(location)
     if is_etcd_url(location):  # any port: the etcd being left need not listen on 2379
-        return EtcdLiveSource(_first_endpoint(location), timeout=connect_timeout)
+        return EtcdLiveSource(_first_endpoint(location), timeout=max(connect_timeout, ETCD_TIMEOUT))
     spec = parse_endpoint(location)
     if isinstance(spec, SQLiteSpec):
         if spec.path == ":memory:" or spec.path.startswith("file::memory:"):
@@ -103,7 +104,7 @@ def open_target(location: str, *, connect_timeout: float = 10.0) -> Target:
     etcd at `http://HOST:PORT` (the current state only: see `etcd_target`), or an etcd snapshot file
     at `etcd-snapshot://PATH` (every revision: see `etcd_snapshot_target`)."""
     if is_etcd_url(location):
-        return EtcdTarget(_first_endpoint(location), timeout=connect_timeout)
+        return EtcdTarget(_first_endpoint(location), timeout=max(connect_timeout, ETCD_TIMEOUT))
     if location.startswith(SNAPSHOT_SCHEME):
         return EtcdSnapshotTarget(location.removeprefix(SNAPSHOT_SCHEME))
     spec = _spec(location)

@@ -43,7 +43,7 @@ from kinepy.types import Lease
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000  # keys per Range: a page of 1000 Kubernetes objects stays far below gRPC's 2 GiB
-TIMEOUT = 30.0  # seconds per request
+TIMEOUT = 30.0  # seconds per request (an unreachable etcd fails at once, whatever the timeout)
 _MAX_MESSAGE = 256 * 1024 * 1024
 
 
