@@ -220,6 +220,26 @@ def _terminate(proc: subprocess.Popen[bytes], *, timeout: float = STOP_TIMEOUT) 
     return proc.returncode
 
 
+class PortTaken(Exception):
+    """A server could not bind its port: another process took it after ``free_port()`` chose it."""
+
+
+PORT_ATTEMPTS = 3
+
+
+def _start_on_a_free_port(server: _Server, start: Callable[[], None]) -> None:
+    """``start()``; when another process took the port in the meantime (``free_port`` races with the
+    rest of the machine), again on a new port, up to ``PORT_ATTEMPTS`` times."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            start()
+            return
+        except PortTaken as exc:
+            if attempt == PORT_ATTEMPTS:
+                pytest.fail(f"{exc}, {PORT_ATTEMPTS} times:\n{server.log_tail()}")
+            server.port = free_port()
+
+
 @dataclass
 class _Server:
     """A server subprocess on 127.0.0.1; ``endpoint`` is what etcdctl's ``--endpoints`` takes."""
@@ -246,6 +266,13 @@ class _Server:
         text = "\n".join(_collapse_repeats(lines))
         return text if len(text) <= max_chars else "…\n" + text[-max_chars:]
 
+    def log_of_last_start(self) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return text.rpartition("\n===== start: ")[2]
+
     def stop(self) -> int | None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s); idempotent; returns its exit code."""
         if self.proc is None:
@@ -264,6 +291,8 @@ class _Server:
             code = self.proc.poll()
             if code is not None:
                 self.proc = None
+                if "address already in use" in self.log_of_last_start():
+                    raise PortTaken(f"{self.kind} could not bind {self.endpoint}")
                 pytest.fail(f"{self.kind} exited with {code} before it was ready:\n{self.log_tail()}")
             if ready():
                 return
@@ -360,23 +389,28 @@ def etcd_servers(
         _require_etcd()
         root = tmp_path_factory.mktemp("etcd")
         server = EtcdServer(kind="etcd", port=free_port(), log_path=root / "etcd.log", data_dir=root / "data")
-        peer = f"http://127.0.0.1:{free_port()}"
-        name = f"etcd-{server.port}"
-        argv = [
-            ETCD_BIN,
-            f"--name={name}",
-            f"--data-dir={server.data_dir}",
-            f"--listen-client-urls={server.url}",
-            f"--advertise-client-urls={server.url}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={name}={peer}",
-            "--logger=zap",
-            "--log-outputs=stderr",
-        ]
+
+        def start() -> None:
+            peer = f"http://127.0.0.1:{free_port()}"
+            name = f"etcd-{server.port}"
+            server.data_dir = root / f"data-{server.port}"  # a failed start may have written to the last one
+            argv = [
+                ETCD_BIN,
+                f"--name={name}",
+                f"--data-dir={server.data_dir}",
+                f"--listen-client-urls={server.url}",
+                f"--advertise-client-urls={server.url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster={name}={peer}",
+                "--logger=zap",
+                "--log-outputs=stderr",
+            ]
+            server._start(argv, lambda: _etcd_healthy(server.endpoint))
+
         servers.append(server)
         _track(request, server)
-        server._start(argv, lambda: _etcd_healthy(server.endpoint))
+        _start_on_a_free_port(server, start)
         return server
 
     try:
@@ -534,7 +568,10 @@ def kinepy_servers(
         server = KinepyServer(**(fields | overrides))
         servers.append(server)
         _track(request, server)
-        server.start()
+        if "port" in overrides:  # the test's own choice: no other port will do
+            server.start()
+        else:
+            _start_on_a_free_port(server, server.start)
         return server
 
     try:
