@@ -145,8 +145,13 @@ def sample(target: Target, started: float) -> dict[str, float]:
 
 
 def history_rows(db: Path) -> int:
-    """Rows of kinepy's history table, read from the SQLite file by a read-only connection."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+    """Rows of kinepy's history table, counted through a second connection to the SQLite file.
+
+    An ordinary connection, told to write nothing: a read-only one (`?mode=ro`) made the server die
+    of SIGBUS in SQLite's shared-memory index within seconds while it took writes (seen twice in soak
+    runs, and reproduced in isolation; ordinary connections did not)."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+        conn.execute("PRAGMA query_only = ON")
         (rows,) = conn.execute("SELECT count(*) FROM kv_log").fetchone()
     return int(rows)
 
@@ -369,6 +374,9 @@ def run(args: argparse.Namespace) -> int:
         stdout, _ = load_proc.communicate(timeout=seconds + 600)
         alive = target.proc is not None and target.proc.poll() is None
         result["server_alive"] = alive
+        if not alive and target.proc is not None:
+            result["server_exit_code"] = target.proc.returncode
+            log(f"the server exited with {target.proc.returncode}:\n{target.log_tail()}")
         result["load"] = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else None
         result["verdict"] = verdict(samples, seconds)
     finally:
