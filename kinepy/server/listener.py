@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,12 @@ def listening_sockets(port: int) -> list[socket.socket]:
     for name in names:
         if int(name) in duplicates:  # a number listed before this loop reused for one of its duplicates
             continue
+        # Only sockets are duplicated: closing a duplicate of a file's descriptor would release every
+        # POSIX lock this process holds on that file, SQLite's among them, and another process opening
+        # the database would then take itself for its only user (truncated -shm: SIGBUS, disk I/O errors).
         try:
+            if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                continue
             fd = os.dup(int(name))
         except OSError:  # closed meanwhile
             continue
