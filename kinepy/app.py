@@ -105,7 +105,7 @@ def _tls_context(cert_file: str, key_file: str, trusted_ca_file: str) -> ssl.SSL
         context.load_cert_chain(cert_file, key_file)
     except ssl.SSLError as exc:
         raise ConfigError(
-            f"the listener's TLS certificate {cert_file} and key {key_file} do not load: {exc.reason or exc}"
+            f"the TLS certificate {cert_file} and key {key_file} do not load: {exc.reason or exc}"
         ) from None
     if trusted_ca_file:
         try:
@@ -225,9 +225,13 @@ class App:
         )
 
     def _metrics_tls(self) -> ssl.SSLContext | None:
-        """kine serves metrics with the listener's TLS (client certificates included) unless told
-        `--metrics-ignore-tls-config`."""
+        """Metrics' own TLS files when given (`--metrics-cert-file`); else, as kine and etcd do, the
+        listener's TLS (client certificates included) unless told `--metrics-ignore-tls-config`."""
         config = self.config
+        if config.metrics_cert_file:
+            return _tls_context(
+                config.metrics_cert_file, config.metrics_key_file, config.metrics_trusted_ca_file
+            )
         if not config.server_cert_file or config.metrics_ignore_tls_config:
             return None
         return _tls_context(config.server_cert_file, config.server_key_file, config.trusted_ca_file)

@@ -234,8 +234,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add(
         ("--metrics-address", "--metrics-bind-address"),
         "",
-        "serve Prometheus metrics on ADDRESS/metrics (e.g. 127.0.0.1:9090, :8080 = every "
-        "interface); empty or 0 = off",
+        "serve Prometheus metrics on ADDRESS/metrics: :9090 and 127.0.0.1:9090 = loopback only, "
+        "0.0.0.0:9090 or [::]:9090 = every interface; empty or 0 = off",
         env_names=("KINE_METRICS_BIND_ADDRESS",),
         metavar="HOST:PORT",
     )
@@ -245,6 +245,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "serve metrics over plain HTTP even when the listener has TLS (by default they use its certificate)",
         env_names=("KINE_METRICS_IGNORE_TLS_CONFIG",),
         kind=boolean,
+    )
+    add(
+        "--metrics-cert-file",
+        "",
+        "TLS certificate (PEM) for the metrics listener instead of the listener's; HTTPS on",
+        metavar="PATH",
+    )
+    add("--metrics-key-file", "", "TLS private key (PEM) of --metrics-cert-file", metavar="PATH")
+    add(
+        "--metrics-trusted-ca-file",
+        "",
+        "CA bundle (PEM) scrapers' client certificates must chain to; client-certificate auth on for metrics",
+        metavar="PATH",
     )
     add(
         "--metrics-enable-profiling",
@@ -434,6 +447,9 @@ def parse(
         trusted_ca_file=args.trusted_ca_file,
         metrics_address=metrics_address,
         metrics_ignore_tls_config=boolean(args.metrics_ignore_tls_config),
+        metrics_cert_file=args.metrics_cert_file,
+        metrics_key_file=args.metrics_key_file,
+        metrics_trusted_ca_file=args.metrics_trusted_ca_file,
         slow_sql_threshold=max(0.0, duration(args.slow_sql_threshold)),
         slow_sql_warning_threshold=max(0.0, duration(args.slow_sql_warning_threshold)),
         log_level="debug" if boolean(args.debug) else args.log_level,

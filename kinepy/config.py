@@ -56,12 +56,24 @@ class Config:
     """Seconds after which a datastore call is logged as slow at WARNING; 0 turns it off."""
 
     metrics_address: str = ""
-    """`host:port` serving Prometheus metrics at `/metrics` (`:9090`: every interface); empty = not
-    served (the registry, `App.metrics.registry`, is kept all the same). Over HTTPS with the
-    listener's certificate when `server_cert_file` is set, unless `metrics_ignore_tls_config`."""
+    """`host:port` serving Prometheus metrics at `/metrics` (`:9090`: loopback, 127.0.0.1;
+    `0.0.0.0:9090` or `[::]:9090`: every interface); empty = not served (the registry,
+    `App.metrics.registry`, is kept all the same). Over HTTPS with `metrics_cert_file` when set,
+    else with the listener's certificate when `server_cert_file` is set, unless
+    `metrics_ignore_tls_config`."""
 
     metrics_ignore_tls_config: bool = False
-    """Serve metrics over plain HTTP even when the listener uses TLS."""
+    """Serve metrics over plain HTTP even when the listener uses TLS (no effect with `metrics_cert_file`)."""
+
+    metrics_cert_file: str = ""
+    """TLS certificate (PEM) for the metrics listener, instead of the listener's; HTTPS on."""
+
+    metrics_key_file: str = ""
+    """TLS private key (PEM) of `metrics_cert_file`."""
+
+    metrics_trusted_ca_file: str = ""
+    """CA bundle (PEM) scrapers' client certificates must chain to (needs `metrics_cert_file`);
+    client-certificate auth on for metrics."""
 
     emulated_etcd_version: str = DEFAULT_EMULATED_ETCD_VERSION
     """The etcd version `Status` reports. kube-apiserver asks for watch progress only from 3.5.13 on."""
@@ -142,6 +154,13 @@ class Config:
         if self.trusted_ca_file and not self.server_cert_file:
             raise ValueError(
                 "trusted_ca_file (client-certificate auth) needs server_cert_file and server_key_file"
+            )
+        if bool(self.metrics_cert_file) != bool(self.metrics_key_file):
+            raise ValueError("metrics_cert_file and metrics_key_file go together")
+        if self.metrics_trusted_ca_file and not self.metrics_cert_file:
+            raise ValueError(
+                "metrics_trusted_ca_file (client-certificate auth for metrics) needs metrics_cert_file "
+                "and metrics_key_file"
             )
         if bool(self.datastore_cert_file) != bool(self.datastore_key_file):
             raise ValueError("datastore_cert_file and datastore_key_file go together")

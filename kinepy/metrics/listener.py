@@ -5,8 +5,10 @@ stdlib's `wsgiref` server runs it, one thread per request, as prometheus_client'
 does. It is not used as it is for three reasons: it answers every path (here any path but `/metrics`
 is 404, as before), it looks the bound host up in DNS (`HTTPServer.server_bind` calls
 `socket.getfqdn`) and it logs nothing. Collectors that read the store hop to its event loop
-(`Metrics.store_figures`). TLS, when wanted, is an `ssl.SSLContext` wrapped around the listening
-socket, as `start_http_server(certfile=…)` does.
+(`Metrics.store_figures`). `:PORT` is loopback (127.0.0.1), unlike kine's every interface: metrics
+leave the host only when an address says so (`0.0.0.0:PORT`, `[::]:PORT`).
+TLS, when wanted, is an `ssl.SSLContext` wrapped around the listening socket, as
+`start_http_server(certfile=…)` does.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kinepy.specs import bracket_host
 log = logging.getLogger(__name__)
 
 METRICS_PATH = "/metrics"
+LOOPBACK = "127.0.0.1"  # where `:PORT` serves: metrics go beyond this host only when told
 REQUEST_TIMEOUT = 10.0  # seconds a scraper may take to send its request (and to read the answer)
 POLL_INTERVAL = 0.1  # seconds the serving thread takes to notice a shutdown
 
@@ -38,13 +41,14 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def parse_metrics_address(address: str) -> tuple[str | None, int]:
-    """`HOST:PORT`, `:PORT` (every interface) or `[IPv6]:PORT` -> (host or None, port)."""
+def parse_metrics_address(address: str) -> tuple[str, int]:
+    """`HOST:PORT`, `:PORT` (loopback: 127.0.0.1) or `[IPv6]:PORT` -> (host, port). Metrics are
+    served on every interface only when told so: `0.0.0.0:PORT` or `[::]:PORT`."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"invalid metrics address {address!r}: use HOST:PORT, e.g. 127.0.0.1:9090")
     host = host.strip("[]")
-    return (host or None), int(port)
+    return (host or LOOPBACK), int(port)
 
 
 def metrics_app(metrics: Metrics) -> WSGIApp:
@@ -76,7 +80,7 @@ class _Handler(WSGIRequestHandler):
 
 class _Server(ThreadingWSGIServer):
     """prometheus_client's thread-per-request WSGI server, bound without a DNS lookup; `dual_stack`
-    (for "every interface") accepts IPv4 on an IPv6 socket."""
+    (for `[::]`, every interface) accepts IPv4 on an IPv6 socket."""
 
     dual_stack = False
 
@@ -113,17 +117,22 @@ class MetricsListener:
         log.info("serving metrics on %s", self.url)
 
     def _bind(self) -> _Server:
-        every_interface = self._host is None
-        host = self._host or ("::" if socket.has_ipv6 else "0.0.0.0")
+        host = self._host
         family = socket.getaddrinfo(host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
 
         class Server(_Server):
             address_family = family
-            dual_stack = every_interface and family == socket.AF_INET6
+            dual_stack = host == "::"
 
         server = Server((host, self._port), _Handler)
         server.set_app(metrics_app(self._metrics))
         return server
+
+    @property
+    def host(self) -> str:
+        """The address bound: 127.0.0.1 unless told otherwise."""
+        assert self._server is not None
+        return str(self._server.server_address[0])
 
     @property
     def port(self) -> int:
@@ -134,7 +143,7 @@ class MetricsListener:
     @property
     def url(self) -> str:
         scheme = "https" if self._ssl_context is not None else "http"
-        return f"{scheme}://{bracket_host(self._host or '0.0.0.0')}:{self.port}{METRICS_PATH}"
+        return f"{scheme}://{bracket_host(self._host)}:{self.port}{METRICS_PATH}"
 
     async def aclose(self) -> None:
         server, self._server = self._server, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 import conftest
 import grpc
 import pytest
+from certificates import Certificates, make_certificates
 from prometheus_client.parser import text_string_to_metric_families
 
 from kinepy.app import App
@@ -145,40 +147,102 @@ async def test_two_servers_in_one_process_keep_separate_metrics(tmp_path: Path) 
         )
 
 
-async def test_metrics_use_the_listeners_tls_unless_told_not_to(tmp_path: Path) -> None:
-    """kine serves metrics with the listener's TLS; --metrics-ignore-tls-config keeps plain HTTP."""
-    import ssl
+def _fetch(url: str, context: ssl.SSLContext | None, timeout: float = 10) -> int:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        return int(resp.status)
 
-    import trustme
 
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    cert, key = tmp_path / "server.pem", tmp_path / "server-key.pem"
-    for blob in server.cert_chain_pems:
-        blob.write_to_path(str(cert), append=True)
-    server.private_key_pem.write_to_path(str(key))
-    base = Config(
+def _client_tls(certs: Certificates, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def _tls_config(tmp_path: Path, **tls: str) -> Config:
+    return Config(
         datastore_endpoint=f"sqlite://{tmp_path / 'state.db'}",
         listen_address="127.0.0.1:0",
         metrics_address="127.0.0.1:0",
-        server_cert_file=str(cert),
-        server_key_file=str(key),
+        **tls,  # type: ignore[arg-type]
     )
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
 
-    def fetch(url: str, context: ssl.SSLContext | None, timeout: float = 10) -> int:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
-            return int(resp.status)
 
+async def _only_with_a_client_certificate(url: str, certs: Certificates) -> None:
+    """`url` answers a client with a certificate of the trusted CA, and refuses one without a
+    certificate, one with another CA's and plain HTTP."""
+    assert url.startswith("https://127.0.0.1:")
+    with_cert = _client_tls(certs, certs.client_cert, certs.client_key)
+    assert await asyncio.to_thread(_fetch, url, with_cert) == 200
+    for refused in (_client_tls(certs), _client_tls(certs, certs.other_client_cert, certs.other_client_key)):
+        with pytest.raises(OSError):  # ssl.SSLError or a reset: the handshake fails
+            await asyncio.to_thread(_fetch, url, refused)
+    with pytest.raises(OSError):  # the TLS server drops it, or never answers plain HTTP
+        await asyncio.to_thread(_fetch, url.replace("https://", "http://"), None, 2)
+
+
+async def test_metrics_use_the_listeners_tls_unless_told_not_to(tmp_path: Path) -> None:
+    """kine serves metrics with the listener's TLS; --metrics-ignore-tls-config keeps plain HTTP."""
+    certs = make_certificates(tmp_path)
+    base = _tls_config(
+        tmp_path, server_cert_file=str(certs.server_cert), server_key_file=str(certs.server_key)
+    )
     async with App(base) as app:
         assert app.metrics_server is not None
         url = app.metrics_server.url
         assert url.startswith("https://127.0.0.1:")
-        assert await asyncio.to_thread(fetch, url, client) == 200
-        with pytest.raises(OSError):  # the TLS server drops it, or never answers plain HTTP
-            await asyncio.to_thread(fetch, url.replace("https://", "http://"), None, 2)
+        assert await asyncio.to_thread(_fetch, url, _client_tls(certs)) == 200
+        with pytest.raises(OSError):
+            await asyncio.to_thread(_fetch, url.replace("https://", "http://"), None, 2)
     async with App(dataclasses.replace(base, metrics_ignore_tls_config=True)) as app:
         assert app.metrics_server is not None
         assert app.metrics_server.url.startswith("http://")
+        assert await asyncio.to_thread(scrape, app.metrics_server.port)
+
+
+async def test_metrics_require_a_client_certificate_when_grpc_does(tmp_path: Path) -> None:
+    """gRPC requires mTLS (--trusted-ca-file): so do metrics, with nothing more to set."""
+    certs = make_certificates(tmp_path)
+    config = _tls_config(
+        tmp_path,
+        server_cert_file=str(certs.server_cert),
+        server_key_file=str(certs.server_key),
+        trusted_ca_file=str(certs.ca),
+    )
+    async with App(config) as app:
+        assert app.metrics_server is not None
+        await _only_with_a_client_certificate(app.metrics_server.url, certs)
+
+
+async def test_metrics_own_tls_files_and_client_certificates(tmp_path: Path) -> None:
+    """--metrics-cert-file/--metrics-key-file/--metrics-trusted-ca-file: HTTPS with client-certificate
+    auth on the metrics listener, while the gRPC listener stays plain."""
+    certs = make_certificates(tmp_path)
+    config = _tls_config(
+        tmp_path,
+        metrics_cert_file=str(certs.server_cert),
+        metrics_key_file=str(certs.server_key),
+        metrics_trusted_ca_file=str(certs.ca),
+    )
+    async with App(config) as app:
+        assert app.client_url.startswith("http://")
+        assert app.metrics_server is not None
+        await _only_with_a_client_certificate(app.metrics_server.url, certs)
+
+
+async def test_metrics_port_alone_is_loopback(tmp_path: Path) -> None:
+    """`--metrics-address :PORT` binds 127.0.0.1; `0.0.0.0:PORT` every interface."""
+    base = Config(
+        datastore_endpoint=f"sqlite://{tmp_path / 'state.db'}",
+        listen_address="127.0.0.1:0",
+        metrics_address=":0",
+    )
+    async with App(base) as app:
+        assert app.metrics_server is not None
+        assert app.metrics_server.host == "127.0.0.1"
+        assert app.metrics_server.url.startswith("http://127.0.0.1:")
+        assert await asyncio.to_thread(scrape, app.metrics_server.port)
+    async with App(dataclasses.replace(base, metrics_address="0.0.0.0:0")) as app:
+        assert app.metrics_server is not None
+        assert app.metrics_server.host == "0.0.0.0"
         assert await asyncio.to_thread(scrape, app.metrics_server.port)

@@ -5,54 +5,19 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import conftest
 import pytest
-import trustme
+from certificates import Certificates, make_certificates
 
 # Each test waits out etcdctl's dial timeout for the clients kinepy must refuse (5-15 s).
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Certificates:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_client_cert: Path  # signed by a CA kinepy does not trust
-    other_client_key: Path
-
-
 @pytest.fixture
 def certificates(tmp_path: Path) -> Certificates:
-    ca, other_ca = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("kube-apiserver-etcd-client")
-    stranger = other_ca.issue_cert("stranger")
-    paths = {
-        "ca": tmp_path / "ca.pem",
-        "server_cert": tmp_path / "server.pem",
-        "server_key": tmp_path / "server-key.pem",
-        "client_cert": tmp_path / "client.pem",
-        "client_key": tmp_path / "client-key.pem",
-        "other_client_cert": tmp_path / "stranger.pem",
-        "other_client_key": tmp_path / "stranger-key.pem",
-    }
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    for blob in server.cert_chain_pems:
-        blob.write_to_path(str(paths["server_cert"]), append=True)
-    server.private_key_pem.write_to_path(str(paths["server_key"]))
-    for blob in client.cert_chain_pems:
-        blob.write_to_path(str(paths["client_cert"]), append=True)
-    client.private_key_pem.write_to_path(str(paths["client_key"]))
-    for blob in stranger.cert_chain_pems:
-        blob.write_to_path(str(paths["other_client_cert"]), append=True)
-    stranger.private_key_pem.write_to_path(str(paths["other_client_key"]))
-    return Certificates(**paths)
+    return make_certificates(tmp_path)
 
 
 def _etcdctl(server: conftest.KinepyServer, *args: str) -> subprocess.CompletedProcess[str]:

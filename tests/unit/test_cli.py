@@ -338,6 +338,22 @@ def test_metrics_address_zero_or_empty_is_off(value: str) -> None:
     assert parse_config(["--metrics-bind-address", value], {}).metrics_address == ""
 
 
+def test_metrics_tls_files_from_flags_and_environment() -> None:
+    config = parse_config(
+        ["--metrics-cert-file", "m.pem", "--metrics-key-file", "m-key.pem"],
+        {"KINEPY_METRICS_TRUSTED_CA_FILE": "ca.pem"},
+    )
+    assert (config.metrics_cert_file, config.metrics_key_file, config.metrics_trusted_ca_file) == (
+        "m.pem",
+        "m-key.pem",
+        "ca.pem",
+    )
+    with pytest.raises(ValueError, match="go together"):
+        parse_config(["--metrics-cert-file", "m.pem"], {})
+    with pytest.raises(ValueError, match="needs metrics_cert_file"):
+        parse_config(["--metrics-trusted-ca-file", "ca.pem"], {})
+
+
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_unlimited_open_connections_is_kinepys_bounded_default(value: str) -> None:
     config = parse_config(["--datastore-max-open-connections", value], {})

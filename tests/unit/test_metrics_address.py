@@ -16,9 +16,15 @@ def test_method_label() -> None:
 
 @pytest.mark.parametrize(
     ("address", "parsed"),
-    [("127.0.0.1:9090", ("127.0.0.1", 9090)), (":9090", (None, 9090)), ("[::1]:0", ("::1", 0))],
+    [
+        ("127.0.0.1:9090", ("127.0.0.1", 9090)),
+        (":9090", ("127.0.0.1", 9090)),  # loopback, not kine's every interface
+        ("0.0.0.0:9090", ("0.0.0.0", 9090)),
+        ("[::]:9090", ("::", 9090)),
+        ("[::1]:0", ("::1", 0)),
+    ],
 )
-def test_metrics_address_forms(address: str, parsed: tuple[str | None, int]) -> None:
+def test_metrics_address_forms(address: str, parsed: tuple[str, int]) -> None:
     assert parse_metrics_address(address) == parsed
 
 
