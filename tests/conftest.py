@@ -22,7 +22,8 @@ Backends
 
 Database servers (kinepy/testing/databases.py; one PostgreSQL and one MariaDB for the whole session)
     ``postgres_server`` and ``mariadb_server`` are the session's servers (user ``kinepy``, password
-    ``PASSWORD``), the ones ``kinepy_databases`` holds. ``make_database_server(kind)`` starts a server of
+    ``PASSWORD``), the ones ``kinepy_databases`` holds; ``galera_cluster`` is a 3-node MariaDB Galera
+    cluster, started on first use. ``make_database_server(kind)`` starts a server of
     the test's own, which the test may ``stop()`` and ``start()`` again on the same port and data
     directory (outage tests). ``database`` is parametrised over ``sqlite``, ``postgres`` and ``mariadb``
     (marks ``postgres`` and ``mysql``): a fresh SQLite file, or a fresh database created on the session's
@@ -63,9 +64,11 @@ from kinepy.testing.databases import (
     DatabaseServer,
     DatabaseStartError,
     DatabaseUnavailable,
+    GaleraCluster,
     SharedDatabaseServers,
     TestDatabase,
     start_database_server,
+    start_galera_cluster,
 )
 from kinepy.testing.databases import free_port as free_port  # tests call conftest.free_port()
 
@@ -473,6 +476,18 @@ def postgres_server(kinepy_databases: SharedDatabaseServers) -> DatabaseServer:
 def mariadb_server(kinepy_databases: SharedDatabaseServers) -> DatabaseServer:
     """The session's MariaDB server (user ``kinepy``, password ``PASSWORD``)."""
     return _database_outcome(lambda: kinepy_databases.server("mariadb"))
+
+
+@pytest.fixture(scope="session")
+def galera_cluster() -> Iterator[GaleraCluster]:
+    """A 3-node MariaDB Galera cluster on loopback (user ``kinepy``, password ``PASSWORD`` on every
+    node), started on first use; ``galera_cluster.urls(name)`` are database `name` through each node."""
+    cluster = _database_outcome(start_galera_cluster)
+    _announce(
+        f"[galera {cluster.version}, {len(cluster.nodes)} nodes, started in {cluster.startup_seconds:.1f} s]"
+    )
+    yield cluster
+    cluster.remove()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ into skips and failures; nothing here depends on pytest. Debian's packages: ``po
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pwd
 import secrets
@@ -38,6 +39,8 @@ from typing import Any
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MARIADBD = Path("/usr/sbin/mariadbd")
 MARIADB_INSTALL_DB = Path("/usr/bin/mariadb-install-db")
+GALERA_PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
+RSYNC = Path("/usr/bin/rsync")  # Galera's rsync state transfer
 USER = "kinepy"
 PASSWORD = "kinepy-test-Secret-42"
 START_TIMEOUT = 60.0  # seconds for initdb/install-db plus the first accepted connection
@@ -116,6 +119,10 @@ class DatabaseServer:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     version: str = ""
     startup_seconds: float = 0.0
+    extra_args: list[str] = field(default_factory=list)
+    """More `mariadbd` options (a Galera node's wsrep settings)."""
+    ready_check: Callable[[DatabaseServer], bool] | None = field(default=None, repr=False)
+    """When the server counts as started (default: it answers `SELECT 1`)."""
 
     def url(self, database: str, *, password: str = PASSWORD, user: str = USER) -> str:
         if self.kind == "postgres":
@@ -273,24 +280,33 @@ def _launch_postgres(server: DatabaseServer) -> float:
     )
 
 
-def _start_mariadb() -> DatabaseServer:
-    _require("MariaDB", [MARIADBD, MARIADB_INSTALL_DB], "mariadb-server")
-    root = Path(tempfile.mkdtemp(prefix="kinepy-mariadb-"))
-    log_path = root / "mariadbd.log"
-    as_root = ["--user=root"] if os.geteuid() == 0 else []
-    started = time.monotonic()
-    argv = [str(MARIADB_INSTALL_DB), "--no-defaults", f"--datadir={root / 'data'}"]
+def _install_mariadb(root: Path, *options: str) -> None:
+    """`mariadb-install-db` into `root`/data (with more server `options`)."""
+    own_user = any(option.startswith("--user=") for option in options)
+    as_root = ["--user=root"] if os.geteuid() == 0 and not own_user else []
+    argv = [str(MARIADB_INSTALL_DB), "--no-defaults", f"--datadir={root / 'data'}", *options]
     argv += ["--auth-root-authentication-method=normal", "--skip-test-db", *as_root]
     install = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
     if install.returncode != 0:
         raise DatabaseStartError(
             f"mariadb-install-db failed ({install.returncode}):\n{install.stdout}\n{install.stderr}"
         )
-    server = DatabaseServer("mariadb", free_port(), root, log_path)
-    _launch_mariadb(server)
+
+
+def _add_kinepy_user(server: DatabaseServer) -> None:
     server.sql(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
     server.sql(f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%'")
     server.version = server.sql("SELECT VERSION()")[0][0]
+
+
+def _start_mariadb() -> DatabaseServer:
+    _require("MariaDB", [MARIADBD, MARIADB_INSTALL_DB], "mariadb-server")
+    root = Path(tempfile.mkdtemp(prefix="kinepy-mariadb-"))
+    started = time.monotonic()
+    _install_mariadb(root)
+    server = DatabaseServer("mariadb", free_port(), root, root / "mariadbd.log")
+    _launch_mariadb(server)
+    _add_kinepy_user(server)
     server.startup_seconds = time.monotonic() - started
     return server
 
@@ -298,22 +314,148 @@ def _start_mariadb() -> DatabaseServer:
 def _launch_mariadb(server: DatabaseServer) -> float:
     """Run `mariadbd` on the server's data directory and port; wait until it accepts connections."""
     root = server.root
-    as_root = ["--user=root"] if os.geteuid() == 0 else []
+    own_user = any(arg.startswith("--user=") for arg in server.extra_args)
+    as_root = ["--user=root"] if os.geteuid() == 0 and not own_user else []
     socket_path = root / "mariadbd.sock"
     argv = [str(MARIADBD), "--no-defaults", f"--datadir={root / 'data'}", f"--port={server.port}"]
     argv += ["--bind-address=127.0.0.1", f"--socket={socket_path}", f"--pid-file={root / 'mariadbd.pid'}"]
-    argv += [f"--log-error={server.log_path}", "--max-connections=300", *as_root]
+    argv += [f"--log-error={server.log_path}", "--max-connections=300", *as_root, *server.extra_args]
     with (root / "mariadbd.out").open("ab") as out:
         server.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
     def ready() -> bool:
         try:
+            if server.ready_check is not None:
+                return server.ready_check(server)
             server.sql("SELECT 1")
         except Exception:
             return False
         return True
 
     return _wait("mariadbd", server.proc, ready, server.log_path)
+
+
+def _galera_synced(server: DatabaseServer) -> bool:
+    """A Galera node is started when it is part of the primary component and in sync (a joiner
+    answers `SELECT 1` before its state transfer ends)."""
+    rows = dict(server.sql("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')"))
+    return rows.get("wsrep_ready") == "ON" and rows.get("wsrep_local_state") == "4"  # 4: Synced
+
+
+@dataclass
+class GaleraCluster:
+    """MariaDB Galera nodes on 127.0.0.1, each a `DatabaseServer` (stop and start one to test an
+    outage); `url(name, node)` is a kinepy endpoint for database `name` through node `node`."""
+
+    nodes: list[DatabaseServer]
+    version: str = ""
+    startup_seconds: float = 0.0
+
+    def url(self, database: str, node: int = 0) -> str:
+        return self.nodes[node].url(database)
+
+    def urls(self, database: str) -> list[str]:
+        """`database` through each node, in node order."""
+        return [node.url(database) for node in self.nodes]
+
+    def sql(self, statement: str, *, database: str = "", node: int = 0) -> list[tuple[Any, ...]]:
+        return self.nodes[node].sql(statement, database=database)
+
+    def create_database(self) -> str:
+        return self.nodes[0].create_database()  # DDL replicates to every node (total order isolation)
+
+    def drop_database(self, name: str) -> None:
+        self.nodes[0].drop_database(name)
+
+    def cluster_size(self, node: int = 0) -> int:
+        return int(self.sql("SHOW GLOBAL STATUS LIKE 'wsrep_cluster_size'", node=node)[0][1])
+
+    def remove(self) -> None:
+        """Stop every node (the last started first) and delete their directories."""
+        for node in reversed(self.nodes):
+            node.remove()
+
+
+def _galera_options(name: str, cluster: str, ports: tuple[int, int, int]) -> list[str]:
+    """The wsrep options of one node: group communication on `ports[0]`, incremental state transfer
+    on `ports[1]`, rsync state transfer on `ports[2]`, all on loopback; a small gcache and redo log
+    keep the state transfer short."""
+    gcomm, ist, sst = ports
+    provider = [
+        f"base_host=127.0.0.1;base_port={gcomm};gmcast.listen_addr=tcp://127.0.0.1:{gcomm}",
+        f"ist.recv_addr=127.0.0.1:{ist};gcache.size=16M;pc.wait_prim_timeout=PT10S",
+    ]
+    return [
+        "--wsrep-on=ON",
+        f"--wsrep-provider={GALERA_PROVIDER}",
+        f"--wsrep-provider-options={';'.join(provider)}",
+        f"--wsrep-cluster-address={cluster}",
+        "--wsrep-cluster-name=kinepy-test",
+        f"--wsrep-node-name={name}",
+        f"--wsrep-node-address=127.0.0.1:{gcomm}",
+        f"--wsrep-sst-receive-address=127.0.0.1:{sst}",
+        "--wsrep-sst-method=rsync",
+        "--binlog-format=ROW",
+        "--default-storage-engine=InnoDB",
+        "--innodb-autoinc-lock-mode=2",
+        "--innodb-flush-log-at-trx-commit=2",  # Galera's durability is the other nodes' copy
+        "--innodb-log-file-size=16M",
+        "--innodb-buffer-pool-size=64M",
+    ]
+
+
+def _galera_user(root: Path) -> list[str]:
+    """As root, a node runs as the `mysql` system user (and `root` becomes its): the joiner's rsync
+    daemon, started as root, would write as `nobody`, which may not write the data directory."""
+    if os.geteuid() != 0:
+        return []
+    _chown_to_galera_user(root)
+    return ["--user=mysql"]
+
+
+def _chown_to_galera_user(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, "mysql", "mysql")
+
+
+def start_galera_cluster(size: int = 3) -> GaleraCluster:
+    """A new MariaDB Galera cluster of `size` nodes on free loopback ports, each in a fresh directory:
+    node 0 bootstraps the cluster (`--wsrep-new-cluster`) on a fresh `mariadb-install-db`, then the
+    others join, each receiving the state by rsync. Returns when every node is Synced."""
+    needed = [MARIADBD, MARIADB_INSTALL_DB, GALERA_PROVIDER, RSYNC]
+    _require("MariaDB Galera", needed, "mariadb-server galera-4 rsync")
+    started = time.monotonic()
+    ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+    address = "gcomm://" + ",".join(f"127.0.0.1:{gcomm}" for gcomm, _, _ in ports)
+    cluster = GaleraCluster([])
+    try:
+        for index, node_ports in enumerate(ports):
+            root = Path(tempfile.mkdtemp(prefix=f"kinepy-galera{index}-"))
+            options = _galera_options(f"node{index}", address, node_ports) + _galera_user(root)
+            if index == 0:
+                _install_mariadb(root, *_galera_user(root))
+            else:
+                (root / "data").mkdir()
+                _chown_to_galera_user(root / "data")
+            node = DatabaseServer("mariadb", free_port(), root, root / "mariadbd.log", extra_args=options)
+            node.ready_check = _galera_synced
+            cluster.nodes.append(node)
+        first, *joiners = cluster.nodes
+        first.extra_args = [*first.extra_args, "--wsrep-new-cluster"]
+        _launch_mariadb(first)
+        first.extra_args = first.extra_args[:-1]  # a restart joins the running cluster
+        _add_kinepy_user(first)
+        # The joiners start together: a second joiner waits (Galera retries every second) until the
+        # first is synced and can donate too.
+        with concurrent.futures.ThreadPoolExecutor(len(joiners) or 1) as pool:
+            for launched in [pool.submit(_launch_mariadb, node) for node in joiners]:
+                launched.result()
+    except BaseException:
+        cluster.remove()
+        raise
+    cluster.version = cluster.nodes[0].version
+    cluster.startup_seconds = time.monotonic() - started
+    return cluster
 
 
 @dataclass
