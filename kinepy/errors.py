@@ -5,6 +5,7 @@
     ├── ListenError            the server cannot listen on its address (in use, not this host's, …)
     ├── BackendError           the database failed a statement
     │   └── BackendUnavailable the database cannot be reached (retryable)
+    │       └── BackendConflict a replicated database rolled a transaction back (a conflict)
     └── EtcdError              an etcd rule was broken; carries etcd's gRPC code and exact text
         ├── KeyNotProvidedError, KeyNotFoundError, ValueProvidedError, LeaseProvidedError,
         ├── TooManyOpsError, DuplicateKeyError, InvalidSortOptionError, RequestTooLargeError,
@@ -39,6 +40,11 @@ class BackendError(KinepyError):
 
 class BackendUnavailable(BackendError):
     """The database cannot be reached; the request may be retried."""
+
+
+class BackendConflict(BackendUnavailable):
+    """A multi-primary database (Galera, Group Replication) rolled a transaction back because one
+    committed on another node conflicted with it; the whole transaction may be run again."""
 
 
 class EtcdError(KinepyError):
@@ -113,7 +119,8 @@ class LeaseTTLTooLargeError(EtcdError):
 
 
 class TooManyRequestsError(EtcdError):
-    """Not raised yet: the Galera issue raises it when a write's retries are exhausted."""
+    """A write batch kept conflicting with other nodes' commits (`BackendConflict`) until its
+    retries ran out."""
 
     code, message = "RESOURCE_EXHAUSTED", "etcdserver: too many requests"
 

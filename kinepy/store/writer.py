@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kinepy.backends.base import Backend, ReadSet, Snapshot, WriteSet
-from kinepy.errors import EtcdError, UnavailableError
+from kinepy.errors import BackendConflict, EtcdError, TooManyRequestsError, UnavailableError
 from kinepy.store import txn
 from kinepy.types import Event
 
@@ -144,9 +144,12 @@ class Writer:
             await self._backend.write(read_set, evaluate)
         except Exception as exc:
             log.warning("write batch of %d requests failed: %s", len(batch), exc)
+            # A batch that kept conflicting with other nodes' commits (the backend retried it) is
+            # etcd's answer to overload, which clients back off from and retry.
+            error = TooManyRequestsError() if isinstance(exc, BackendConflict) else exc
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(exc)
+                    pending.future.set_exception(error)
             return
         elapsed = time.perf_counter() - started
         stats = self.stats

@@ -27,7 +27,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kinepy.backends.base import BackendStatus, Evaluate, RangeRows, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql import statements as sql
@@ -42,14 +42,23 @@ from kinepy.backends.sql.core import (
     run_async,
     write_steps,
 )
-from kinepy.errors import BackendError, BackendUnavailable
+from kinepy.errors import BackendConflict, BackendError, BackendUnavailable
 from kinepy.types import Event, KeyRange, KeyValue, Lease
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DEFAULT_POOL_SIZE = 10
 DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to keep retrying an unreachable server at start
 ATTEMPT_TIMEOUT = 10.0  # seconds for one connection attempt
+
+# A transaction that a multi-primary database rolled back for a conflict (`BackendConflict`) runs
+# again up to CONFLICT_ATTEMPTS times in all, after a pause drawn uniformly from [0, min(cap, first *
+# 2**retry)] (full jitter: nodes that collided do not collide again in step).
+CONFLICT_ATTEMPTS = 10
+CONFLICT_FIRST_PAUSE = 0.002  # seconds
+CONFLICT_PAUSE_CAP = 0.1  # seconds
 
 # Rows per IN (…) list or per unnest() array statement, and bytes of values per statement.
 IN_CHUNK = 500
@@ -258,6 +267,8 @@ class ServerBackend(abc.ABC):
         self.server_version = ""
         self.cluster_id = 0
         self.member_id = 0
+        self.conflicts = 0
+        """Transactions rolled back for a conflict with another node's commit (and run again)."""
 
     @abc.abstractmethod
     def _session(self, kind: str) -> AbstractAsyncContextManager[AsyncSession]: ...
@@ -279,10 +290,34 @@ class ServerBackend(abc.ABC):
         """The error to report when the driver raised `exc`."""
         return exc
 
+    def _conflicted(self, exc: BaseException) -> bool:
+        """Whether `exc` says a multi-primary database rolled the transaction back because of a
+        conflicting commit on another node (none on a single server)."""
+        return False
+
     def _error(self, exc: BaseException, what: str = "") -> BackendError:
         prefix = f"{self.name} {what}".rstrip()
         message = self._scrub(f"{prefix}: {self._describe(exc)}")
+        if self._conflicted(exc):
+            return BackendConflict(message)
         return BackendUnavailable(message) if self._retryable(exc) else BackendError(message)
+
+    async def _retrying_conflicts(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()`, again while it raises `BackendConflict` (each time a whole transaction that
+        did not commit), at most `CONFLICT_ATTEMPTS` times in all with jittered exponential pauses;
+        then that `BackendConflict`."""
+        for retry in range(CONFLICT_ATTEMPTS):
+            try:
+                return await attempt()
+            except BackendConflict as exc:
+                self.conflicts += 1
+                if retry == CONFLICT_ATTEMPTS - 1:
+                    self._log.warning("%s conflicted %d times in a row; giving up: %s", what, retry + 1, exc)
+                    raise
+                pause = random.uniform(0.0, min(CONFLICT_PAUSE_CAP, CONFLICT_FIRST_PAUSE * 2**retry))
+                self._log.debug("%s conflicted (%s); retry %d in %.3fs", what, exc, retry + 1, pause)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def _errors(self, what: str = "") -> Iterator[None]:
@@ -445,8 +480,13 @@ class ServerBackend(abc.ABC):
                 self._check_keys([key for key, kv in write_set.current.items() if kv is not None])
             return write_set
 
-        async with self._session("write") as session:
-            return await run_async(write_steps(self.statements, read_set, checked), session)
+        async def attempt() -> WriteSet | None:
+            async with self._session("write") as session:
+                return await run_async(write_steps(self.statements, read_set, checked), session)
+
+        # Nothing of a batch is answered before it commits: a batch that conflicted runs again whole,
+        # `evaluate` against the new snapshot.
+        return await self._retrying_conflicts("a write batch", attempt)
 
     def _check_keys(self, keys: list[bytes]) -> None:
         """Refuse (before any row is written; the transaction rolls back) a key the indexes cannot hold."""
@@ -472,10 +512,13 @@ class ServerBackend(abc.ABC):
         # no writer touches; writers only add rows above the current revision. Batches of several
         # processes (a restart's catch-up while another compacts) take turns on a lock of their own
         # instead of deleting the same rows at once.
-        async with self._session("write") as session:
-            await self._lock_compaction(session)
-            steps = compact_steps(self.statements, compact_revision, after, upto, max_rows)
-            return await run_async(steps, session)
+        async def attempt() -> tuple[int, int]:
+            async with self._session("write") as session:
+                await self._lock_compaction(session)
+                steps = compact_steps(self.statements, compact_revision, after, upto, max_rows)
+                return await run_async(steps, session)
+
+        return await self._retrying_conflicts("a compaction batch", attempt)
 
     async def hash_kv(self, revision: int) -> tuple[int, int]:
         async with self._session("read") as session:

@@ -28,6 +28,7 @@ import logging
 import re
 import ssl
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiomysql
@@ -35,6 +36,7 @@ import aiomysql
 from kinepy.backends.sql.core import AsyncSession, Row
 from kinepy.backends.sql.dialect import (
     ATTEMPT_TIMEOUT,
+    CONFLICT_ATTEMPTS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_SIZE,
     IN_CHUNK,
@@ -47,7 +49,7 @@ from kinepy.backends.sql.dialect import (
     unresolvable,
 )
 from kinepy.backends.sql.statements import Table
-from kinepy.errors import BackendError, BackendUnavailable, ConfigError
+from kinepy.errors import BackendConflict, BackendError, BackendUnavailable, ConfigError
 from kinepy.specs import MySQLSpec
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,22 @@ _MAX_STATEMENT_BYTES = 8 * 1024 * 1024
 # Error numbers after which a retry may succeed: cannot connect, server gone or shutting down, lost
 # connection, too many connections, lock wait timeout, deadlock, interrupted, read-only (a replica
 # after a failover), connection killed (MariaDB) or closed for inactivity (MySQL 8).
+# A Galera node outside the primary component (1047: "WSREP has not yet prepared node for
+# application use") and a Group Replication member that cannot commit (3100: an error in the
+# before_commit hook, e.g. it left the group) are unavailable too.
 _RETRYABLE = frozenset(
-    {1040, 1053, 1205, 1213, 1290, 1317, 1792, 1927, 2002, 2003, 2006, 2013, 2055, 3024, 4031}
+    {1040, 1047, 1053, 1205, 1213, 1290, 1317, 1792, 1927, 2002, 2003, 2006, 2013, 2055, 3024, 3100, 4031}
 )
+# Errors that roll a transaction back because a concurrent one conflicted with it: a deadlock
+# (1213; Galera's certification failure and brute-force abort say the same) and Group Replication's
+# certification failure, at commit (3101: "Plugin instructed the server to rollback the current
+# transaction") or as the storage engine's "Got error 149 - 'Lock deadlock; Retry transaction'
+# during COMMIT" (1180, a deadlock only when it says so: 1180 also reports a full disk).
+_DEADLOCK = 1213
+_ROLLBACK_DURING_COMMIT = 3101
+_ERROR_DURING_COMMIT = 1180
+_TABLE_EXISTS = 1050
+_DUPLICATE_ENTRY = 1062
 _ACCESS_DENIED = frozenset({1044, 1045, 1698})
 _UNKNOWN_DATABASE = 1049
 _DATABASE_EXISTS = 1007
@@ -144,6 +159,86 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, aiomysql.InterfaceError | OSError):
         return True
     return isinstance(exc, aiomysql.MySQLError) and _code(exc) in _RETRYABLE
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether `exc` says the transaction was rolled back because of a conflicting one, so that
+    running it again whole may succeed (Galera, Group Replication, or a plain InnoDB deadlock)."""
+    if not isinstance(exc, aiomysql.MySQLError):
+        return False
+    code = _code(exc)
+    if code in (_DEADLOCK, _ROLLBACK_DURING_COMMIT):
+        return True
+    text = str(exc.args[1]) if len(exc.args) > 1 else ""
+    return code == _ERROR_DURING_COMMIT and ("149" in text or "deadlock" in text.lower())
+
+
+@dataclass(frozen=True)
+class Replication:
+    """What kind of server kinepy talks to, and what it sets in each of its sessions for it."""
+
+    engine: str  # "" (one server, or a replica set kinepy does not know), "galera", "group replication"
+    session: str = ""
+    """More `SET SESSION` assignments for every connection (after sql_mode and isolation)."""
+    summary: str = ""
+    """One line for the start-up log: what the server is and what kinepy does about it."""
+    single_writer: bool = False
+    """Writes must go to one node (Group Replication in single-primary mode)."""
+
+
+# Galera's wsrep_sync_wait bit 1: reads (SELECT, SHOW, BEGIN/START TRANSACTION) first wait until
+# this node has applied everything the cluster committed before they started. Writes start with a
+# read of the meta row, so they wait too.
+_GALERA_SESSION = "SESSION wsrep_sync_wait = 1"
+# Group Replication's BEFORE: every transaction (read-only or not) first waits until this member
+# has applied every transaction the group ordered before it.
+_GROUP_REPLICATION_SESSION = "SESSION group_replication_consistency = 'BEFORE'"
+_RETRIES = f"runs a write batch that fails certification again (at most {CONFLICT_ATTEMPTS} attempts)"
+_REPLICATION_VARIABLES = (
+    "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_provider', 'wsrep_cluster_address', "
+    "'group_replication_group_name', 'group_replication_single_primary_mode', 'super_read_only')"
+)
+_REPLICATION_STATUS = (
+    "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', 'wsrep_provider_version', "
+    "'wsrep_ready')"
+)
+_GROUP_REPLICATION_MEMBERS = (
+    "SELECT count(*) FROM performance_schema.replication_group_members WHERE member_state = 'ONLINE'"
+)
+
+
+def detect_replication(variables: dict[str, str], status: dict[str, str], members: int = 0) -> Replication:
+    """The `Replication` of a server with these global `variables` and `status` (names in lower
+    case; what `_REPLICATION_VARIABLES` and `_REPLICATION_STATUS` return) and `members` online
+    Group Replication members."""
+
+    def on(name: str, source: dict[str, str]) -> bool:
+        return source.get(name, "").upper() in ("ON", "1")
+
+    provider = variables.get("wsrep_provider", "").strip()
+    if on("wsrep_on", variables) and provider and provider.lower() != "none":
+        return Replication(
+            "galera",
+            _GALERA_SESSION,
+            f"a node of a Galera cluster of {status.get('wsrep_cluster_size', '?')} "
+            f"(provider {status.get('wsrep_provider_version', '?')}): kinepy sets wsrep_sync_wait=1 in its "
+            "sessions (reads wait for the cluster's earlier commits: linearizable on every node) and "
+            + _RETRIES,
+        )
+    if variables.get("group_replication_group_name") and members > 0:
+        single = on("group_replication_single_primary_mode", variables)
+        mode = "single-primary" if single else "multi-primary"
+        summary = (
+            f"a member of a {mode} Group Replication group of {members} online: kinepy sets "
+            "group_replication_consistency='BEFORE' in its sessions (every transaction waits for the "
+            "group's earlier ones: linearizable on every member)"
+        )
+        if single:
+            summary += "; writes succeed only through the primary"
+        else:
+            summary += " and " + _RETRIES
+        return Replication("group replication", _GROUP_REPLICATION_SESSION, summary, single_writer=single)
+    return Replication("")
 
 
 def _describe(exc: BaseException) -> str:
@@ -309,11 +404,15 @@ class MySQLBackend(ServerBackend):
         self._ssl = ssl_context(options)
         self._pool: aiomysql.Pool | None = None
         self._max_statement = 1024 * 1024
+        self.replication = Replication("")
 
     # -- errors --------------------------------------------------------------------------------
 
     def _retryable(self, exc: BaseException) -> bool:
         return is_retryable(exc)
+
+    def _conflicted(self, exc: BaseException) -> bool:
+        return is_conflict(exc)
 
     def _describe(self, exc: BaseException) -> str:
         return _describe(exc)
@@ -383,11 +482,41 @@ class MySQLBackend(ServerBackend):
                     variable = "transaction_isolation"
                 except aiomysql.OperationalError:
                     variable = "tx_isolation"  # MariaDB before 11.1
+                replication = await self._detect_replication(cur)
         finally:
             conn.close()
         self.server_version = str(version)
         self._max_statement = max(64 * 1024, min(int(max_packet) - 64 * 1024, _MAX_STATEMENT_BYTES))
-        return f"SET SESSION sql_mode = '{_SQL_MODE}', SESSION {variable} = 'REPEATABLE-READ'"
+        self.replication = replication
+        init = f"SET SESSION sql_mode = '{_SQL_MODE}', SESSION {variable} = 'REPEATABLE-READ'"
+        return f"{init}, {replication.session}" if replication.session else init
+
+    async def _detect_replication(self, cur: Any) -> Replication:
+        """Whether the server is a Galera node or a Group Replication member (logged)."""
+        await cur.execute(_REPLICATION_VARIABLES)
+        variables = {str(name).lower(): str(value) for name, value in await cur.fetchall()}
+        await cur.execute(_REPLICATION_STATUS)
+        status = {str(name).lower(): str(value) for name, value in await cur.fetchall()}
+        members = 0
+        if variables.get("group_replication_group_name"):
+            await cur.execute(_GROUP_REPLICATION_MEMBERS)
+            members = int((await cur.fetchall())[0][0])
+        replication = detect_replication(variables, status, members)
+        if replication.engine:
+            log.info("MySQL server at %s is %s", self.spec.describe(), replication.summary)
+        if replication.single_writer and variables.get("super_read_only", "").upper() in ("ON", "1"):
+            log.warning(
+                "MySQL server at %s is a secondary of a single-primary Group Replication group: it "
+                "refuses writes; point kinepy at the primary (or a router that follows it)",
+                self.spec.describe(),
+            )
+        return replication
+
+    @property
+    def _node_locks(self) -> bool:
+        """Whether GET_LOCK excludes other kinepy processes: not on Galera, where it is local to
+        the node (and refused by some versions); conflicting transactions are run again there."""
+        return self.replication.engine != "galera"
 
     async def _create_pool(self, init_command: str) -> aiomysql.Pool:
         return await aiomysql.create_pool(
@@ -404,10 +533,14 @@ class MySQLBackend(ServerBackend):
         self._pool = await self._create_pool(init_command)
 
     async def _create_schema(self) -> None:
+        await self._retrying_conflicts("creating the schema", self._create_schema_once)
+
+    async def _create_schema_once(self) -> None:
         async with self._session("none") as session:
-            row = await session.fetchone("SELECT GET_LOCK(?, 60)", (_SCHEMA_LOCK,))
-            if not row or row[0] != 1:
-                raise BackendUnavailable("MySQL: another kinepy held the schema lock for 60 s")
+            if self._node_locks:
+                row = await session.fetchone("SELECT GET_LOCK(?, 60)", (_SCHEMA_LOCK,))
+                if not row or row[0] != 1:
+                    raise BackendUnavailable("MySQL: another kinepy held the schema lock for 60 s")
             try:
                 existing = {
                     str(r[0]).lower()
@@ -419,8 +552,15 @@ class MySQLBackend(ServerBackend):
                     if table not in existing:
                         await session.execute(ddl)
                 await self._init_meta(session)
+            except BackendError as exc:
+                # Without a cluster-wide lock (Galera), a kinepy on another node may create a table
+                # or the meta row first: run again, finding them.
+                if _code(exc.__cause__ or exc) in (_TABLE_EXISTS, _DUPLICATE_ENTRY):
+                    raise BackendConflict(str(exc)) from exc
+                raise
             finally:
-                await session.execute("SELECT RELEASE_LOCK(?)", (_SCHEMA_LOCK,))
+                if self._node_locks:
+                    await session.execute("SELECT RELEASE_LOCK(?)", (_SCHEMA_LOCK,))
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
@@ -463,6 +603,8 @@ class MySQLBackend(ServerBackend):
     async def compact_batch(
         self, compact_revision: int, after: int, upto: int, max_rows: int
     ) -> tuple[int, int]:
+        if not self._node_locks:  # two nodes deleting the same rows conflict; one runs again
+            return await super().compact_batch(compact_revision, after, upto, max_rows)
         # GET_LOCK belongs to a connection, not a transaction: held on one of its own around the batch.
         async with self._session("none") as lock:
             row = await lock.fetchone("SELECT GET_LOCK(?, ?)", (_COMPACT_LOCK, _COMPACT_LOCK_WAIT))

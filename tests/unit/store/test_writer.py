@@ -118,6 +118,20 @@ async def test_a_failed_commit_fails_every_caller_of_the_batch(
     assert (await writer.submit(PutRequest(b"after", b"v"))).revision == 3
 
 
+async def test_a_batch_that_kept_conflicting_is_refused_as_too_many_requests(
+    backend: FakeBackend, writer: Writer
+) -> None:
+    backend.outcomes = [errors.BackendConflict("MySQL: error 1213: Deadlock found")]
+    with pytest.raises(errors.TooManyRequestsError) as refused:
+        await writer.submit(PutRequest(b"k", b"v"))
+    assert (refused.value.code, refused.value.message) == (
+        "RESOURCE_EXHAUSTED",
+        "etcdserver: too many requests",
+    )
+    assert backend.revision == 1 and not backend.current
+    assert (await writer.submit(PutRequest(b"k", b"v"))).revision == 2
+
+
 async def test_an_etcd_error_fails_only_its_own_request(backend: FakeBackend, writer: Writer) -> None:
     first = await _first_batch_held(backend, writer)
     good = asyncio.create_task(writer.submit(PutRequest(b"a", b"1")))
