@@ -35,6 +35,21 @@ class KeyRange:
         return key >= self.start and (self.end is None or key < self.end)
 
 
+@dataclass(slots=True, frozen=True)
+class RangeQuery:
+    """A read a backend serves: at most `limit` rows (0: all) of `key_range` at `revision` (<= 0:
+    latest), in key order, and how many keys the range holds (unless `count` is False: the caller
+    knows it, and the count is then just the number of rows read). With `keys_only`, values may be
+    left empty; with `count_only`, no rows need be returned."""
+
+    key_range: KeyRange
+    revision: int = 0
+    limit: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+    count: bool = True
+
+
 class EventType(enum.IntEnum):
     PUT = 0
     DELETE = 1

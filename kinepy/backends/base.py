@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kinepy.types import Event, KeyRange, KeyValue, Lease
+from kinepy.types import Event, KeyRange, KeyValue, Lease, RangeQuery
 
 
 @dataclass(slots=True)
@@ -125,22 +125,10 @@ class Backend(Protocol):
     async def wait_for_change(self, max_wait: float) -> None:
         """Return when another process may have committed, or after `max_wait` seconds at most."""
 
-    async def read_range(
-        self,
-        key_range: KeyRange,
-        *,
-        revision: int,
-        limit: int,
-        keys_only: bool,
-        count_only: bool,
-        count: bool = True,
-    ) -> RangeRows:
-        """Read at most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest), in key
-        order, and count the keys in the range (unless `count` is False: the caller knows it, and
-        the result's count is then just the number of rows read). With `keys_only`, values may be
-        left empty; with `count_only`, no rows need be returned.
+    async def read_range(self, query: RangeQuery) -> RangeRows:
+        """Serve `query` (see `RangeQuery`).
 
-        When `revision` is above the current revision or below the compaction point, no rows
+        When its revision is above the current revision or below the compaction point, no rows
         are read: the caller sees both revisions in the result and decides.
         """
 

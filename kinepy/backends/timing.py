@@ -22,7 +22,7 @@ from kinepy.backends.base import (
     ReadSet,
     WriteSet,
 )
-from kinepy.types import Event, KeyRange, Lease
+from kinepy.types import Event, KeyRange, Lease, RangeQuery
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +85,8 @@ class TimedBackend:
     async def revisions(self) -> tuple[int, int]:
         return await self._timed("revisions", self._backend.revisions())
 
-    async def read_range(
-        self,
-        key_range: KeyRange,
-        *,
-        revision: int,
-        limit: int,
-        keys_only: bool,
-        count_only: bool,
-        count: bool = True,
-    ) -> RangeRows:
-        return await self._timed(
-            "read_range",
-            self._backend.read_range(
-                key_range,
-                revision=revision,
-                limit=limit,
-                keys_only=keys_only,
-                count_only=count_only,
-                count=count,
-            ),
-        )
+    async def read_range(self, query: RangeQuery) -> RangeRows:
+        return await self._timed("read_range", self._backend.read_range(query))
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
         return await self._timed("write", self._backend.write(read_set, evaluate))

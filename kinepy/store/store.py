@@ -32,6 +32,7 @@ from kinepy.types import (
     Lease,
     PutRequest,
     PutResponse,
+    RangeQuery,
     RangeRequest,
     RangeResponse,
     SortTarget,
@@ -200,12 +201,14 @@ class Store:
         fetch = txn.range_fetch_limit(req)
         known_count = self._page_counts.take(req, fetch)
         rows = await self._backend.read_range(
-            key_range(req.key, req.range_end),
-            revision=req.revision,
-            limit=fetch,
-            keys_only=req.keys_only and req.sort_target != SortTarget.VALUE,
-            count_only=req.count_only,
-            count=known_count is None,
+            RangeQuery(
+                key_range(req.key, req.range_end),
+                revision=req.revision,
+                limit=fetch,
+                keys_only=req.keys_only and req.sort_target != SortTarget.VALUE,
+                count_only=req.count_only,
+                count=known_count is None,
+            )
         )
         txn.check_read_revision(req.revision, rows.revision, rows.compact_revision)
         count = rows.count if known_count is None else known_count

@@ -10,7 +10,7 @@ import pytest
 
 from kinepy.backends.base import Backend, RangeRows
 from kinepy.backends.timing import TimedBackend
-from kinepy.types import KeyRange
+from kinepy.types import KeyRange, RangeQuery
 
 
 class _Slow:
@@ -24,16 +24,7 @@ class _Slow:
     def __init__(self, delay: float) -> None:
         self.delay = delay
 
-    async def read_range(
-        self,
-        key_range: KeyRange,
-        *,
-        revision: int,
-        limit: int,
-        keys_only: bool,
-        count_only: bool,
-        count: bool = True,
-    ) -> RangeRows:
+    async def read_range(self, query: RangeQuery) -> RangeRows:
         await asyncio.sleep(self.delay)
         return RangeRows(5, -1, [], 0)
 
@@ -43,8 +34,7 @@ def _timed(delay: float, threshold: float, warning_threshold: float = 0.0) -> Ti
 
 
 async def _read(backend: TimedBackend) -> RangeRows:
-    key_range = KeyRange(b"top-secret-key", None)
-    return await backend.read_range(key_range, revision=0, limit=0, keys_only=False, count_only=False)
+    return await backend.read_range(RangeQuery(KeyRange(b"top-secret-key", None)))
 
 
 async def test_a_slow_call_is_logged_without_its_arguments(caplog: pytest.LogCaptureFixture) -> None:

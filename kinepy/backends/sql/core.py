@@ -21,7 +21,7 @@ from kinepy.backends.base import Evaluate, LogRow, RangeRows, ReadSet, Snapshot,
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.statements import Statements, Table
 from kinepy.errors import BackendError
-from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease
+from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease, RangeQuery
 
 T = TypeVar("T")
 Row = Sequence[Any]
@@ -179,39 +179,90 @@ def hash_rows(rows: Iterable[Row], crc: int) -> int:
 # -- reads ---------------------------------------------------------------------------------------
 
 
-def range_steps(  # read_range's parameters (the Backend Protocol's), plus the meta row
-    statements: Statements,
-    key_range: KeyRange,
-    revision: int,
-    limit: int,
-    keys_only: bool,
-    count_only: bool,
-    count: bool = True,
-    meta: tuple[int, int] | None = None,
+def range_steps(
+    statements: Statements, query: RangeQuery, meta: tuple[int, int] | None = None
 ) -> Steps[RangeRows]:
-    """At most `limit` rows (0: all) of `key_range` at `revision` (<= 0: latest), in key order,
-    and how many keys the range holds (with `count`; else the rows read); within the caller's read
-    transaction, whose `(revision, compact_revision)` is `meta` (None: read here first; one
-    generator either way, as a Range of one key runs this on the event loop). A revision above the
-    current one or below the compaction revision reads nothing."""
+    """`query` (see `RangeQuery`), within the caller's read transaction, whose `(revision,
+    compact_revision)` is `meta` (None: read here first; one generator either way, as a Range of
+    one key runs this on the event loop). A revision above the current one or below the compaction
+    revision reads nothing."""
+    key_range, revision, limit = query.key_range, query.revision, query.limit
     current, compact = meta_of((yield fetchone(sql.SELECT_META))) if meta is None else meta
     latest = revision <= 0 or revision >= current
     if revision > current or (revision > 0 and revision < compact):
         return RangeRows(current, compact, [], 0)
-    if count_only:
+    if query.count_only:
         stmt, args = (
             sql.count_current(key_range) if latest else statements.count_at_revision(key_range, revision)
         )
         return RangeRows(current, compact, [], int((yield fetchone(stmt, args))[0]))
     if latest:
-        stmt, args = sql.select_current(key_range, keys_only=keys_only, limit=limit)
+        stmt, args = sql.select_current(key_range, keys_only=query.keys_only, limit=limit)
     else:
-        stmt, args = sql.select_at_revision(statements, key_range, revision, keys_only=keys_only, limit=limit)
+        stmt, args = sql.select_at_revision(
+            statements, key_range, revision, keys_only=query.keys_only, limit=limit
+        )
     kvs = [kv_of(row) for row in (yield fetch(stmt, args))]
-    if limit <= 0 or len(kvs) < limit or not count:
+    if limit <= 0 or len(kvs) < limit or not query.count:
         return RangeRows(current, compact, kvs, len(kvs))
     stmt, args = sql.count_current(key_range) if latest else statements.count_at_revision(key_range, revision)
     return RangeRows(current, compact, kvs, int((yield fetchone(stmt, args))[0]))
+
+
+def range_statement(statements: Statements, query: RangeQuery) -> tuple[str, list[object]]:
+    """One statement for `query`, decoded by `range_rows`: `meta.revision, meta.compact_revision,
+    key, create_revision, mod_revision, version, lease, value[, count]`, one row per key (one row of
+    NULL columns when none), *unordered* (sorting a page in Python is cheaper than MariaDB's
+    temporary table for an outer ORDER BY). With `count_only`: `meta.revision,
+    meta.compact_revision, count`. One statement reads one snapshot: no transaction is needed.
+
+    The count comes along when a limit may cut the rows short (and `count` asks for it). A read
+    at a revision uses the history query even when that revision turns out to be the current one
+    (the caller only learns the current revision from this very statement); a revision above the
+    current one or below the compaction point reads rows that the caller then drops.
+
+    (`count(*) OVER ()` on the page query instead of a second, narrow count was measured slower
+    when few keys changed since the revision, the usual case: 118 ms against 58 ms for a 500-key
+    page of 100k keys on PostgreSQL, as every value goes through the window aggregate.)
+    """
+    key_range, revision, limit = query.key_range, query.revision, query.limit
+    meta = "SELECT m.revision, m.compact_revision"
+    if revision > 0:
+        count_stmt, count_args = statements.count_at_revision(key_range, revision)
+    else:
+        count_stmt, count_args = sql.count_current(key_range)
+    if query.count_only:
+        return f"{meta}, ({count_stmt}) FROM meta m WHERE m.id = 1", list(count_args)
+    if revision > 0:
+        rows_stmt, args = sql.select_at_revision(
+            statements, key_range, revision, keys_only=query.keys_only, limit=limit
+        )
+    else:
+        rows_stmt, args = sql.select_current(key_range, keys_only=query.keys_only, limit=limit)
+    select = f"{meta}, d.*"
+    if limit > 0 and query.count:
+        select += f", ({count_stmt})"
+        args = [*count_args, *args]
+    return f"{select} FROM meta m LEFT JOIN ({rows_stmt}) d ON 1 = 1 WHERE m.id = 1", args
+
+
+def _by_key(kv: KeyValue) -> bytes:
+    return kv.key
+
+
+def range_rows(query: RangeQuery, rows: Sequence[Row]) -> RangeRows:
+    """The result of `range_statement(query)` from its rows."""
+    current, compact = meta_of(rows[0] if rows else None)
+    revision = query.revision
+    if revision > current or (revision > 0 and revision < compact):
+        return RangeRows(current, compact, [], 0)
+    if query.count_only:
+        return RangeRows(current, compact, [], int(rows[0][2]))
+    kvs = [kv_of(row[2:8]) for row in rows if row[2] is not None]
+    kvs.sort(key=_by_key)
+    if query.count and 0 < query.limit <= len(kvs):
+        return RangeRows(current, compact, kvs, int(rows[0][8]))
+    return RangeRows(current, compact, kvs, len(kvs))
 
 
 # -- writes --------------------------------------------------------------------------------------
@@ -244,9 +295,7 @@ def write_steps(statements: Statements, read_set: ReadSet, evaluate: Evaluate) -
     historic: dict[tuple[KeyRange, int], list[KeyValue]] = {}
     for key_range, rev in read_set.historic:
         if compact <= rev <= current:
-            read = yield from range_steps(
-                statements, key_range, rev, 0, False, False, meta=(current, compact)
-            )
+            read = yield from range_steps(statements, RangeQuery(key_range, rev), meta=(current, compact))
             historic[(key_range, rev)] = read.kvs
     write_set = evaluate(Snapshot(current, compact, rows, leases, historic))
     if write_set is not None:

@@ -30,12 +30,14 @@ from kinepy.backends.sql.core import (
     hash_rows,
     lease_of,
     meta_of,
+    range_rows,
+    range_statement,
     range_steps,
     run,
     write_steps,
 )
 from kinepy.errors import BackendError, BackendUnavailable
-from kinepy.types import Event, KeyRange, Lease
+from kinepy.types import Event, KeyRange, Lease, RangeQuery
 
 log = logging.getLogger(__name__)
 
@@ -364,25 +366,18 @@ class SQLiteBackend:
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def read_range(  # the Backend Protocol's signature, as every backend spells it
-        self,
-        key_range: KeyRange,
-        *,
-        revision: int,
-        limit: int,
-        keys_only: bool,
-        count_only: bool,
-        count: bool = True,
-    ) -> RangeRows:
-        steps = range_steps(STATEMENTS, key_range, revision, limit, keys_only, count_only, count)
+    async def read_range(self, query: RangeQuery) -> RangeRows:
+        key_range = query.key_range
         if self._inline is not None and key_range.end == key_range.start + b"\x00":
             # A single key is a few index lookups: cheaper on the loop's own connection than the
-            # hop to a reader thread and back (measured: docs/performance.md).
+            # hop to a reader thread and back (measured: docs/performance.md), in one statement
+            # (one snapshot, no transaction around it).
+            stmt, args = range_statement(STATEMENTS, query)
             try:
-                return self._in_read_transaction(self._inline, steps)
+                return range_rows(query, self._inline.conn.execute(stmt, args).fetchall())
             except sqlite3.Error as exc:
                 raise BackendError(f"SQLite error: {exc}") from exc
-        return await self._run(self._readers, self._read, steps)
+        return await self._run(self._readers, self._read, range_steps(STATEMENTS, query))
 
     def _read(self, steps: Steps[T]) -> T:
         return self._in_read_transaction(self._session(), steps)

@@ -22,7 +22,7 @@ from kinepy.backends.base import (
     Snapshot,
     WriteSet,
 )
-from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease
+from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease, RangeQuery
 
 
 @dataclass(slots=True)
@@ -89,29 +89,21 @@ class FakeBackend:
             except TimeoutError:
                 pass
 
-    async def read_range(
-        self,
-        key_range: KeyRange,
-        *,
-        revision: int,
-        limit: int,
-        keys_only: bool,
-        count_only: bool,
-        count: bool = True,
-    ) -> RangeRows:
+    async def read_range(self, query: RangeQuery) -> RangeRows:
+        revision = query.revision
         if revision > self.revision or 0 < revision < self.compact_revision:
             return RangeRows(self.revision, self.compact_revision, [], 0)
-        kvs = self._at(key_range, revision)
+        kvs = self._at(query.key_range, revision)
         total = len(kvs)
-        if count_only:
+        if query.count_only:
             return RangeRows(self.revision, self.compact_revision, [], total)
-        if limit > 0:
-            kvs = kvs[:limit]
-        if keys_only:
+        if query.limit > 0:
+            kvs = kvs[: query.limit]
+        if query.keys_only:
             kvs = [
                 KeyValue(kv.key, kv.create_revision, kv.mod_revision, kv.version, b"", kv.lease) for kv in kvs
             ]
-        return RangeRows(self.revision, self.compact_revision, kvs, total if count else len(kvs))
+        return RangeRows(self.revision, self.compact_revision, kvs, total if query.count else len(kvs))
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
         async with self._lock:

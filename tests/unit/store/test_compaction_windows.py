@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kinepy.backends.sql.sqlite import SQLiteBackend
 from kinepy.store.store import Store
-from kinepy.types import KeyRange, PutRequest, TxnRequest
+from kinepy.types import KeyRange, PutRequest, RangeQuery, TxnRequest
 
 KEYS = 50
 TXNS = 20  # revisions 2..21, each one txn putting all KEYS keys
@@ -63,9 +63,7 @@ async def test_compaction_in_small_windows_leaves_what_one_big_window_leaves(tmp
         assert [(e.kv.key, e.kv.mod_revision) for e in events] == [
             (b"k/%03d" % i, target) for i in range(KEYS)
         ]
-        rows = await backend.read_range(
-            KeyRange(b"k/", b"k0"), revision=target, limit=0, keys_only=False, count_only=False
-        )
+        rows = await backend.read_range(RangeQuery(KeyRange(b"k/", b"k0"), revision=target))
         assert rows.count == KEYS and {kv.value for kv in rows.kvs} == {b"v%d" % (TXNS - 1)}
     finally:
         await store.aclose()
