@@ -314,6 +314,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="DURATION",
     )
     add(
+        "--watch-window-bytes",
+        _DEFAULTS.watch_window_bytes,
+        "most bytes of recent events kept in memory for watchers that start behind or fall behind "
+        "(older ones are read from the database)",
+        kind=int,
+        metavar="BYTES",
+    )
+    add(
         "--emulated-etcd-version",
         _DEFAULTS.emulated_etcd_version,
         "the etcd version Status reports (kube-apiserver asks for watch progress from 3.5.13 on)",
@@ -461,6 +469,7 @@ def parse(
         compact_interval=duration(args.compact_interval),
         compact_interval_jitter=int(args.compact_interval_jitter),
         watch_progress_notify_interval=duration(args.watch_progress_notify_interval),
+        watch_window_bytes=int(args.watch_window_bytes),
         compact_retention=int(args.compact_retention),
         compact_batch_rows=int(args.compact_batch_size),
         datastore_max_connections=max_connections

@@ -14,6 +14,9 @@ DEFAULT_SQLITE_PATH = "./db/state.db"
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_MAX_TXN_OPS = 128
+# Memory for watchers, by bytes (docs/configuration.md, --watch-window-bytes, says why these sizes).
+DEFAULT_WATCH_WINDOW_BYTES = 64 << 20
+DEFAULT_WATCH_STREAM_BUFFER_BYTES = 16 << 20
 # kube-apiserver turns on RequestWatchProgress only for etcd >= 3.5.13 (it parses this as semver).
 DEFAULT_EMULATED_ETCD_VERSION = "3.6.6"
 
@@ -100,8 +103,15 @@ class Config:
     watch_window_events: int = 8192
     """Recent events kept in memory, so new and lagging watchers catch up without the database."""
 
+    watch_window_bytes: int = DEFAULT_WATCH_WINDOW_BYTES
+    """Most bytes (keys, values, prev_kv and per-event overhead) the recent-event window holds; the
+    oldest revisions beyond it (or beyond `watch_window_events`) are read from the database instead."""
+
     watch_stream_buffer_events: int = 4096
     """Events queued per watch stream; a watcher beyond it catches up later instead of growing memory."""
+
+    watch_stream_buffer_bytes: int = DEFAULT_WATCH_STREAM_BUFFER_BYTES
+    """Bytes of events queued per watch stream, the same way (whichever cap is reached first)."""
 
     lease_expiry_interval: float = 0.5
     """Seconds between checks for expired leases (etcd checks about every 500 ms)."""
@@ -139,6 +149,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")
+        if self.watch_window_bytes <= 0 or self.watch_stream_buffer_bytes <= 0:
+            raise ValueError("watch_window_bytes and watch_stream_buffer_bytes must be positive")
         if self.datastore_max_connections < 2:
             raise ValueError("datastore_max_connections must be at least 2")
         if self.datastore_poll_interval <= 0:

@@ -15,7 +15,7 @@ from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.status import status_code
 from kinepy.store.store import Store
-from kinepy.store.watch import WatchResponse, WatchStream
+from kinepy.store.watch import WatchResponse, WatchStream, event_bytes
 from kinepy.types import Event, EventType
 
 log = logging.getLogger(__name__)
@@ -25,27 +25,35 @@ _NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
 _NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
 
 V = TypeVar("V")
+# Most bytes each conversion cache holds: a revision goes to every stream within moments, so a few
+# MiB dedupe the fan-out of small values, and 1 MiB values cannot pile up GiBs (issue 15).
+CACHE_BYTES = 16 << 20
 
 
 class _IdentityCache(Generic[V]):
     """Conversions of committed events, keyed by the identities of the events they came from (plus
     whatever else they depend on). An entry keeps its source objects alive, so their ids cannot be
-    reused while it is cached; cleared wholesale when it grows past `size`."""
+    reused while it is cached; cleared wholesale when it grows past `size` entries or `max_bytes`
+    (what its entries' sources and values hold, as the caller counts them)."""
 
-    __slots__ = ("_entries", "_size")
+    __slots__ = ("_bytes", "_entries", "_max_bytes", "_size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int = CACHE_BYTES) -> None:
         self._entries: dict[tuple[object, ...], tuple[object, V]] = {}
         self._size = size
+        self._bytes = 0
+        self._max_bytes = max_bytes
 
     def get(self, key: tuple[object, ...]) -> V | None:
         entry = self._entries.get(key)
         return None if entry is None else entry[1]
 
-    def put(self, key: tuple[object, ...], sources: object, value: V) -> None:
-        if len(self._entries) >= self._size:
+    def put(self, key: tuple[object, ...], sources: object, value: V, nbytes: int) -> None:
+        if len(self._entries) >= self._size or self._bytes + nbytes > self._max_bytes:
             self._entries.clear()
+            self._bytes = 0
         self._entries[key] = (sources, value)
+        self._bytes += nbytes
 
 
 def _event_message(event: Event, prev_kv: bool) -> kv_pb2.Event:
@@ -131,7 +139,7 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
         encoded = self._encodings.get(key)
         if encoded is None:
             encoded = [m.SerializeToString() for m in self._messages(resp)]
-            self._encodings.put(key, resp.events, encoded)
+            self._encodings.put(key, resp.events, encoded, resp.buffered_bytes + sum(map(len, encoded)))
         return encoded
 
     def _event(self, event: Event, prev_kv: bool) -> kv_pb2.Event:
@@ -139,7 +147,7 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
         converted = self._events.get(key)
         if converted is None:
             converted = _event_message(event, key[1])
-            self._events.put(key, event, converted)
+            self._events.put(key, event, converted, 2 * event_bytes(event))
         return converted
 
     def _messages(self, resp: WatchResponse) -> list[rpc_pb2.WatchResponse]:

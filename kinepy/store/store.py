@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from kinepy.backends.base import Backend, BackendStatus
-from kinepy.config import Config
+from kinepy.config import DEFAULT_WATCH_STREAM_BUFFER_BYTES, DEFAULT_WATCH_WINDOW_BYTES, Config
 from kinepy.store import txn
 from kinepy.store.autocompact import AutoCompactor
 from kinepy.store.compactor import Compactor, OnCompact
@@ -49,7 +49,9 @@ class StoreSettings:
     write_batch_max: int = 1000
     compact_batch_rows: int = 1000
     watch_window_events: int = 8192
+    watch_window_bytes: int = DEFAULT_WATCH_WINDOW_BYTES
     watch_stream_buffer_events: int = 4096
+    watch_stream_buffer_bytes: int = DEFAULT_WATCH_STREAM_BUFFER_BYTES
     watch_progress_interval: float = 5.0
     lease_expiry_interval: float = 0.5
     compact_interval: float = 0.0
@@ -66,7 +68,9 @@ class StoreSettings:
             write_batch_max=config.write_batch_max,
             compact_batch_rows=config.compact_batch_rows,
             watch_window_events=config.watch_window_events,
+            watch_window_bytes=config.watch_window_bytes,
             watch_stream_buffer_events=config.watch_stream_buffer_events,
+            watch_stream_buffer_bytes=config.watch_stream_buffer_bytes,
             watch_progress_interval=config.watch_progress_notify_interval,
             lease_expiry_interval=config.lease_expiry_interval,
             compact_interval=config.compact_interval,
@@ -145,7 +149,9 @@ class Store:
             revision=status.revision,
             compact_revision=status.compact_revision,
             window_events=settings.watch_window_events,
+            window_bytes=settings.watch_window_bytes,
             max_buffered_events=settings.watch_stream_buffer_events,
+            max_buffered_bytes=settings.watch_stream_buffer_bytes,
             progress_interval=settings.watch_progress_interval,
         )
         self._follower = Follower(self._backend, hub, poll_interval=settings.poll_interval, seen=self._seen)

@@ -6,8 +6,14 @@ sync task, from the in-memory window of recent revisions or from the log in the 
 
 Guarantees: events reach a watcher in revision order, each exactly once, and the events of one
 revision in one response; a progress notification is queued behind every event it covers, so it
-never overtakes them. Each stream buffers a bounded number of events: a watcher whose stream is
-full is not dropped, it becomes unsynced and catches up later, from the log if need be.
+never overtakes them. Each stream buffers a bounded number of events and bytes: a watcher whose
+stream is full is not dropped, it becomes unsynced and catches up later, from the log if need be.
+
+Memory is bounded in bytes as well as in events (`event_bytes`): the window of recent revisions
+drops its oldest revisions beyond either cap (`window_events`, `window_bytes`), a stream counts as
+full at either (`max_buffered_events`, `max_buffered_bytes`), and a catch-up from the log reads no
+more events at once than the stream has room for, in events and, at the window's average event
+size, in bytes. A cap never loses an event: what the window no longer holds is read from the log.
 
 Everything here runs on the event loop. Where reading the hub's revision and joining a group must
 be atomic, there is no `await` between them: on one loop, that is etcd's lock.
@@ -22,6 +28,7 @@ import logging
 from dataclasses import dataclass, field
 
 from kinepy.backends.base import Backend
+from kinepy.config import DEFAULT_WATCH_STREAM_BUFFER_BYTES, DEFAULT_WATCH_WINDOW_BYTES
 from kinepy.errors import WATCH_DUPLICATE_ID, WATCH_RANGE_EMPTY, CompactedError, StoppedError
 from kinepy.store.history import read_history
 from kinepy.store.keys import is_empty
@@ -32,6 +39,21 @@ log = logging.getLogger(__name__)
 # etcd sends at most this many revisions in one catch-up response (watchBatchMaxRevs).
 CATCH_UP_MAX_REVISIONS = 1000
 PROGRESS_WATCH_ID = -1
+# What an Event and its KeyValue cost in memory beyond their keys' and values' bytes (CPython objects).
+EVENT_OVERHEAD_BYTES = 256
+
+
+def event_bytes(event: Event) -> int:
+    """The memory `event` holds: its key and value, its prev_kv's, and the objects around them."""
+    kv, prev = event.kv, event.prev_kv
+    size = EVENT_OVERHEAD_BYTES + len(kv.key) + len(kv.value)
+    if prev is not None:
+        size += len(prev.key) + len(prev.value)
+    return size
+
+
+def events_bytes(events: list[Event]) -> int:
+    return sum(map(event_bytes, events))
 
 
 @dataclass(slots=True)
@@ -47,6 +69,7 @@ class WatchResponse:
     cancel_reason: str = ""
     prev_kv: bool = False
     fragment: bool = False
+    buffered_bytes: int = 0  # what its events count against the stream's buffer (`event_bytes`)
 
 
 @dataclass(slots=True, eq=False)
@@ -75,7 +98,7 @@ class Watcher:
 class WatchStream:
     """One gRPC Watch stream: its watchers and its bounded queue of responses."""
 
-    def __init__(self, hub: WatchHub, *, max_buffered_events: int) -> None:
+    def __init__(self, hub: WatchHub, *, max_buffered_events: int, max_buffered_bytes: int) -> None:
         self.hub = hub
         self.watchers: dict[int, Watcher] = {}
         self._next_id = 0
@@ -83,6 +106,8 @@ class WatchStream:
         self._ready = asyncio.Event()
         self.buffered_events = 0
         self.max_buffered_events = max_buffered_events
+        self.buffered_bytes = 0
+        self.max_buffered_bytes = max_buffered_bytes
         self.progress_pending = False
         self.closed = False
         self.ended = False
@@ -177,7 +202,11 @@ class WatchStream:
         resp = self._queue.popleft()
         if resp.events:
             self.buffered_events -= len(resp.events)
-            if self.buffered_events < self.max_buffered_events // 2:
+            self.buffered_bytes -= resp.buffered_bytes
+            if (
+                self.buffered_events < self.max_buffered_events // 2
+                and self.buffered_bytes < self.max_buffered_bytes // 2
+            ):
                 self.hub.wake()
         return resp
 
@@ -196,20 +225,36 @@ class WatchStream:
     # -- what the hub calls ------------------------------------------------------------------
 
     def has_room(self) -> bool:
-        return self.buffered_events < self.max_buffered_events
+        return (
+            self.buffered_events < self.max_buffered_events and self.buffered_bytes < self.max_buffered_bytes
+        )
 
     def room(self) -> int:
+        """Events the stream can still take (at least 1)."""
         return max(1, self.max_buffered_events - self.buffered_events)
+
+    def byte_room(self) -> int:
+        """Bytes the stream can still take (at least 1)."""
+        return max(1, self.max_buffered_bytes - self.buffered_bytes)
 
     def _push(self, resp: WatchResponse) -> None:
         self._queue.append(resp)
         self._ready.set()
 
     def send_events(self, watcher: Watcher, events: list[Event], revision: int) -> None:
+        size = events_bytes(events)
         self.buffered_events += len(events)
+        self.buffered_bytes += size
         watcher.sent_since_tick = True
         self._push(
-            WatchResponse(watcher.id, revision, events, prev_kv=watcher.prev_kv, fragment=watcher.fragment)
+            WatchResponse(
+                watcher.id,
+                revision,
+                events,
+                prev_kv=watcher.prev_kv,
+                fragment=watcher.fragment,
+                buffered_bytes=size,
+            )
         )
 
     def send_compacted(self, watcher: Watcher, compact_revision: int) -> None:
@@ -239,17 +284,23 @@ class WatchHub:
         revision: int,
         compact_revision: int,
         window_events: int = 8192,
+        window_bytes: int = DEFAULT_WATCH_WINDOW_BYTES,
         max_buffered_events: int = 4096,
+        max_buffered_bytes: int = DEFAULT_WATCH_STREAM_BUFFER_BYTES,
         progress_interval: float = 5.0,
     ) -> None:
         self._progress_interval = progress_interval
         self._backend = backend
         self.revision = revision
         self.compact_revision = compact_revision
-        self._window: collections.deque[tuple[int, list[Event]]] = collections.deque()
+        # (revision, its events, their `events_bytes`), oldest first
+        self._window: collections.deque[tuple[int, list[Event], int]] = collections.deque()
         self._window_events = 0
-        self._window_max = window_events
+        self._window_bytes = 0
+        self._window_max_events = window_events
+        self._window_max_bytes = window_bytes
         self._max_buffered_events = max_buffered_events
+        self._max_buffered_bytes = max_buffered_bytes
         self._synced: set[Watcher] = set()
         self._unsynced: set[Watcher] = set()
         self._streams: set[WatchStream] = set()
@@ -288,7 +339,9 @@ class WatchHub:
         return len(self._streams)
 
     def open_stream(self) -> WatchStream:
-        stream = WatchStream(self, max_buffered_events=self._max_buffered_events)
+        stream = WatchStream(
+            self, max_buffered_events=self._max_buffered_events, max_buffered_bytes=self._max_buffered_bytes
+        )
         self._streams.add(stream)
         if self.stopping:
             stream.end()
@@ -334,12 +387,7 @@ class WatchHub:
                 by_revision[-1][1].append(event)
             else:
                 by_revision.append((rev, [event]))
-        for item in by_revision:
-            self._window.append(item)
-            self._window_events += len(item[1])
-        while self._window_events > self._window_max and len(self._window) > 1:
-            _, dropped = self._window.popleft()
-            self._window_events -= len(dropped)
+        self._remember(by_revision)
         self.revision = revision
         first = by_revision[0][0] if by_revision else revision + 1
         for watcher in list(self._synced):
@@ -356,6 +404,30 @@ class WatchHub:
         for stream in self._streams:
             if stream.progress_pending:
                 stream.maybe_send_progress()
+
+    def _remember(self, revisions: list[tuple[int, list[Event]]]) -> None:
+        """Add published revisions to the window, then drop its oldest beyond either cap (the
+        latest revision always stays, so the window says where the log must take over)."""
+        window = self._window
+        for rev, events in revisions:
+            size = events_bytes(events)
+            window.append((rev, events, size))
+            self._window_events += len(events)
+            self._window_bytes += size
+        while len(window) > 1 and (
+            self._window_events > self._window_max_events or self._window_bytes > self._window_max_bytes
+        ):
+            _, dropped, size = window.popleft()
+            self._window_events -= len(dropped)
+            self._window_bytes -= size
+
+    def _read_limit(self, stream: WatchStream) -> int:
+        """Events to read from the log at once for `stream`: its room in events and, at the window's
+        average event size, in bytes (at least 1)."""
+        room = stream.room()
+        if self._window_events:
+            room = min(room, stream.byte_room() * self._window_events // self._window_bytes)
+        return max(1, room)
 
     def _demote(self, watcher: Watcher, next_revision: int) -> None:
         log.warning(
@@ -378,6 +450,7 @@ class WatchHub:
                 self._unsynced.add(watcher)
         self._window.clear()
         self._window_events = 0
+        self._window_bytes = 0
         self.revision = max(self.revision, revision)
         self._wakeup.set()
 
@@ -429,10 +502,10 @@ class WatchHub:
                 progressed = True
                 continue
             start = watcher.next_revision
-            room = watcher.stream.room()
             if self._window and self._window[0][0] <= start:
-                wanted, upto = self._from_window(watcher, start, room)
+                wanted, upto = self._from_window(watcher, start)
             else:
+                room = self._read_limit(watcher.stream)
                 upto = min(self.revision, start - 1 + CATCH_UP_MAX_REVISIONS)
                 try:
                     events = await read_history(
@@ -484,20 +557,25 @@ class WatchHub:
             return dataclasses.replace(event, prev_kv=None)
         return event
 
-    def _from_window(self, watcher: Watcher, start: int, room: int) -> tuple[list[Event], int]:
+    def _from_window(self, watcher: Watcher, start: int) -> tuple[list[Event], int]:
         """The events `watcher` wants from revision `start` on, whole revisions only, at most
-        CATCH_UP_MAX_REVISIONS revisions and (unless one revision alone is more) `room` events;
-        and the last revision covered. The window holds every revision from its first entry to
-        `self.revision`."""
+        CATCH_UP_MAX_REVISIONS revisions and (unless one revision alone is more) what its stream
+        has room for, in events and in bytes; and the last revision covered. The window holds every
+        revision from its first entry to `self.revision`."""
+        room, byte_room = watcher.stream.room(), watcher.stream.byte_room()
         wanted: list[Event] = []
-        revisions = 0
-        for rev, evs in self._window:
+        size = revisions = 0
+        for rev, evs, _ in self._window:
             if rev < start:
                 continue
             mine = [e for e in evs if watcher.wants(e)]
-            if revisions == CATCH_UP_MAX_REVISIONS or (wanted and len(wanted) + len(mine) > room):
+            mine_size = events_bytes(mine)
+            if revisions == CATCH_UP_MAX_REVISIONS or (
+                wanted and (len(wanted) + len(mine) > room or size + mine_size > byte_room)
+            ):
                 return wanted, rev - 1
             wanted.extend(mine)
+            size += mine_size
             revisions += 1
         return wanted, self.revision
 

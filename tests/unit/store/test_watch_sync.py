@@ -40,8 +40,10 @@ def backend() -> CountingBackend:
     return CountingBackend()
 
 
-async def _store(backend: FakeBackend, *, window_events: int) -> Store:
-    settings = StoreSettings(watch_stream_buffer_events=BUFFER, watch_window_events=window_events)
+async def _store(backend: FakeBackend, *, window_events: int, **settings_: int) -> Store:
+    settings = StoreSettings(
+        **{"watch_stream_buffer_events": BUFFER, "watch_window_events": window_events, **settings_}
+    )
     store = Store(backend, settings)
     await store.start()
     return store
@@ -110,6 +112,52 @@ async def test_a_slow_stream_catches_up_from_the_log(
         assert await _revisions_until(stream, 3 * BUFFER + 1) == list(range(2, 3 * BUFFER + 2))
         assert stream.watchers[0].synced
     assert backend.history_reads > 0
+
+
+VALUE = b"v" * 10_000  # bytes: each event counts about this much against the byte caps
+
+
+async def test_the_window_is_capped_in_bytes_and_the_log_serves_the_rest(backend: CountingBackend) -> None:
+    """A window of 3 values' bytes keeps the last 2 revisions (prev_kv included); a watcher from
+    revision 2 reads the rest from the log and gets every event once, in order."""
+    store = await _store(backend, window_events=8192, watch_window_bytes=3 * len(VALUE))
+    try:
+        for _ in range(10):  # revisions 2..11
+            await store.put(PutRequest(b"k", VALUE))
+        with store.open_watch() as stream:
+            stream.create(b"k", b"", start_revision=2)
+            await _next(stream)
+            assert await _revisions_until(stream, 11) == list(range(2, 12))
+        assert backend.history_reads > 0
+    finally:
+        await store.aclose()
+
+
+async def test_a_stream_full_in_bytes_is_demoted_and_loses_nothing(backend: CountingBackend) -> None:
+    """A stream holds 3 values' bytes at most, whatever its room in events; its watcher is demoted
+    and caught up (from the window, then from the log as it is capped too), every event exactly once."""
+    store = await _store(
+        backend,
+        window_events=8192,
+        watch_window_bytes=5 * len(VALUE),
+        watch_stream_buffer_events=1000,
+        watch_stream_buffer_bytes=3 * len(VALUE),
+    )
+    try:
+        with store.open_watch() as stream:
+            stream.create(b"k", b"")
+            await _next(stream)
+            watcher = stream.watchers[0]
+            for _ in range(12):  # revisions 2..13, nobody reading
+                await store.put(PutRequest(b"k", VALUE))
+            assert not watcher.synced
+            # full in bytes (an event is about two values: its prev_kv too), far from full in events
+            assert stream.buffered_events == 2 and 3 * len(VALUE) <= stream.buffered_bytes < 5 * len(VALUE)
+            assert await _revisions_until(stream, 13) == list(range(2, 14))
+            assert watcher.synced and stream.buffered_bytes == 0
+        assert backend.history_reads > 0
+    finally:
+        await store.aclose()
 
 
 async def test_a_watcher_from_an_old_revision_catches_up_with_prev_kv(
