@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -225,24 +225,35 @@ class PassthroughHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         self, method: str
     ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            last: grpc.aio.AioRpcError | None = None
-            for index in self._order():
-                call = self._channel(index).unary_stream(method, *_PASS)(
+            def call(index: int) -> AsyncIterable[bytes]:
+                stream: AsyncIterable[bytes] = self._channel(index).unary_stream(method, *_PASS)(
                     request, metadata=self._metadata(context)
                 )
-                relayed = False
-                try:
-                    async for message in call:
-                        relayed = True
-                        yield message
-                    return
-                except grpc.aio.AioRpcError as exc:
-                    if relayed or exc.code() != grpc.StatusCode.UNAVAILABLE:
-                        await context.abort(exc.code(), exc.details() or "")
-                    last = exc
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _all_down(last))
+                return stream
+
+            async for message in self._relay(call, context):
+                yield message
 
         return handler
+
+    async def _relay(
+        self, call: Callable[[int], AsyncIterable[bytes]], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """The messages of `call(index)` for the first upstream, in `_order`, that does not fail
+        UNAVAILABLE before its first message; any other failure ends the stream with its status."""
+        last: grpc.aio.AioRpcError | None = None
+        for index in self._order():
+            relayed = False
+            try:
+                async for message in call(index):
+                    relayed = True
+                    yield message
+                return
+            except grpc.aio.AioRpcError as exc:
+                if relayed or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    await context.abort(exc.code(), exc.details() or "")
+                last = exc
+        await context.abort(grpc.StatusCode.UNAVAILABLE, _all_down(last))
 
     def _client_stream(self, method: str) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Any]:
         async def handler(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
@@ -272,33 +283,23 @@ class PassthroughHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                     await incoming.put(message)
                 await incoming.put(None)
 
+            async def upstream_requests(replay: list[bytes]) -> AsyncIterator[bytes]:
+                for old in replay:
+                    yield old
+                while (new := await incoming.get()) is not None:
+                    sent.append(new)
+                    yield new
+
+            def call(index: int) -> AsyncIterable[bytes]:
+                stream: AsyncIterable[bytes] = self._channel(index).stream_stream(method, *_PASS)(
+                    upstream_requests(list(sent)), metadata=self._metadata(context)
+                )
+                return stream
+
             pumper = asyncio.create_task(pump(), name="kinepy-passthrough-pump")
-            last: grpc.aio.AioRpcError | None = None
             try:
-                for index in self._order():
-                    replay = list(sent)
-
-                    async def upstream_requests(replay: list[bytes] = replay) -> AsyncIterator[bytes]:
-                        for old in replay:
-                            yield old
-                        while (new := await incoming.get()) is not None:
-                            sent.append(new)
-                            yield new
-
-                    call = self._channel(index).stream_stream(method, *_PASS)(
-                        upstream_requests(), metadata=self._metadata(context)
-                    )
-                    relayed = False
-                    try:
-                        async for message in call:
-                            relayed = True
-                            yield message
-                        return
-                    except grpc.aio.AioRpcError as exc:
-                        if relayed or exc.code() != grpc.StatusCode.UNAVAILABLE:
-                            await context.abort(exc.code(), exc.details() or "")
-                        last = exc
-                await context.abort(grpc.StatusCode.UNAVAILABLE, _all_down(last))
+                async for message in self._relay(call, context):
+                    yield message
             finally:
                 pumper.cancel()
 

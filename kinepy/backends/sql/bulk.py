@@ -145,15 +145,21 @@ class StoreExport(abc.ABC):
     """A kinepy store read at one snapshot, changing nothing. `open` first, `aclose` always."""
 
     description: str
+    _revision = 0  # the snapshot's, set by `open`
+    _current_only = False
 
     @abc.abstractmethod
     async def open(self, *, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
         """Pin the snapshot; its meta row and counts (history rows as `log` will yield them)."""
 
-    @abc.abstractmethod
     def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
         """The history at or below the snapshot's revision in `(revision, sub)` order (with
         `current_only`, the newest row of each live key and the deletions at the revision)."""
+        if self._current_only:
+            rows = self._stream(SELECT_LOG_CURRENT_ONLY, (self._revision, self._revision), FETCH_ROWS)
+        else:
+            rows = self._stream(SELECT_LOG, (self._revision,), FETCH_ROWS)
+        return batches(rows, batch_rows)
 
     @abc.abstractmethod
     async def leases(self) -> list[Lease]: ...
@@ -213,13 +219,6 @@ class _SQLiteExport(StoreExport):
             conn.execute(COUNT_CURRENT).fetchone()[0], log_count, conn.execute(COUNT_LEASES).fetchone()[0]
         )
         return meta, counts
-
-    def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
-        if self._current_only:
-            rows = self._stream(SELECT_LOG_CURRENT_ONLY, (self._revision, self._revision), FETCH_ROWS)
-        else:
-            rows = self._stream(SELECT_LOG, (self._revision,), FETCH_ROWS)
-        return batches(rows, batch_rows)
 
     async def _stream(self, statement: str, args: Sequence[Any], batch: int) -> AsyncIterator[list[LogRow]]:
         # The cursor never leaves the export's thread: a cursor reset or freed on another thread
@@ -285,13 +284,6 @@ class _ServerExport(StoreExport):
             leases = await session.fetchone(COUNT_LEASES)
         assert log_count is not None and current is not None and leases is not None
         return meta, StoreCounts(int(current[0]), int(log_count[0]), int(leases[0]))
-
-    def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
-        if self._current_only:
-            rows = self._stream(SELECT_LOG_CURRENT_ONLY, (self._revision, self._revision), FETCH_ROWS)
-        else:
-            rows = self._stream(SELECT_LOG, (self._revision,), FETCH_ROWS)
-        return batches(rows, batch_rows)
 
     async def _stream(self, statement: str, args: Sequence[Any], batch: int) -> AsyncIterator[list[LogRow]]:
         session = self._session

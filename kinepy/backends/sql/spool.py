@@ -28,24 +28,42 @@ _INSERT = "INSERT INTO spool VALUES (?, ?, ?, ?, ?, ?)"
 _SELECT = "SELECT revision, key, create_revision, version, lease, value FROM spool ORDER BY revision, key"
 
 
-class RowSpool:
-    """Live keys (`LogRow`s without a meaningful `sub`), spooled in any order."""
+class _Spool:
+    """A temporary SQLite file holding one table, created by `create`; `close()` deletes it."""
 
-    def __init__(self, directory: str | None = None) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="kinepy-spool-", suffix=".db", dir=directory)
+    def __init__(self, prefix: str, create: str, directory: str | None) -> None:
+        fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".db", dir=directory)
         os.close(fd)
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode = OFF")
         self._conn.execute("PRAGMA synchronous = OFF")
-        self._conn.execute(_CREATE)
+        self._conn.execute(create)
         self.rows = 0
 
-    def add(self, rows: Iterable[LogRow]) -> None:
-        batch = [(r.revision, r.key, r.create_revision, r.version, r.lease, r.value) for r in rows]
+    def _insert(self, statement: str, batch: list[tuple[object, ...]]) -> None:
         self._conn.execute("BEGIN")
-        self._conn.executemany(_INSERT, batch)
+        self._conn.executemany(statement, batch)
         self._conn.execute("COMMIT")
         self.rows += len(batch)
+
+    def close(self) -> None:
+        self._conn.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class RowSpool(_Spool):
+    """Live keys (`LogRow`s without a meaningful `sub`), spooled in any order."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        super().__init__("kinepy-spool-", _CREATE, directory)
+
+    def add(self, rows: Iterable[LogRow]) -> None:
+        self._insert(
+            _INSERT, [(r.revision, r.key, r.create_revision, r.version, r.lease, r.value) for r in rows]
+        )
 
     def in_revision_order(self) -> Iterator[LogRow]:
         """Every row, by revision then key; the keys of one revision get subs 0, 1, ..."""
@@ -54,13 +72,6 @@ class RowSpool:
             sub = sub + 1 if rev == revision else 0
             revision = rev
             yield LogRow(rev, sub, bytes(key), create, version, lease, bytes(value), False)
-
-    def close(self) -> None:
-        self._conn.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 _CREATE_CHANGES = (
@@ -76,28 +87,18 @@ _CURRENT = (
 )
 
 
-class ChangeSpool:
+class ChangeSpool(_Spool):
     """The keys of a history given in `(revision, sub)` order, spooled to a temporary SQLite file, to
     tell without holding every key in memory how many keys are live at the end, and which changes a
     copy of the current state keeps (the newest of each live key, and the deletions at the store
     revision itself). `close()` deletes the file."""
 
     def __init__(self, directory: str | None = None) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="kinepy-changes-", suffix=".db", dir=directory)
-        os.close(fd)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode = OFF")
-        self._conn.execute("PRAGMA synchronous = OFF")
-        self._conn.execute(_CREATE_CHANGES)
-        self.rows = 0
+        super().__init__("kinepy-changes-", _CREATE_CHANGES, directory)
 
     def add(self, rows: Iterable[LogRow]) -> None:
         """Rows in `(revision, sub)` order, after every row added before."""
-        batch = [(r.key, r.revision, r.sub, int(r.tombstone)) for r in rows]
-        self._conn.execute("BEGIN")
-        self._conn.executemany(_INSERT_CHANGE, batch)
-        self._conn.execute("COMMIT")
-        self.rows += len(batch)
+        self._insert(_INSERT_CHANGE, [(r.key, r.revision, r.sub, int(r.tombstone)) for r in rows])
 
     def live_keys(self) -> int:
         """Keys whose newest change is not a delete."""
@@ -107,10 +108,3 @@ class ChangeSpool:
         """`(revision, sub)` of the changes a copy of the current state at `revision` keeps, in order."""
         for rev, sub in self._conn.execute(_CURRENT, (revision,)):
             yield int(rev), int(sub)
-
-    def close(self) -> None:
-        self._conn.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
