@@ -26,9 +26,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from kinepy.errors import KinepyError
+from kinepy.migrate.model import Closing
 
 MAGIC = 0xED0CDAED
 VERSION = 2
@@ -95,7 +95,7 @@ class Stats:
     keys: int = 0
 
 
-class BoltFile:
+class BoltFile(Closing):
     """An open bbolt file, read-only. `size` limits the bytes that belong to the database (an etcd
     snapshot carries a checksum after them). Use as a context manager, or call `close()`."""
 
@@ -112,14 +112,6 @@ class BoltFile:
         except BaseException:
             self.close()
             raise
-
-    def __enter__(self) -> BoltFile:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         if hasattr(self, "_map"):

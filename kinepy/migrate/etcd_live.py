@@ -26,7 +26,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -35,7 +34,7 @@ import grpc
 from kinepy.backends.base import LogRow
 from kinepy.backends.sql.spool import RowSpool
 from kinepy.errors import KinepyError
-from kinepy.migrate.model import Header
+from kinepy.migrate.model import Closing, Header
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.specs import EtcdSpec, upstream_tls
 from kinepy.types import Lease
@@ -86,7 +85,7 @@ def etcd_channel(url: str, error: type[KinepyError]) -> tuple[grpc.Channel, str]
     return grpc.secure_channel(target, credentials, options=options), shown
 
 
-class EtcdLive:
+class EtcdLive(Closing):
     """A live etcd read at one revision. `revision` is pinned when the object is made."""
 
     def __init__(self, url: str, *, page_size: int = PAGE_SIZE, timeout: float = TIMEOUT) -> None:
@@ -105,14 +104,6 @@ class EtcdLive:
         self.revision: int = reply.header.revision
         self.compact_revision: int = self.revision
         self.key_count: int = reply.count
-
-    def __enter__(self) -> EtcdLive:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._channel.close()

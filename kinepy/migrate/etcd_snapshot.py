@@ -30,13 +30,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from kinepy.backends.base import LogRow
 from kinepy.backends.sql.spool import ChangeSpool
 from kinepy.errors import KinepyError
 from kinepy.migrate.bbolt import BoltError, BoltFile, is_bbolt
-from kinepy.migrate.model import Header
+from kinepy.migrate.model import Closing, Header
 from kinepy.proto.kv_pb2 import KeyValue as KeyValuePb
 from kinepy.types import Lease
 
@@ -114,7 +113,7 @@ def _varint(raw: bytes, i: int) -> tuple[int, int]:
             return value, i
 
 
-class EtcdSnapshot:
+class EtcdSnapshot(Closing):
     """An etcd snapshot file, opened read-only; `revision`, `compact_revision`, `history()`,
     `leases()`. Opening verifies the trailing checksum (when the file has one) and the bbolt meta
     pages; walking the history checks every page it reads."""
@@ -141,14 +140,6 @@ class EtcdSnapshot:
         except BaseException:
             self._db.close()
             raise
-
-    def __enter__(self) -> EtcdSnapshot:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._db.close()

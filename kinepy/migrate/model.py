@@ -25,12 +25,25 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 from kinepy.backends.base import LogRow
 from kinepy.types import Lease
 
 __all__ = ["Counts", "Header", "Lease", "LogRow", "Source", "Target", "TargetState", "TargetStatus"]
+
+
+class Closing:
+    """A resource that `with` closes: subclasses define `close()`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)

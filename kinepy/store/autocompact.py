@@ -13,7 +13,6 @@ Only the winner deletes the history (its compactor does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -22,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from kinepy import errors
 from kinepy.backends.base import Backend
+from kinepy.store import tasks
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,8 @@ class AutoCompactor:
             self._task = asyncio.create_task(self._run(), name="kinepy-auto-compact")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel(self._task)
+        self._task = None
 
     def compacting(self, revision: int) -> None:
         """This process compacts to `revision` (automatically or for a client)."""

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from kinepy.backends.base import Backend
+from kinepy.store import tasks
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,8 @@ class Compactor:
         self._task = asyncio.create_task(self._run(), name="kinepy-compactor")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await tasks.cancel(self._task)
+        self._task = None
 
     def request(self, compact_revision: int) -> None:
         """Compact physically up to `compact_revision` (already committed logically)."""

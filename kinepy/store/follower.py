@@ -11,12 +11,12 @@ revisions it reads (the store's revision, other processes' compactions).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from kinepy.backends.base import Backend
+from kinepy.store import tasks
 from kinepy.store.history import read_history
 from kinepy.store.watch import CATCH_UP_MAX_REVISIONS, WatchHub
 from kinepy.types import Event, KeyRange
@@ -43,11 +43,8 @@ class Follower:
         self._task = asyncio.create_task(self._follow(), name="kinepy-log-follower")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel(self._task)
+        self._task = None
 
     async def publish(self, revision: int, events: list[Event]) -> None:
         """Hand a commit's events (non-empty) to the watch hub, after any revisions other processes
