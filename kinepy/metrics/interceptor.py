@@ -80,7 +80,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
-def _timed(behavior: Callable[..., Any], method: str, observe: Observe) -> Callable[..., Any]:
+def _timed(
+    behavior: Callable[..., Any], method: str, observe: Observe, *, timed: bool = True
+) -> Callable[..., Any]:
+    """A coroutine behaviour, counted when it ends (and timed, with `timed`)."""
+
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         error: BaseException | None = None
@@ -90,7 +94,7 @@ def _timed(behavior: Callable[..., Any], method: str, observe: Observe) -> Calla
             error = exc
             raise
         finally:
-            observe(method, _outcome(context, error), time.perf_counter() - started)
+            observe(method, _outcome(context, error), time.perf_counter() - started if timed else None)
 
     return unary
 
@@ -112,15 +116,4 @@ def _counted(behavior: Callable[..., Any], method: str, observe: Observe) -> Cal
                 observe(method, _outcome(context, error), None)
 
         return generator
-
-    async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        error: BaseException | None = None
-        try:
-            return await behavior(request, context)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            observe(method, _outcome(context, error), None)
-
-    return coroutine
+    return _timed(behavior, method, observe, timed=False)
