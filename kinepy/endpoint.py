@@ -8,6 +8,9 @@ The accepted forms follow kine/k3s, so an endpoint that works there means the sa
                                                 a go-sqlite3 "file:" prefix is dropped
     postgres://[USER[:PASS]@]HOST[:PORT][/DB][?OPTS]   also postgresql://; defaults postgres@localhost:5432
                                                 /kubernetes; USER, PASS and DB are percent-decoded
+    postgres://[USER[:PASS]@]H1[:P1],H2[:P2][,…][/DB][?OPTS]  libpq's multi-host form: kinepy uses the
+                                                primary (target_session_attrs read-write, the default
+                                                with several hosts, or primary)
     mysql://[USER[:PASS]@]HOST[:PORT][/DB][?OPTS]      URL form, percent-decoded
     mysql://[USER[:PASS]@]tcp(HOST[:PORT])/[DB][?OPTS] Go DSN form (go-sql-driver): USER and PASS
     mysql://[USER[:PASS]@]unix(SOCKET)/[DB][?OPTS]      are taken literally, as kine does; defaults
@@ -59,8 +62,9 @@ __all__ = [
 ETCD_PORT = 2379  # etcd's client port: the port of an http(s):// etcd URL that names none
 ETCD_SCHEMES = ("http", "https", "unix", "unixs")
 ACCEPTED_FORMS = (
-    f"empty (SQLite at {DEFAULT_SQLITE_PATH}), sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB, "
-    "mysql://USER:PASS@tcp(HOST:PORT)/DB, http(s)://HOST:PORT[,…] or unix(s)://PATH[,…] (etcd passthrough)"
+    f"empty (SQLite at {DEFAULT_SQLITE_PATH}), sqlite://PATH, "
+    "postgres://USER:PASS@HOST:PORT[,HOST:PORT…]/DB, mysql://USER:PASS@tcp(HOST:PORT)/DB, "
+    "http(s)://HOST:PORT[,…] or unix(s)://PATH[,…] (etcd passthrough)"
 )
 
 _SECRET_OPTION_RE = re.compile(r"(?i)([?&](?:ssl)?password=)[^&]*")
@@ -70,6 +74,8 @@ _GO_DSN_RE = re.compile(
 )
 _HOST_RE = re.compile(r"[\w.\-:%]+")  # a name, IPv4 or IPv6 (brackets already removed)
 _GO_DSN_ADDR_RE = re.compile(r"(?:^|@)(?:tcp|unix)\(")
+# libpq's target_session_attrs values that never give kinepy a standby ("any": a single host's choice).
+_WRITABLE_SESSION_ATTRS = ("read-write", "primary", "any")
 
 
 def redact(endpoint: str) -> str:
@@ -167,20 +173,72 @@ def _split_url(endpoint: str, url: str) -> tuple[str, int | None, str | None, st
     return host, port, user, password, unquote(path), parts.query
 
 
+def _authority_end(rest: str) -> int:
+    """Where the user information and host list of `rest` (after `scheme://`) end."""
+    return min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+
+
 def _parse_postgres(endpoint: str, rest: str) -> PostgresSpec:
+    # libpq's multi-host form: the hosts after the first are split off here, the rest is one URL.
+    authority_end = _authority_end(rest)
+    userinfo_end = rest.rfind("@", 0, authority_end) + 1
+    first, *others = rest[userinfo_end:authority_end].split(",")
+    other_hosts = tuple(_postgres_host(endpoint, item) for item in others)
+    if others and not first:
+        raise _invalid(endpoint, "an empty host in the host list")
+    rest = rest[:userinfo_end] + first + rest[authority_end:]
     host, port, user, password, database, query = _split_url(endpoint, "postgres://" + rest)
+    options = _options(query)
+    _check_target_session_attrs(endpoint, options, several=bool(others) or "," in options.get("host", ""))
     return PostgresSpec(
         host=host or DEFAULT_POSTGRES_HOST,
         port=port if port is not None else DEFAULT_POSTGRES_PORT,
         user=user or DEFAULT_POSTGRES_USER,
         password=password,
         database=database or DEFAULT_DATABASE,
-        options=_options(query),
+        options=options,
+        other_hosts=other_hosts,
     )
+
+
+def _postgres_host(endpoint: str, item: str) -> tuple[str, int]:
+    """One `HOST[:PORT]` (or `[V6][:PORT]`) of a multi-host list."""
+    host, port = _split_host_port(endpoint, item.strip())
+    if not host:
+        raise _invalid(endpoint, "an empty host in the host list")
+    if not _HOST_RE.fullmatch(host):
+        raise _invalid(endpoint, "bad host")
+    return host, port if port is not None else DEFAULT_POSTGRES_PORT
+
+
+def _check_target_session_attrs(endpoint: str, options: dict[str, str], *, several: bool) -> None:
+    """kinepy writes, and must read what it wrote: it may only ever use the primary."""
+    value = options.get("target_session_attrs")
+    if value is None:
+        return
+    if value not in _WRITABLE_SESSION_ATTRS:
+        raise _invalid(
+            endpoint,
+            f"target_session_attrs={value!r}: kinepy writes, so it needs the primary (read-write or primary)",
+        )
+    if value == "any" and several:
+        raise _invalid(
+            endpoint,
+            "target_session_attrs=any with several hosts may pick a standby: "
+            "use read-write (the default with several hosts) or primary",
+        )
+
+
+_MYSQL_ONE_HOST = (
+    "several hosts: the MySQL driver (aiomysql) connects to one; give one node of a Galera or "
+    "Group Replication cluster, or a proxy in front of it (docs/databases.md)"
+)
 
 
 def _parse_mysql(endpoint: str, rest: str) -> MySQLSpec:
     if not _GO_DSN_ADDR_RE.search(rest):
+        if "," in rest[: _authority_end(rest)]:
+            raise _invalid(endpoint, _MYSQL_ONE_HOST)
         host, port, user, password, database, query = _split_url(endpoint, "mysql://" + rest)
         return MySQLSpec(
             host=host or DEFAULT_MYSQL_HOST,
@@ -206,6 +264,8 @@ def _parse_mysql(endpoint: str, rest: str) -> MySQLSpec:
         if not m["addr"]:
             raise _invalid(endpoint, "unix() needs a socket path")
         return MySQLSpec(None, None, user, secret, database, options, unix_socket=m["addr"])
+    if "," in m["addr"]:
+        raise _invalid(endpoint, _MYSQL_ONE_HOST)
     host, port = _split_host_port(endpoint, m["addr"])
     return MySQLSpec(host or DEFAULT_MYSQL_HOST, port or DEFAULT_MYSQL_PORT, user, secret, database, options)
 

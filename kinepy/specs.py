@@ -82,7 +82,10 @@ class SQLiteSpec:
 
 @dataclass(frozen=True, slots=True)
 class PostgresSpec:
-    """A PostgreSQL database; `options` (sslmode, sslrootcert, ...) go to the driver unchanged."""
+    """A PostgreSQL database; `options` (sslmode, sslrootcert, ...) go to the driver unchanged.
+
+    `other_hosts`: the hosts after the first of a multi-host endpoint (`postgres://h1:5432,h2:5432/db`),
+    tried in turn for the server `target_session_attrs` asks for (the primary)."""
 
     host: str = DEFAULT_POSTGRES_HOST
     port: int | None = DEFAULT_POSTGRES_PORT
@@ -90,14 +93,20 @@ class PostgresSpec:
     password: str | None = field(default=None, repr=False)
     database: str = DEFAULT_DATABASE
     options: dict[str, str] = field(default_factory=dict)
+    other_hosts: tuple[tuple[str, int | None], ...] = ()
+
+    @property
+    def hosts(self) -> tuple[tuple[str, int | None], ...]:
+        """Every (host, port) of the endpoint, in the order written."""
+        return ((self.host, self.port), *self.other_hosts)
 
     def describe(self) -> str:
         """The endpoint in canonical form, password shown as ***."""
-        port = f":{self.port}" if self.port is not None else ""
-        return (
-            f"postgres://{_userinfo(self.user, self.password)}{bracket_host(self.host)}{port}/{self.database}"
-            f"{_query(self.options)}"
+        hosts = ",".join(
+            bracket_host(host) + (f":{port}" if port is not None else "") for host, port in self.hosts
         )
+        userinfo = _userinfo(self.user, self.password)
+        return f"postgres://{userinfo}{hosts}/{self.database}{_query(self.options)}"
 
     def __str__(self) -> str:
         return self.describe()
@@ -106,7 +115,8 @@ class PostgresSpec:
         password = None if self.password is None else REDACTED
         return (
             f"PostgresSpec(host={self.host!r}, port={self.port!r}, user={self.user!r}, "
-            f"password={password!r}, database={self.database!r}, options={_redact_options(self.options)!r})"
+            f"password={password!r}, database={self.database!r}, options={_redact_options(self.options)!r}, "
+            f"other_hosts={self.other_hosts!r})"
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kinepy.config import DEFAULT_SQLITE_PATH, Config
@@ -50,6 +52,22 @@ VALID: list[tuple[str, BackendSpec]] = [
             "pw",
             "db",
             {"sslmode": "verify-full", "sslrootcert": "/ca.pem", "sslcert": "/c.pem", "sslkey": "/k.pem"},
+        ),
+    ),
+    # PostgreSQL, libpq's multi-host form: the primary among them
+    (
+        "postgres://u:pw@h1:5432,h2:5433/db?target_session_attrs=read-write",
+        PostgresSpec("h1", 5432, "u", "pw", "db", {"target_session_attrs": "read-write"}, (("h2", 5433),)),
+    ),
+    (
+        "postgres://h1,h2,h3/db",
+        PostgresSpec("h1", 5432, "postgres", None, "db", {}, (("h2", 5432), ("h3", 5432))),
+    ),
+    ("postgres://u:p,w@[::1]:6,h2/db", PostgresSpec("::1", 6, "u", "p,w", "db", {}, (("h2", 5432),))),
+    (
+        "postgres://h1,h2/db?target_session_attrs=primary",
+        PostgresSpec(
+            "h1", 5432, "postgres", None, "db", {"target_session_attrs": "primary"}, (("h2", 5432),)
         ),
     ),
     # MySQL, URL form (percent-decoded)
@@ -107,6 +125,7 @@ def test_describe_round_trips_without_a_password(endpoint: str, expected: Backen
 LEAKY = [
     f"postgres://user:{SECRET}@host:5432/db?sslmode=disable",
     f"postgresql://user:{SECRET}@[::1]/db",
+    f"postgres://user:{SECRET}@h1:5432,h2:5432/db?target_session_attrs=read-write",
     f"postgres://user@host/db?password={SECRET}",
     f"mysql://user:{SECRET}@host:3306/db",
     f"mysql://user:{SECRET}@tcp(host:3306)/db",
@@ -157,7 +176,18 @@ BAD = [
     "postgres://u:PASSWORD@h/a/b",
     "postgres://u:PASS#WORD@h/db",
     "postgres://u:PASS/WORD@h/db",
-    "postgres://u:PASSWORD@h1,h2/db",
+    "postgres://u:PASSWORD@h1,,h2/db",
+    "postgres://u:PASSWORD@,h2/db",
+    "postgres://u:PASSWORD@h1,h2:x/db",
+    "postgres://u:PASSWORD@h1,h2:0/db",
+    "postgres://u:PASSWORD@h1,h 2/db",
+    "postgres://u:PASSWORD@h1,h2/db?target_session_attrs=any",
+    "postgres://u:PASSWORD@h1/db?target_session_attrs=standby",
+    "postgres://u:PASSWORD@h1,h2/db?target_session_attrs=read-only",
+    "postgres://u:PASSWORD@h1,h2/db?target_session_attrs=prefer-standby",
+    "postgres://u:PASSWORD@/db?host=h1,h2&target_session_attrs=any",
+    "mysql://u:PASSWORD@h1,h2/db",
+    "mysql://u:PASSWORD@tcp(h1:3306,h2:3306)/db",
     "mysql://u:PASSWORD@tcp(h:x)/db",
     "mysql://u:PASSWORD@tcp(h:70000)/db",
     "mysql://u:PASSWORD@tcp(::1)/db",
@@ -194,6 +224,24 @@ def test_bad_endpoint_names_accepted_forms_without_the_password(endpoint: str) -
     ):
         assert form in message
     assert "PASSWORD" not in message and "WORD" not in message
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [
+        ("postgres://h1,h2/db?target_session_attrs=any", "target_session_attrs=any with several hosts"),
+        ("postgres://h/db?target_session_attrs=standby", "kinepy writes, so it needs the primary"),
+        ("mysql://h1,h2/db", "the MySQL driver (aiomysql) connects to one"),
+    ],
+)
+def test_a_host_list_that_could_give_kinepy_a_standby_says_why(endpoint: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        parse_endpoint(endpoint)
+
+
+def test_a_single_host_may_keep_target_session_attrs_any() -> None:
+    spec = parse_endpoint("postgres://h/db?target_session_attrs=any")
+    assert isinstance(spec, PostgresSpec) and spec.options == {"target_session_attrs": "any"}
 
 
 def test_an_etcd_list_item_of_another_kind_says_why() -> None:

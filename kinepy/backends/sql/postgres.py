@@ -44,7 +44,7 @@ from kinepy.backends.sql.dialect import (
 )
 from kinepy.backends.sql.statements import Table, on_conflict_update
 from kinepy.errors import BackendError, BackendUnavailable
-from kinepy.specs import PostgresSpec
+from kinepy.specs import PostgresSpec, bracket_host
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,34 @@ def _rowcount(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+class NoPrimaryError(ConnectionError):
+    """None of a multi-host endpoint's hosts is a writable primary right now (a failover under way)."""
+
+
+def addresses(spec: PostgresSpec, hosts: str | None, ports: str | None) -> list[tuple[str, int | None]]:
+    """The (host, port) pairs to try: the endpoint's, or libpq's `?host=h1,h2&port=p1,p2` lists
+    (one port for every host, or one each)."""
+    if hosts is None and ports is None:
+        return list(spec.hosts)
+    names = hosts.split(",") if hosts is not None else [host for host, _ in spec.hosts]
+    numbers: list[int | None] = [int(p) if p else None for p in ports.split(",")] if ports else [spec.port]
+    if len(numbers) == 1:
+        numbers *= len(names)
+    if len(numbers) != len(names):
+        raise BackendError(f"PostgreSQL: {len(names)} hosts but {len(numbers)} ports")
+    return list(zip(names, numbers, strict=True))
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
+        return "not a writable primary (a standby?)"
+    return str(exc) or type(exc).__name__
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Whether `exc` says the server is unreachable or busy right now, not that a statement is wrong."""
+    if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
+        return True  # a standby, or a primary in read-only mode: a failover may be under way
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state.startswith(_RETRYABLE_CLASSES) or state in _RETRYABLE_CODES
@@ -220,15 +246,17 @@ class PostgresBackend(ServerBackend):
         self.spec = spec
         self._idle_timeout = idle_timeout  # asyncpg: 0 keeps idle connections open
         options = dict(spec.options)
-        self._host = options.pop("host", spec.host)
-        port = options.pop("port", None)
-        self._port = int(port) if port else spec.port
+        self._addresses = addresses(spec, options.pop("host", None), options.pop("port", None))
+        self._current = 0  # the address that last accepted: tried first
+        # Several hosts: only ever the primary (endpoint.py refuses a target that may pick a standby).
+        several = len(self._addresses) > 1
+        self._target = options.pop("target_session_attrs", "read-write" if several else None)
         self._attempt_timeout = float(options.pop("connect_timeout", ATTEMPT_TIMEOUT) or ATTEMPT_TIMEOUT)
         settings = {"application_name": options.pop("application_name", "kinepy")}
         if not synchronous_commit:
             settings["synchronous_commit"] = "off"
         self._server_settings = settings
-        # asyncpg reads sslmode, sslrootcert, sslcert, sslkey, sslcrl, sslpassword, target_session_attrs, …
+        # asyncpg reads sslmode, sslrootcert, sslcert, sslkey, sslcrl, sslpassword, …
         # from a DSN query, as libpq does; anything else becomes a server setting (search_path, …).
         self._dsn = "postgresql://" + (("?" + urlencode(options)) if options else "")
         self._pool: asyncpg.Pool | None = None
@@ -250,21 +278,50 @@ class PostgresBackend(ServerBackend):
     def _connect_args(self, database: str) -> dict[str, Any]:
         return {
             "dsn": self._dsn,
-            "host": self._host,
-            "port": self._port,
             "user": self.spec.user,
             "password": self.spec.password,
             "database": database,
             "timeout": self._attempt_timeout,
             "server_settings": self._server_settings,
+            "target_session_attrs": self._target,
         }
 
     async def _connect(self, database: str) -> Any:
-        return await asyncpg.connect(**self._connect_args(database))
+        return await self._connect_to_primary(**self._connect_args(database))
+
+    async def _connect_to_primary(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
+        """A connection to the first of the endpoint's hosts that accepts one and is what
+        `target_session_attrs` asks for (with several hosts: the primary, not a standby). The host
+        that last did is tried first, then the others in the order written, each with its own
+        timeout (asyncpg's own host list shares one timeout: a host that drops packets would use
+        it all up)."""
+        count = len(self._addresses)
+        order = [(self._current + i) % count for i in range(count)]
+        failures: list[tuple[int, BaseException]] = []
+        for index in order:
+            host, port = self._addresses[index]
+            try:
+                conn = await asyncpg.connect(dsn, host=host, port=port, **kwargs)
+            except self.driver_errors as exc:
+                failures.append((index, exc))
+                continue
+            if index != self._current:
+                log.warning("PostgreSQL: now connecting to %s", self._address_text(index))
+                self._current = index
+            return conn
+        if count == 1 or all(not is_retryable(exc) for _, exc in failures):
+            raise failures[0][1]
+        reasons = "; ".join(f"{self._address_text(i)}: {_why(exc)}" for i, exc in failures)
+        raise NoPrimaryError(f"no host is a writable primary ({reasons})") from None
+
+    def _address_text(self, index: int) -> str:
+        host, port = self._addresses[index]
+        return bracket_host(host) + (f":{port}" if port is not None else "")
 
     async def _create_pool(self) -> asyncpg.Pool:
         return await asyncpg.create_pool(
             **self._connect_args(self.spec.database),
+            connect=self._connect_to_primary,
             min_size=1,
             max_size=self._pool_size,
             max_inactive_connection_lifetime=self._idle_timeout,
