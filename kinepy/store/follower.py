@@ -27,14 +27,19 @@ _EVERYTHING = KeyRange(b"", None)
 
 Seen = Callable[[int, int], None]
 """Told of the (current, compaction) revisions the follow loop read from the database."""
+Behind = Callable[[], None]
+"""Told that the database's revision was behind one already published to watchers: revisions were lost."""
 
 
 class Follower:
-    def __init__(self, backend: Backend, hub: WatchHub, *, poll_interval: float, seen: Seen) -> None:
+    def __init__(
+        self, backend: Backend, hub: WatchHub, *, poll_interval: float, seen: Seen, behind: Behind
+    ) -> None:
         self._backend = backend
         self._hub = hub
         self._poll_interval = poll_interval
         self._seen = seen
+        self._behind = behind
         self._lock = asyncio.Lock()  # one publisher at a time: revisions reach the hub in order
         self._task: asyncio.Task[None] | None = None
 
@@ -81,6 +86,7 @@ class Follower:
         while True:
             try:
                 await self._backend.wait_for_change(self._poll_interval)
+                published = hub.revision  # committed before the read: the read must see it
                 revision, compact_revision = await self._backend.revisions()
             except Exception as exc:
                 if not failing_since:  # once per outage; requests report it meanwhile
@@ -91,6 +97,9 @@ class Follower:
             if failing_since:
                 log.info("following the shared database again after %.1fs", time.monotonic() - failing_since)
                 failing_since = 0.0
+            if revision < published:
+                self._behind()
+                continue
             if compact_revision > hub.compact_revision:
                 hub.compacted(compact_revision)
             self._seen(revision, compact_revision)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -39,6 +40,8 @@ from kinepy.types import (
     TxnRequest,
     TxnResponse,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,8 +119,14 @@ class Store:
         self._settings = settings = settings or StoreSettings()
         self._revision = 0
         self._writer = Writer(
-            backend, committed=self._committed, batch_max=settings.write_batch_max, on_commit=on_commit
+            backend,
+            committed=self._committed,
+            batch_max=settings.write_batch_max,
+            on_commit=on_commit,
+            floor=self.revision,
+            lost=self._lost,
         )
+        self._revision_check: asyncio.Task[object] | None = None
         self._compactor = Compactor(
             backend,
             batch_rows=settings.compact_batch_rows,
@@ -154,7 +163,9 @@ class Store:
             max_buffered_bytes=settings.watch_stream_buffer_bytes,
             progress_interval=settings.watch_progress_interval,
         )
-        self._follower = Follower(self._backend, hub, poll_interval=settings.poll_interval, seen=self._seen)
+        self._follower = Follower(
+            self._backend, hub, poll_interval=settings.poll_interval, seen=self._seen, behind=self._behind
+        )
         hub.start()
         self._writer.start()
         self._compactor.start()
@@ -179,6 +190,8 @@ class Store:
             await self._follower.aclose()
         await self._leases.aclose()
         await self._writer.aclose()
+        if self._revision_check is not None:
+            await self._revision_check  # the writer answered it while closing
         await self._compactor.aclose()
         if self._hub is not None:
             await self._hub.aclose()
@@ -199,6 +212,35 @@ class Store:
         """The follower read the database's revisions (other processes may have moved them)."""
         self._revision = max(self._revision, revision)
         self._auto_compactor.saw(compact_revision)
+
+    def _behind(self) -> None:
+        """The follower found the database behind revisions already published: they were lost. A
+        batch of its own skips them now (`_lost`), rather than the next write."""
+        if self._revision_check is None:
+            self._revision_check = asyncio.create_task(self._check_revision(), name="kinepy-revision-check")
+
+    async def _check_revision(self) -> None:
+        try:
+            await self._writer.submit(txn.RevisionCheck())
+        except Exception as exc:  # the next write or follower pass tries again
+            log.warning("skipping the revisions the datastore lost failed: %s", exc)
+        finally:
+            self._revision_check = None
+
+    def _lost(self, kept: int, acknowledged: int) -> None:
+        """A batch found the database at `kept`, behind `acknowledged`, and went on after it."""
+        log.error(
+            "the datastore lost revisions %d..%d, which were acknowledged (a standby that had not "
+            "received them was promoted?); going on from revision %d, compacted there: every watch "
+            "is cancelled as compacted, so that clients list again",
+            kept + 1,
+            acknowledged,
+            acknowledged + 1,
+        )
+        if self._hub is not None:
+            self._hub.lost(acknowledged)
+        self._compactor.request(acknowledged)
+        self._auto_compactor.saw(acknowledged)
 
     # -- KV --------------------------------------------------------------------------------------
 

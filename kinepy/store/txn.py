@@ -56,6 +56,13 @@ class CompactResponse:
 
 
 @dataclass(slots=True)
+class RevisionCheck:
+    """Writes nothing: a batch that only looks at the database's revision, so that revisions the
+    database lost are skipped (`BatchState.skip_lost`) before anything else is written. Answered
+    with a `CompactResponse` carrying the revision."""
+
+
+@dataclass(slots=True)
 class LeaseGrantRequest:
     id: int  # 0: the server picks one
     ttl: int
@@ -83,7 +90,7 @@ class LeaseResponse:
 
 
 LeaseRequest = LeaseGrantRequest | LeaseRevokeRequest | LeaseKeepAliveRequest
-BatchRequest = WriteRequest | CompactRequest | LeaseRequest
+BatchRequest = WriteRequest | CompactRequest | LeaseRequest | RevisionCheck
 """Anything the writer commits in a batch."""
 
 
@@ -337,6 +344,15 @@ class BatchState:
         found.sort(key=lambda kv: kv.key)
         return found
 
+    def skip_lost(self, revision: int) -> None:
+        """The database is behind `revision`, which this process already acknowledged: those
+        revisions were lost (an asynchronous standby promoted, a backup restored). Go on after
+        `revision`, never reusing one, with history compacted there: what was read at the lost
+        revisions can no longer be read, and no watch can resume inside them."""
+        self.revision = revision
+        self.compact_revision = revision
+        self.new_compact_revision = revision
+
     def write_set(self) -> WriteSet | None:
         if not self.log and self.new_compact_revision is None and not self.touched_leases:
             return None
@@ -420,6 +436,8 @@ def apply(state: BatchState, req: BatchRequest) -> BatchResponse:
         return del_resp
     if isinstance(req, TxnRequest):
         return _txn(state, req)
+    if isinstance(req, RevisionCheck):
+        return CompactResponse(state.revision)
     return _compact(state, req)
 
 

@@ -448,11 +448,25 @@ class WatchHub:
                 watcher.synced = False
                 self._synced.discard(watcher)
                 self._unsynced.add(watcher)
+        self._forget_window()
+        self.revision = max(self.revision, revision)
+        self._wakeup.set()
+
+    def _forget_window(self) -> None:
         self._window.clear()
         self._window_events = 0
         self._window_bytes = 0
+
+    def lost(self, revision: int) -> None:
+        """The database lost revisions up to `revision` that this hub may have published, and goes
+        on after `revision`, compacted there (`txn.BatchState.skip_lost`): every watcher is cancelled
+        as compacted (its client lists again), and the window, which may hold lost events, is forgotten."""
+        for watcher in [*self._synced, *self._unsynced]:
+            self.remove(watcher)
+            watcher.stream.send_compacted(watcher, revision)
+        self._forget_window()
         self.revision = max(self.revision, revision)
-        self._wakeup.set()
+        self.compact_revision = max(self.compact_revision, revision)
 
     def compacted(self, compact_revision: int) -> None:
         """The compaction revision moved; watchers behind it are cancelled by the sync loop."""

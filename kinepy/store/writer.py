@@ -26,6 +26,11 @@ Committed = Callable[[int, list[Event]], Awaitable[None]]
 after it, and its events (maybe none)."""
 OnCommit = Callable[[float, int], None]
 """Told of every committed batch: (seconds the database transaction took, requests in it)."""
+Floor = Callable[[], int]
+"""The highest revision this process acknowledged or saw committed: the database must not be behind it."""
+Lost = Callable[[int, int], None]
+"""Told on the event loop, before `Committed`, that a batch found the database at revision `kept`
+(the first argument) behind the floor (the second) and went on after the floor."""
 
 
 @dataclass(slots=True)
@@ -56,8 +61,12 @@ class Writer:
         committed: Committed,
         batch_max: int = 1000,
         on_commit: OnCommit | None = None,
+        floor: Floor = lambda: 0,
+        lost: Lost | None = None,
     ) -> None:
         self._backend = backend
+        self._floor = floor
+        self._lost = lost
         self._on_commit = on_commit
         self._committed = committed
         self._batch_max = batch_max
@@ -124,11 +133,17 @@ class Writer:
         for pending in batch:
             txn.add_to_read_set(pending.request, read_set)
         evaluated: list[txn.BatchState] = []
+        floor = self._floor()
+        skipped: list[int] = []
 
         def evaluate(snapshot: Snapshot) -> WriteSet | None:
             # Runs wherever the backend runs its transaction (maybe a database thread, maybe more
-            # than once): pure, it only fills `evaluated` and the pending results.
+            # than once): pure, it only fills `evaluated`, `skipped` and the pending results.
             state = txn.BatchState.of(snapshot)
+            skipped[:] = []
+            if snapshot.revision < floor:
+                skipped.append(snapshot.revision)
+                state.skip_lost(floor)
             for pending in batch:
                 try:
                     pending.result = txn.apply(state, pending.request)
@@ -158,9 +173,11 @@ class Writer:
         stats.last_size = len(batch)
         if self._on_commit is not None:
             self._on_commit(elapsed, len(batch))
+        [state] = evaluated
+        if skipped and self._lost is not None:
+            self._lost(skipped[0], floor)
         # Publish before answering: a client that reads its write's revision and then opens a
         # watch from "now" must not see that write again, nor miss the next one.
-        [state] = evaluated
         try:
             await self._committed(state.revision, state.events)
         except Exception:
