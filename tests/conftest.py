@@ -25,10 +25,11 @@ Database servers (kinepy/testing/databases.py; one PostgreSQL and one MariaDB fo
     ``PASSWORD``), the ones ``kinepy_databases`` holds; ``galera_cluster`` is a 3-node MariaDB Galera
     cluster, started on first use. ``make_database_server(kind)`` starts a server of
     the test's own, which the test may ``stop()`` and ``start()`` again on the same port and data
-    directory (outage tests). ``database`` is parametrised over ``sqlite``, ``postgres`` and ``mariadb``
-    (marks ``postgres`` and ``mysql``): a fresh SQLite file, or a fresh database created on the session's
-    server and dropped afterwards; ``database.url`` (also the fixture ``database_url``) is its
-    ``--datastore-endpoint``. ``make_kinepy_on(url, **overrides)`` is ``make_kinepy_server`` on any
+    directory (outage tests); ``make_replicated_postgres(synchronous=…)`` a PostgreSQL primary with a
+    streaming standby (failover tests). ``database`` is parametrised over ``sqlite``, ``postgres`` and
+    ``mariadb`` (marks ``postgres`` and ``mysql``): a fresh SQLite file, or a fresh database created on
+    the session's server and dropped afterwards; ``database.url`` (also the fixture ``database_url``) is
+    its ``--datastore-endpoint``. ``make_kinepy_on(url, **overrides)`` is ``make_kinepy_server`` on any
     endpoint.
 
 etcdctl
@@ -65,10 +66,12 @@ from kinepy.testing.databases import (
     DatabaseStartError,
     DatabaseUnavailable,
     GaleraCluster,
+    ReplicatedPostgres,
     SharedDatabaseServers,
     TestDatabase,
     start_database_server,
     start_galera_cluster,
+    start_replicated_postgres,
 )
 from kinepy.testing.databases import free_port as free_port  # tests call conftest.free_port()
 
@@ -505,6 +508,23 @@ def make_database_server() -> Iterator[Callable[[str], DatabaseServer]]:
     yield make
     for server in servers:
         server.remove()
+
+
+@pytest.fixture
+def make_replicated_postgres() -> Iterator[Callable[..., ReplicatedPostgres]]:
+    """Factory: ``make_replicated_postgres(synchronous=…, proxied=False)`` starts a PostgreSQL
+    primary and a streaming standby of the test's own (``start_replicated_postgres``); its
+    ``fail_over()`` kills the primary and promotes the standby. Both are deleted at teardown."""
+    pairs: list[ReplicatedPostgres] = []
+
+    def make(*, synchronous: bool, proxied: bool = False) -> ReplicatedPostgres:
+        pair = _database_outcome(lambda: start_replicated_postgres(synchronous=synchronous, proxied=proxied))
+        pairs.append(pair)
+        return pair
+
+    yield make
+    for pair in pairs:
+        pair.remove()
 
 
 @pytest.fixture(

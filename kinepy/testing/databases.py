@@ -13,6 +13,11 @@ can be ``stop()``-ped and ``start()``-ed again on the same port and data directo
 ``remove()`` stops it and deletes its directory. ``SharedDatabaseServers`` holds one server of each
 kind, started on first use.
 
+``start_replicated_postgres(synchronous=…)`` starts a PostgreSQL primary and a streaming standby made from it
+(``pg_basebackup -R``); with ``synchronous=True`` the primary waits for the standby at every commit
+(``synchronous_standby_names``). ``ReplicatedPostgres.fail_over()`` kills the primary (SIGKILL, every process
+of it, like a machine that dies) and promotes the standby (``pg_promote()``).
+
 Missing binaries raise ``DatabaseUnavailable`` (its message says which package to install); a server
 that fails to start raises ``DatabaseStartError`` with its log. The test suite's conftest turns these
 into skips and failures; nothing here depends on pytest. Debian's packages: ``postgresql-15``,
@@ -22,6 +27,7 @@ into skips and failures; nothing here depends on pytest. Debian's packages: ``po
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import pwd
 import secrets
@@ -35,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kinepy.testing.netproxy import Proxy
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MARIADBD = Path("/usr/sbin/mariadbd")
@@ -181,6 +189,19 @@ class DatabaseServer:
         else:
             self.sql(f"DROP DATABASE IF EXISTS `{name}`")
 
+    def kill(self) -> None:
+        """SIGKILL the server and every process it started, as if its machine died (PostgreSQL's
+        backends would otherwise live on a little, serving their clients, after the postmaster)."""
+        if self.proc is None:
+            return
+        children = _children(self.proc.pid)
+        self.proc.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT)
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is not None:
             # PostgreSQL: SIGINT is a fast shutdown (SIGTERM would wait for every client to leave).
@@ -197,6 +218,22 @@ class DatabaseServer:
         """Stop the server and delete its data directory."""
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid …: comm may hold spaces and parentheses, so split after the last ')'
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def start_database_server(kind: str) -> DatabaseServer:
@@ -456,6 +493,119 @@ def start_galera_cluster(size: int = 3) -> GaleraCluster:
     cluster.version = cluster.nodes[0].version
     cluster.startup_seconds = time.monotonic() - started
     return cluster
+
+
+@dataclass
+class ReplicatedPostgres:
+    """A PostgreSQL primary and a standby streaming from it, on 127.0.0.1; `url(name)` is a multi-host
+    kinepy endpoint naming both (the primary first), which follows whichever is the primary."""
+
+    primary: DatabaseServer
+    standby: DatabaseServer
+    synchronous: bool
+    replication: Proxy | None = None
+    """The TCP proxy the standby streams through (`proxied=True`): `replication.cut()` partitions them."""
+    killed_at: float = 0.0
+    """`time.monotonic()` once `fail_over` had killed the primary."""
+
+    def url(self, database: str, *, password: str = PASSWORD, user: str = USER) -> str:
+        hosts = f"127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
+        return (
+            f"postgres://{user}:{password}@{hosts}/{database}?sslmode=disable&target_session_attrs=read-write"
+        )
+
+    def wait_streaming(self) -> None:
+        """Wait until the standby streams from the primary (and, when synchronous, is its sync standby)."""
+        wanted = "sync" if self.synchronous else "async"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            rows = self.primary.sql("SELECT state, sync_state FROM pg_stat_replication")
+            if ("streaming", wanted) in rows:
+                return
+            if time.monotonic() > deadline:
+                raise DatabaseStartError(
+                    f"the standby is not streaming ({wanted}) after {START_TIMEOUT} s: {rows}\n"
+                    f"{_tail(self.standby.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def replayed(self) -> bool:
+        """Whether the standby has replayed everything the primary has written."""
+        lsn = self.primary.sql("SELECT pg_current_wal_lsn()")[0][0]
+        rows = self.standby.sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")
+        return bool(rows[0][0] == "t")
+
+    def fail_over(self) -> float:
+        """Kill the primary (SIGKILL) and promote the standby; returns the seconds the promotion took
+        (until the new primary accepts writes)."""
+        self.primary.kill()
+        started = self.killed_at = time.monotonic()
+        [(promoted,)] = self.standby.sql("SELECT pg_promote(wait => true, wait_seconds => 60)")
+        if promoted != "t":
+            raise DatabaseStartError(f"the standby was not promoted:\n{_tail(self.standby.log_path)}")
+        return time.monotonic() - started
+
+    def remove(self) -> None:
+        if self.replication is not None:
+            self.replication.close()
+        self.primary.remove()
+        self.standby.remove()
+
+
+def start_replicated_postgres(*, synchronous: bool, proxied: bool = False) -> ReplicatedPostgres:
+    """A new PostgreSQL primary and a standby made from it with ``pg_basebackup -R``, streaming.
+
+    `synchronous`: the primary waits at each commit until the standby has the commit on disk
+    (``synchronous_standby_names = '*'``, set on the primary only: the standby, once promoted, has
+    no standby to wait for). `proxied`: the standby streams through a TCP proxy (`replication`) that
+    the test can cut, so that the primary goes on alone."""
+    _require("PostgreSQL", [PG_BIN / "pg_basebackup", PG_BIN / "postgres"], "postgresql-15")
+    primary = _start_postgres()
+    proxy = Proxy(primary.port) if proxied else None
+    try:
+        standby = _start_standby(primary, proxy.port if proxy is not None else primary.port)
+    except BaseException:
+        if proxy is not None:
+            proxy.close()
+        primary.remove()
+        raise
+    pair = ReplicatedPostgres(primary, standby, synchronous, proxy)
+    try:
+        if synchronous:
+            primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            primary.sql("SELECT pg_reload_conf()")
+        pair.wait_streaming()
+    except BaseException:
+        pair.remove()
+        raise
+    return pair
+
+
+def _start_standby(primary: DatabaseServer, upstream_port: int) -> DatabaseServer:
+    root = Path(tempfile.mkdtemp(prefix="kinepy-pg-standby-"))
+    as_owner, uid, gid = _owner()
+    if uid >= 0:
+        os.chown(root, uid, gid)
+    started = time.monotonic()
+    argv = [str(PG_BIN / "pg_basebackup"), "-h", str(primary.root), "-p", str(primary.port), "-U", "postgres"]
+    argv += ["-D", str(root / "data"), "-R", "-X", "stream", "-c", "fast", "--no-sync"]
+    backup = subprocess.run(
+        [*as_owner, *argv], capture_output=True, text=True, timeout=START_TIMEOUT, check=False
+    )
+    if backup.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise DatabaseStartError(f"pg_basebackup failed ({backup.returncode}):\n{backup.stderr}")
+    # -R wrote a primary_conninfo over the primary's Unix socket; stream over TCP, through `upstream_port`.
+    conninfo = (
+        f"host=127.0.0.1 port={upstream_port} user=postgres password={PASSWORD} application_name=standby"
+    )
+    with (root / "data" / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"primary_conninfo = '{conninfo}'\n")
+    standby = DatabaseServer("postgres", free_port(), root, root / "postgres.log")
+    _launch_postgres(standby)
+    standby.version = primary.version
+    standby.startup_seconds = time.monotonic() - started
+    return standby
 
 
 @dataclass

@@ -54,7 +54,7 @@ def _writer(kv: rpc_pb2_grpc.KVStub, stop: threading.Event, out: WriterLog) -> N
         time.sleep(0.01)
 
 
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float) -> float:
+def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> float:
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout:
@@ -100,11 +100,11 @@ def test_database_outage_fails_requests_cleanly_and_recovers_by_itself(
     writer = threading.Thread(target=_writer, args=(kv, stop, out), daemon=True)
     writer.start()
     try:
-        _wait_for("20 writes before the outage", lambda: len(out.acked) >= 20, 30)
+        wait_for("20 writes before the outage", lambda: len(out.acked) >= 20, 30)
         stopping = time.monotonic()
         server.stop()
         stopped = time.monotonic()  # the server process has exited
-        _wait_for(
+        wait_for(
             "a write to fail while the database is down",
             lambda: any(e[0] > stopped for e in out.errors),
             2 * CALL_TIMEOUT,
@@ -126,12 +126,12 @@ def test_database_outage_fails_requests_cleanly_and_recovers_by_itself(
 
         ready = server.start()
         restarted = time.monotonic()
-        recovery = _wait_for(
+        recovery = wait_for(
             "writes acknowledged again",
             lambda: len(out.acked) > acked_before and out.acked_at[-1] > restarted,
             RECOVERY_LIMIT,
         )
-        _wait_for("20 writes after the outage", lambda: len(out.acked) >= acked_before + 20, 30)
+        wait_for("20 writes after the outage", lambda: len(out.acked) >= acked_before + 20, 30)
     finally:
         stop.set()
         writer.join(timeout=2 * CALL_TIMEOUT)
@@ -154,7 +154,7 @@ def test_database_outage_fails_requests_cleanly_and_recovers_by_itself(
     if watch_end:
         assert watch_end[0].code() == grpc.StatusCode.UNAVAILABLE, watch_end[0]
     else:
-        _wait_for("the watch to reach the last revision", lambda: bool(watched) and watched[-1] >= last, 15)
+        wait_for("the watch to reach the last revision", lambda: bool(watched) and watched[-1] >= last, 15)
         assert watched == list(range(watched[0], last + 1))
         assert set(r for _, r in out.acked.values()) <= set(watched)
         print(f"[{kind}] the watch stayed open: revisions {watched[0]}..{last}, none missing")
