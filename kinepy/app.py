@@ -80,6 +80,7 @@ def backend_settings(config: Config) -> BackendSettings:
     return BackendSettings(
         synchronous=not config.unsafe_no_fsync,
         read_threads=config.read_threads,
+        sqlite_integrity_check=config.sqlite_integrity_check,
         max_connections=config.datastore_max_connections,
         connect_timeout=config.datastore_connect_timeout,
         max_idle_time=config.datastore_max_idle_time,

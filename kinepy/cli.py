@@ -16,7 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from kinepy import __version__
-from kinepy.config import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, Config
+from kinepy.config import (
+    DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TXN_OPS,
+    SQLITE_INTEGRITY_CHECKS,
+    Config,
+)
 from kinepy.endpoint import parse_endpoint
 from kinepy.errors import ConfigError, KinepyError
 
@@ -298,6 +304,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         kind=boolean,
     )
     add(
+        "--sqlite-integrity-check",
+        _DEFAULTS.sqlite_integrity_check,
+        "check the SQLite file at start: quick (quick_check, at most 10 s), full (integrity_check) or off",
+        kind=_integrity_check,
+        metavar="MODE",
+    )
+    add(
         "--max-request-bytes",
         DEFAULT_MAX_REQUEST_BYTES,
         "largest request accepted, in bytes",
@@ -463,6 +476,7 @@ def parse(
         log_level="debug" if boolean(args.debug) else args.log_level,
         log_format=log_format,
         unsafe_no_fsync=boolean(args.unsafe_no_fsync),
+        sqlite_integrity_check=args.sqlite_integrity_check,
         max_request_bytes=int(args.max_request_bytes),
         max_txn_ops=int(args.max_txn_ops),
         emulated_etcd_version=args.emulated_etcd_version,
@@ -480,6 +494,13 @@ def parse(
         datastore_connect_timeout=duration(args.datastore_connect_timeout),
     )
     return config, ignored
+
+
+def _integrity_check(value: str) -> str:
+    if value not in SQLITE_INTEGRITY_CHECKS:
+        choices = ", ".join(SQLITE_INTEGRITY_CHECKS)
+        raise ValueError(f"--sqlite-integrity-check must be one of {choices}, not {value!r}")
+    return value
 
 
 class JSONFormatter(logging.Formatter):

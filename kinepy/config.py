@@ -21,6 +21,10 @@ DEFAULT_WATCH_STREAM_BUFFER_BYTES = 16 << 20
 DEFAULT_EMULATED_ETCD_VERSION = "3.6.6"
 
 
+SQLITE_INTEGRITY_CHECKS = ("quick", "full", "off")
+"""`Config.sqlite_integrity_check`'s values."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything that configures one kinepy server."""
@@ -86,6 +90,10 @@ class Config:
 
     unsafe_no_fsync: bool = False
     """Acknowledge writes without waiting for them to reach the disk (SQLite synchronous=NORMAL)."""
+
+    sqlite_integrity_check: str = "quick"
+    """SQLite: check the file at start, "quick" (`PRAGMA quick_check`, at most 10 s), "full"
+    (`integrity_check`, however long) or "off"; a damaged file is refused."""
 
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS

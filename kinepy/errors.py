@@ -4,8 +4,9 @@
     ├── ConfigError            bad flag, environment variable or datastore endpoint
     ├── ListenError            the server cannot listen on its address (in use, not this host's, …)
     ├── BackendError           the database failed a statement
-    │   └── BackendUnavailable the database cannot be reached (retryable)
-    │       └── BackendConflict a replicated database rolled a transaction back (a conflict)
+    │   ├── BackendUnavailable the database cannot be reached (retryable)
+    │   │   └── BackendConflict a replicated database rolled a transaction back (a conflict)
+    │   └── BackendNoSpace     the database's disk is full
     └── EtcdError              an etcd rule was broken; carries etcd's gRPC code and exact text
         ├── KeyNotProvidedError, KeyNotFoundError, ValueProvidedError, LeaseProvidedError,
         ├── TooManyOpsError, DuplicateKeyError, InvalidSortOptionError, RequestTooLargeError,
@@ -45,6 +46,11 @@ class BackendUnavailable(BackendError):
 class BackendConflict(BackendUnavailable):
     """A multi-primary database (Galera, Group Replication) rolled a transaction back because one
     committed on another node conflicted with it; the whole transaction may be run again."""
+
+
+class BackendNoSpace(BackendError):
+    """The database could not write for want of space (SQLite's SQLITE_FULL: "database or disk is
+    full"); the message names the file. The store raises the NOSPACE alarm and answers NoSpaceError."""
 
 
 class EtcdError(KinepyError):
@@ -100,8 +106,8 @@ class FutureRevisionError(EtcdError):
 
 
 class NoSpaceError(EtcdError):
-    """Not raised yet: the hardening issue raises it when the database's disk is full, as etcd does
-    beyond its quota."""
+    """The database's disk is full, or the NOSPACE alarm is active (etcd's ErrGRPCNoSpace: etcd answers
+    it beyond its quota and while the alarm is raised)."""
 
     code, message = "RESOURCE_EXHAUSTED", "etcdserver: mvcc: database space exceeded"
 

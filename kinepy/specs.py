@@ -182,6 +182,9 @@ class BackendSettings:
     read_threads: int = 4
     """SQLite: reader threads."""
 
+    sqlite_integrity_check: str = "quick"
+    """SQLite: the start-up check, "quick", "full" or "off"."""
+
     max_connections: int = 10
     """PostgreSQL/MySQL: the connection pool's size."""
 

@@ -16,6 +16,7 @@ def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
             synchronous_full=settings.synchronous,
             read_threads=settings.read_threads,
             create_directory=spec.create_directory,
+            integrity_check=settings.sqlite_integrity_check,
         )
     if isinstance(spec, PostgresSpec):
         from kinepy.backends.sql.postgres import PostgresBackend

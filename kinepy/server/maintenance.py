@@ -46,14 +46,18 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
             raftTerm=self._headers.raft_term,
             raftAppliedIndex=status.revision,
             storageVersion="3.6.0",
+            errors=[alarm.text() for alarm in self._store.alarms.active()],
         )
 
     @etcd_errors
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
-        status = await self._store.status()
-        return rpc_pb2.AlarmResponse(header=self._headers(status.revision))
+        alarms = self._store.alarm(request.action, request.memberID, request.alarm)
+        return rpc_pb2.AlarmResponse(
+            header=self._headers(self._store.revision()),
+            alarms=[rpc_pb2.AlarmMember(memberID=a.member_id, alarm=a.alarm) for a in alarms],  # type: ignore[arg-type]
+        )
 
     @etcd_errors
     async def Defragment(

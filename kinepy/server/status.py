@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from kinepy.errors import BackendError, BackendUnavailable, EtcdError
+from kinepy.errors import BackendError, BackendNoSpace, BackendUnavailable, EtcdError, NoSpaceError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ def etcd_errors(method: F) -> F:
             await context.abort(status_code(exc.code), exc.message)
         except BackendUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore unavailable: {exc}")
+        except BackendNoSpace as exc:  # a call outside the writer (Defragment's VACUUM): etcd's error
+            log.error("%s failed in the datastore: %s", method.__name__, exc)
+            await context.abort(status_code(NoSpaceError.code), NoSpaceError.message)
         except BackendError as exc:
             log.error("%s failed in the datastore: %s", method.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore error: {exc}")

@@ -17,7 +17,9 @@ from typing import cast
 
 from kinepy.backends.base import Backend, BackendStatus
 from kinepy.config import DEFAULT_WATCH_STREAM_BUFFER_BYTES, DEFAULT_WATCH_WINDOW_BYTES, Config
+from kinepy.errors import BackendNoSpace, NoSpaceError
 from kinepy.store import txn
+from kinepy.store.alarms import AlarmMember, Alarms, AlarmType, adds_data
 from kinepy.store.autocompact import AutoCompactor
 from kinepy.store.compactor import Compactor, OnCompact
 from kinepy.store.follower import Follower
@@ -118,6 +120,7 @@ class Store:
         self._backend = backend
         self._settings = settings = settings or StoreSettings()
         self._revision = 0
+        self.alarms = Alarms()
         self._writer = Writer(
             backend,
             committed=self._committed,
@@ -125,6 +128,7 @@ class Store:
             on_commit=on_commit,
             floor=self.revision,
             lost=self._lost,
+            on_no_space=self._disk_full,
         )
         self._revision_check: asyncio.Task[object] | None = None
         self._compactor = Compactor(
@@ -267,6 +271,7 @@ class Store:
     async def put(self, req: PutRequest) -> PutResponse:
         txn.validate_put(req)
         txn.check_key_lengths(req, self._backend.max_key_bytes)
+        self._check_space(req)
         return cast(PutResponse, await self._writer.submit(req))
 
     async def delete_range(self, req: DeleteRangeRequest) -> DeleteRangeResponse:
@@ -276,6 +281,7 @@ class Store:
     async def txn(self, req: TxnRequest) -> TxnResponse:
         txn.validate_txn(req, self._settings.max_txn_ops)
         txn.check_key_lengths(req, self._backend.max_key_bytes)
+        self._check_space(req)
         return cast(TxnResponse, await self._writer.submit(req))
 
     async def compact(self, revision: int, *, physical: bool = False, expected: int | None = None) -> int:
@@ -297,6 +303,8 @@ class Store:
 
     async def lease_grant(self, lease_id: int, ttl: int) -> tuple[int, Lease]:
         """Grant a lease (`lease_id` 0: the store picks one); returns the revision and the lease."""
+        if self.alarms.no_space:
+            raise NoSpaceError()
         return await self._leases.grant(lease_id, ttl)
 
     async def lease_revoke(self, lease_id: int) -> int:
@@ -336,6 +344,25 @@ class Store:
         return WatchFigures(
             hub.watcher_count, hub.stream_count, hub.events_sent, hub.revision, hub.compact_revision
         )
+
+    # -- alarms ----------------------------------------------------------------------------------
+
+    def alarm(self, action: int, member_id: int, alarm: int) -> list[AlarmMember]:
+        """Maintenance.Alarm: list, activate or deactivate an alarm (see `kinepy.store.alarms`)."""
+        return self.alarms.apply(action, member_id, alarm)
+
+    def _check_space(self, req: PutRequest | TxnRequest) -> None:
+        if self.alarms.no_space and adds_data(req):
+            raise NoSpaceError()
+
+    def _disk_full(self, exc: BackendNoSpace) -> None:
+        """A write failed for want of space: raise NOSPACE for this member, as etcd does past its quota."""
+        if self.alarms.activate(AlarmMember(self._backend.member_id, AlarmType.NOSPACE)):
+            log.error(
+                "%s; NOSPACE alarm raised: puts, txns with puts and lease grants fail with "
+                "'database space exceeded' until space is freed and `etcdctl alarm disarm` is run",
+                exc,
+            )
 
     # -- maintenance -----------------------------------------------------------------------------
 

@@ -15,7 +15,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kinepy.backends.base import Backend, ReadSet, Snapshot, WriteSet
-from kinepy.errors import BackendConflict, EtcdError, TooManyRequestsError, UnavailableError
+from kinepy.errors import (
+    BackendConflict,
+    BackendNoSpace,
+    EtcdError,
+    NoSpaceError,
+    TooManyRequestsError,
+    UnavailableError,
+)
 from kinepy.store import txn
 from kinepy.types import Event
 
@@ -31,6 +38,8 @@ Floor = Callable[[], int]
 Lost = Callable[[int, int], None]
 """Told on the event loop, before `Committed`, that a batch found the database at revision `kept`
 (the first argument) behind the floor (the second) and went on after the floor."""
+OnNoSpace = Callable[[BackendNoSpace], None]
+"""Told of a batch that failed for want of disk space (its callers get NoSpaceError)."""
 
 
 @dataclass(slots=True)
@@ -63,11 +72,13 @@ class Writer:
         on_commit: OnCommit | None = None,
         floor: Floor = lambda: 0,
         lost: Lost | None = None,
+        on_no_space: OnNoSpace | None = None,
     ) -> None:
         self._backend = backend
         self._floor = floor
         self._lost = lost
         self._on_commit = on_commit
+        self._on_no_space = on_no_space
         self._committed = committed
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -161,7 +172,11 @@ class Writer:
             log.warning("write batch of %d requests failed: %s", len(batch), exc)
             # A batch that kept conflicting with other nodes' commits (the backend retried it) is
             # etcd's answer to overload, which clients back off from and retry.
-            error = TooManyRequestsError() if isinstance(exc, BackendConflict) else exc
+            error: Exception = TooManyRequestsError() if isinstance(exc, BackendConflict) else exc
+            if isinstance(exc, BackendNoSpace):
+                if self._on_no_space is not None:
+                    self._on_no_space(exc)
+                error = NoSpaceError()
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(error)

@@ -8,12 +8,11 @@ while the writer commits; `synchronous=FULL` makes every acknowledged commit dur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import os
 import random
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from kinepy.backends.base import BackendStatus, Evaluate, RangeRows, ReadSet, WriteSet
+from kinepy.backends.sql import sqlite_files
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import (
     Row,
@@ -36,7 +36,7 @@ from kinepy.backends.sql.core import (
     run,
     write_steps,
 )
-from kinepy.errors import BackendError, BackendUnavailable
+from kinepy.errors import BackendError, BackendNoSpace, BackendUnavailable
 from kinepy.types import Event, KeyRange, Lease, RangeQuery
 
 log = logging.getLogger(__name__)
@@ -143,22 +143,19 @@ STATEMENTS = sql.Statements(
 )
 
 _IN_CHUNK = 500
+_FILE_CHECK_SECONDS = 1.0
 _CACHE_KIB = 8192
 
 
-def _warn_if_shared(path: str, directory: str) -> None:
-    """Warn, as etcd does for its data directory, when other users may read the data: kinepy creates
-    its files 0600 (and the default ./db 0700) but leaves the modes of existing ones alone."""
-    for what, name, private in (("directory", directory, 0o700), ("file", path, 0o600)):
-        mode = stat.S_IMODE(os.stat(name).st_mode)
-        if mode & 0o077:
-            log.warning(
-                "SQLite %s %s has mode %o: other users may read the data; etcd and kinepy use %o",
-                what,
-                name,
-                mode,
-                private,
-            )
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back after a failed statement without hiding its error: SQLite may have rolled back
+    already (a COMMIT that failed with SQLITE_FULL does), and a failing ROLLBACK is only logged."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("ROLLBACK failed after a failed write")
 
 
 @functools.lru_cache(maxsize=16)
@@ -211,9 +208,15 @@ class SQLiteBackend:
         synchronous_full: bool = True,
         read_threads: int = 4,
         create_directory: bool = False,
+        integrity_check: str = "quick",
     ) -> None:
         self.path = path
         self._create_directory = create_directory
+        self._integrity_check = integrity_check
+        self._files = sqlite_files.FileIdentity(path)
+        self._lost = ""
+        """Why writes are refused: the files were deleted or replaced under kinepy."""
+        self._file_watch: asyncio.Task[None] | None = None
         self._memory = path == ":memory:" or path.startswith("file::memory:")
         self._synchronous = "FULL" if synchronous_full else "NORMAL"
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kinepy-sqlite-writer")
@@ -268,62 +271,53 @@ class SQLiteBackend:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(pool, fn, *args)
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise BackendUnavailable(f"SQLite database is busy: {exc}") from exc
-            raise BackendError(f"SQLite error: {exc}") from exc
         except sqlite3.Error as exc:
-            raise BackendError(f"SQLite error: {exc}") from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> BackendError:
+        """The backend error for a SQLite error, naming the file where that helps the operator."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        if code == sqlite3.SQLITE_FULL:
+            return BackendNoSpace(f"disk full: cannot write SQLite database {self.path} ({exc})")
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return BackendUnavailable(f"SQLite database is busy: {exc}")
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            # "file is not a database", "database disk image is malformed"
+            return BackendError(f"SQLite database {self.path} is damaged or not a database: {exc}")
+        return BackendError(f"SQLite error: {exc}")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         if not self._memory:
-            self._check_file()
+            sqlite_files.prepare(self.path, create_directory=self._create_directory)
         await self._run(self._writer, self._create_schema)
         if not self._memory:
             self._inline = _Session(self._open())
+            self._files.remember()  # the WAL exists: _create_schema wrote
+            self._file_watch = asyncio.create_task(self._watch_files(), name="kinepy-sqlite-files")
         log.info("SQLite database %s ready (synchronous=%s)", self.path, self._synchronous)
-
-    def _check_file(self) -> None:
-        """Make sure the database file can be opened, read and written (creating it if new), with an
-        error naming the path and the OS's reason; sqlite3 would only say "unable to open database
-        file". The directory is created only when the spec allows it (the default ./db)."""
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(directory):
-            if not self._create_directory:
-                what = "is not a directory" if os.path.exists(directory) else "does not exist"
-                raise BackendError(
-                    f"cannot open SQLite database {self.path}: directory {directory} {what} "
-                    "(kinepy creates only the default ./db; create it, or check the path)"
-                )
-            try:
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-            except OSError as exc:
-                raise BackendError(f"cannot create directory {directory}: {exc.strerror or exc}") from None
-        try:
-            # 0600 whatever the umask (which only takes bits away); SQLite gives the -wal and -shm
-            # files the database file's mode. etcd's files are 0600 in a 0700 directory too.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        except OSError as exc:
-            raise BackendError(f"cannot open SQLite database {self.path}: {exc.strerror or exc}") from None
-        _warn_if_shared(self.path, directory)
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise BackendError(
-                f"cannot open SQLite database {self.path}: directory {directory} is not writable "
-                "(SQLite keeps its -wal and -shm files beside the database)"
-            )
 
     def _create_schema(self) -> None:
         conn = self._connect()
         if not self._memory:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except (
+                sqlite3.DatabaseError
+            ) as exc:  # "file is not a database", "database disk image is malformed"
+                raise BackendError(
+                    f"SQLite database {self.path} is damaged or not a database: {exc}"
+                ) from None
             if str(mode).lower() != "wal":
                 raise BackendError(f"SQLite refused WAL mode (journal_mode={mode})")
+            sqlite_files.check_integrity(conn, self.path, self._integrity_check)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _SCHEMA:
                 conn.execute(stmt)
+            # A real write, so that a store kinepy cannot write is refused now, not at the first Put.
+            conn.execute("UPDATE meta SET revision = revision WHERE id = 1")
             row = conn.execute(sql.SELECT_META_IDS).fetchone()
             if row is None:
                 cluster_id = random.getrandbits(63) or 1
@@ -340,8 +334,16 @@ class SQLiteBackend:
                     )
                 # Migrations from older schema versions go here, one step per version.
             conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+                raise BackendError(
+                    f"SQLite database {self.path} is read-only ({exc}): kinepy serves only a store it "
+                    "can write (check the modes and owner of the file, its -wal and -shm, and the mount)"
+                ) from None
+            raise
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self.cluster_id, self.member_id = cluster_id, member_id
 
@@ -350,6 +352,13 @@ class SQLiteBackend:
             return
         self._closed = True
         loop = asyncio.get_running_loop()
+        if self._file_watch is not None:
+            self._file_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._file_watch
+            # Before SQLite closes (and checkpoints into files that may be gone): save what it holds.
+            with contextlib.suppress(BackendUnavailable):
+                await loop.run_in_executor(self._writer, self._check_files)
         pools = {self._writer, self._readers}
         await loop.run_in_executor(None, self._shutdown, pools)
 
@@ -376,7 +385,7 @@ class SQLiteBackend:
             try:
                 return range_rows(query, self._inline.conn.execute(stmt, args).fetchall())
             except sqlite3.Error as exc:
-                raise BackendError(f"SQLite error: {exc}") from exc
+                raise self._error(exc) from exc
         return await self._run(self._readers, self._read, range_steps(STATEMENTS, query))
 
     def _read(self, steps: Steps[T]) -> T:
@@ -396,15 +405,44 @@ class SQLiteBackend:
         return await self._run(self._writer, self._write, write_steps(STATEMENTS, read_set, evaluate))
 
     def _write(self, steps: Steps[T]) -> T:
+        if self._lost:
+            raise BackendUnavailable(self._lost)
         session = self._session()
-        session.conn.execute("BEGIN IMMEDIATE")
+        conn = session.conn
+        conn.execute("BEGIN IMMEDIATE")
         try:
             result = run(steps, session)
-            session.conn.execute("COMMIT")
-            return result
+            conn.execute("COMMIT")
         except BaseException:
-            session.conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
+        self._check_files()  # committed, but to files a restart will find? Only then acknowledged.
+        return result
+
+    def _check_files(self) -> None:
+        """On the writer's thread: refuse writes from now on if state.db or its WAL is no longer the
+        file SQLite opened, after saving what was committed (sqlite_files.save)."""
+        if self._lost:
+            raise BackendUnavailable(self._lost)
+        lost = self._files.lost()
+        if not lost:
+            return
+        saved = sqlite_files.save(self._connect(), self.path, lost)
+        self._lost = (
+            f"{' and '.join(lost)} while kinepy was running: writes are refused, since a restart would "
+            f"not find them; {saved}"
+        )
+        log.error("%s", self._lost)
+        raise BackendUnavailable(self._lost)
+
+    async def _watch_files(self) -> None:
+        """Look at the files every second too, so that an idle store's loss is seen (and saved) before
+        a restart would lose it."""
+        while not self._lost:
+            await asyncio.sleep(_FILE_CHECK_SECONDS)
+            if self._files.lost():
+                with contextlib.suppress(BackendError):
+                    await self._run(self._writer, self._check_files)
 
     async def read_events(
         self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
