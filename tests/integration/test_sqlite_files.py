@@ -66,6 +66,12 @@ def refused(proc: subprocess.CompletedProcess[str]) -> str:
     return line
 
 
+def unlink(db: Path, *suffixes: str) -> None:
+    """Delete `db` + each suffix ("" is the database itself), as `rm` would."""
+    for suffix in suffixes:
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
 def rescued_copies(db: Path) -> list[Path]:
     return sorted(db.parent.glob(db.name + ".rescued-*"))
 
@@ -81,8 +87,7 @@ def test_deleted_database_refuses_writes_and_rescues_them(
     db = server.db_path
     acknowledged = put_keys(etcdctl, server.endpoint, 40)
     if files == "all":  # rm db/*
-        for suffix in ("", "-wal", "-shm"):
-            os.unlink(f"{db}{suffix}")
+        unlink(db, "", "-wal", "-shm")
     elif files == "db":
         db.unlink()
     else:  # another file moved over it, as a restore while running would
@@ -110,8 +115,7 @@ def test_deleted_database_refuses_writes_and_rescues_them(
     # A restart does not start as if nothing happened: the rescued copy waits for a decision.
     line = refused(kinepy_start(db))
     assert line.startswith(f"kinepy: {rescued} holds the writes kinepy had acknowledged when {db} was")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    unlink(db, "", "-wal", "-shm")
     rescued.rename(db)
     server.start()
     assert stored_keys(etcdctl, server.endpoint) == acknowledged
@@ -124,7 +128,7 @@ def test_deleted_wal_is_checkpointed_into_the_database(
     server = make_kinepy_server(log_level="info")
     db = server.db_path
     acknowledged = put_keys(etcdctl, server.endpoint, 40)
-    os.unlink(f"{db}-wal")
+    unlink(db, "-wal")
     error = said(etcdctl(server.endpoint, "put", "after", "x"))
     assert f"{db}-wal was deleted while kinepy was running: writes are refused" in error
     assert f"every acknowledged write is in {db} (checkpointed from the lost WAL): restart kinepy" in error
@@ -140,8 +144,7 @@ def test_files_deleted_under_an_idle_server_are_rescued_before_it_stops(
     server = make_kinepy_server(log_level="info")
     db = server.db_path
     acknowledged = put_keys(etcdctl, server.endpoint, 10)
-    for suffix in ("", "-wal", "-shm"):
-        os.unlink(f"{db}{suffix}")
+    unlink(db, "", "-wal", "-shm")
     assert server.stop() == 0  # no write came: the stop itself must save them
     [rescued] = rescued_copies(db)
     rescued.rename(db)
