@@ -5,6 +5,8 @@
     python -m benchmarks list [--size full]          the workloads and what they do
     python -m benchmarks report FILE.json [--chart FILE.png]   reprint a table, redraw a chart
     python -m benchmarks soak [--minutes 60]         hours of mixed load; fails if anything grows (soak.py)
+    python -m benchmarks etcd-bench [--targets etcd-3.6.5,kine-sqlite,kinepy-sqlite] [--workloads all] \\
+        [--size smoke|full]                          the same, driven by etcd's own `benchmark` (etcd_tool.py)
 
 For each dataset (see workloads.py) every target is started fresh and preloaded; then each workload runs
 `repeats` times, the targets interleaved (the order rotates each repeat) so a noisy neighbour hits them
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, soak
+from benchmarks import etcd_tool, report, soak
 from benchmarks.drive import loadgen, preload
 from benchmarks.targets import (
     TARGETS,
@@ -45,7 +47,9 @@ from benchmarks.targets import (
 from benchmarks.workloads import SIZES, Workload, select
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CLIENT_BOUND = 0.85  # client CPU / wall time above which a run is flagged: the load generator was the limit
+CLIENT_BOUND = 0.85  # client CPU / wall time per core it can use above which a run is flagged: the client
+# was the limit
+DRIVERS = {"loadgen": loadgen, etcd_tool.DRIVER: etcd_tool.run}
 
 
 def log(message: str) -> None:
@@ -104,7 +108,7 @@ def measure(target: Target, workload: Workload, repeat: int) -> dict[str, Any]:
     sampler = RssSampler(target.pid)
     sampler.start()
     try:
-        result = loadgen(target.endpoint, workload.kind, params, workload.timeout)
+        result = DRIVERS[workload.driver](target.endpoint, workload.kind, params, workload.timeout)
     finally:
         peak_sampled = sampler.stop()
     server_cpu = tree_cpu_seconds(target.pid) - cpu0
@@ -114,6 +118,7 @@ def measure(target: Target, workload: Workload, repeat: int) -> dict[str, Any]:
         return row | {"status": "unsupported", "reason": result["unsupported"]}
     ops, seconds = result["ops"], result["seconds"]
     client_util = result["client_cpu_s"] / seconds if seconds else 0.0
+    client_cores = result.get("client_cores", 1)
     row |= {
         "status": "error" if result["errors"] else "ok",
         "ops": ops,
@@ -128,11 +133,11 @@ def measure(target: Target, workload: Workload, repeat: int) -> dict[str, Any]:
         "server_peak_rss_mib": peak / 1024,
         "client_cpu_s": result["client_cpu_s"],
         "client_cpu_util": client_util,
-        "client_bound": client_util > CLIENT_BOUND,
+        "client_bound": client_util > CLIENT_BOUND * client_cores,
         "errors": result["errors"],
         "first_error": result["first_error"],
         "extra": result["extra"],
-        "client_loop": result["client_loop"],
+        "client_loop": result.get("client_loop", ""),
     }
     return row
 
@@ -203,17 +208,22 @@ def versions(names: list[str]) -> dict[str, str]:
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "kinepy"], capture_output=True, text=True
         ).stdout.split("\n")
         out["kinepy_uncommitted"] = ", ".join(line[3:] for line in dirty if line.strip())
-    if "kine-sqlite" in names:
-        from benchmarks.targets import KINE_VERSION
+    if any(n.startswith("kine-") for n in names):
+        from benchmarks.gobuild import KINE_VERSION
 
         out["kine"] = KINE_VERSION
+    if any(n.startswith("etcd-") for n in names):
+        from benchmarks.gobuild import ETCD_VERSION
+
+        out["etcd_release"] = ETCD_VERSION
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    size = SIZES[args.size]
-    repeats = args.repeats or size.repeats
-    chosen = select(args.size, args.workloads)
+    if args.command == "etcd-bench":
+        repeats, chosen = args.repeats or 1, etcd_tool.select(args.size, args.workloads)
+    else:
+        repeats, chosen = args.repeats or SIZES[args.size].repeats, select(args.size, args.workloads)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     for name in names:
         if name not in TARGETS:
@@ -224,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
         "size": args.size,
         "repeats": repeats,
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks", *sys.argv[1:]]),
+        "driver": chosen[0].driver if chosen else "loadgen",
         "machine": machine(),
         "versions": versions(names),
         "targets": {},
@@ -332,20 +343,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_run.add_argument("--out", default=f"benchmarks/results/{today}.json")
     p_run.add_argument("--chart", default=f"benchmarks/results/{today}.png", help="PNG to draw ('' for none)")
+    p_etcd = sub.add_parser("etcd-bench", help="the suite driven by etcd's own `benchmark` tool (Go client)")
+    p_etcd.add_argument(
+        "--targets",
+        default="etcd-3.6.5,kine-sqlite,kinepy-sqlite",
+        help=f"comma-separated, from {', '.join(TARGETS)} (default: %(default)s)",
+    )
+    p_etcd.add_argument("--workloads", default="all", help="comma-separated names or 'all' (default: all)")
+    p_etcd.add_argument("--size", choices=sorted(etcd_tool.TOTALS), default="full")
+    p_etcd.add_argument("--repeats", type=int, default=1, help="runs per workload and target (default: 1)")
+    p_etcd.add_argument("--out", default=f"benchmarks/results/{today}-etcd-bench.json")
+    p_etcd.add_argument("--chart", default="", help="PNG to draw (default: none)")
     p_list = sub.add_parser("list", help="list the workloads")
     p_list.add_argument("--size", choices=sorted(SIZES), default="full")
+    p_list.add_argument("--driver", choices=("loadgen", "etcd-bench"), default="loadgen")
     p_report = sub.add_parser("report", help="print the table of a results file; --chart redraws")
     p_report.add_argument("results")
     p_report.add_argument("--chart", default="")
     p_soak = sub.add_parser("soak", help="a long mixed load; fails if memory, descriptors, ... keep growing")
     soak.add_arguments(p_soak)
     args = parser.parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "etcd-bench"):
         return run(args)
     if args.command == "soak":
         return soak.run(args)
     if args.command == "list":
-        for w in select(args.size, "all"):
+        listed = etcd_tool.select("full", "all") if args.driver == "etcd-bench" else select(args.size, "all")
+        for w in listed:
             print(f"{w.name:<20} [{w.dataset.name}] {w.description}")
         return 0
     result = json.loads(Path(args.results).read_text())

@@ -1,25 +1,34 @@
 """The ceiling of a Python gRPC server on this machine: grpc.aio on uvloop answering with canned
-bytes, doing no storage work at all, driven by a grpc.aio client in another process.
+bytes, doing no storage work at all, driven by a grpc.aio client in another process, or by etcd's own
+`benchmark` tool (a Go client, the one `python -m benchmarks etcd-bench` drives the targets with).
 
     python -m benchmarks.floor [--seconds 4] [--out floor.json]
+    python -m benchmarks.floor --client go [--size full] [--processes 1,2] [--out floor.json]
 
 Each row mirrors one workload's shape (request and reply sizes, calls in flight, channels): the
 figure is what kinepy would reach if reading, writing and encoding cost nothing. The client here
 skips protobuf parsing (raw bytes), so the ceilings are, if anything, generous. docs/performance.md
 sets them beside etcd's figures: a target above its ceiling is out of reach for any Python server
 built on grpc.aio, whatever it does with the time it has.
+
+With ``--client go`` the server speaks etcd's service names instead (KV, Lease, Watch; every reply a
+constant message, watch events fanned out on each Put) and each of etcd-bench's workloads runs against it
+with the tool's own flags, on 1 and on N server processes sharing the port (``--processes``; watch-latency
+on one only: events of a put reach the streams of the process that served it). A Go client competes less
+for the 2 cores than a grpc.aio one, so these are the ceilings to hold etcd-bench's figures against.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
@@ -27,8 +36,10 @@ from typing import Any
 
 import grpc
 
+from benchmarks import etcd_tool
 from benchmarks.loadgen import percentile
 from benchmarks.targets import free_port
+from benchmarks.workloads import Workload
 
 _CHANNELS = 4  # as the suite's load generator
 _OPTIONS = [("grpc.max_send_message_length", 1 << 26), ("grpc.max_receive_message_length", 1 << 26)]
@@ -96,6 +107,93 @@ def _serve(port: int, reply_bytes: int, ready: ProcessEvent) -> None:
         }
         server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", 1)])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Floor", handlers),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    uvloop.install()
+    asyncio.run(main())
+
+
+def _serve_etcd(port: int, ready: ProcessEvent) -> None:
+    """etcd's services with constant replies: what etcd's `benchmark` needs to run every workload."""
+    import uvloop
+
+    from kinepy.proto import kv_pb2, rpc_pb2
+
+    header = rpc_pb2.ResponseHeader(cluster_id=1, member_id=1, revision=1, raft_term=1)
+    lease = rpc_pb2.LeaseKeepAliveResponse(header=header, ID=1, TTL=100).SerializeToString()
+    granted = rpc_pb2.LeaseGrantResponse(header=header, ID=1, TTL=100).SerializeToString()
+    event = kv_pb2.Event(
+        kv=kv_pb2.KeyValue(key=b"k", value=b"v", create_revision=1, mod_revision=1, version=1)
+    )
+
+    def created(watch_id: int) -> bytes:
+        return rpc_pb2.WatchResponse(header=header, watch_id=watch_id, created=True).SerializeToString()
+
+    def events(watch_id: int) -> bytes:
+        return rpc_pb2.WatchResponse(header=header, watch_id=watch_id, events=[event]).SerializeToString()
+
+    async def main() -> None:
+        streams: list[asyncio.Queue[bool]] = []  # per Watch stream: True = a create request, False = a put
+
+        async def empty(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return b""
+
+        async def put(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            for queue in streams:
+                queue.put_nowait(False)
+            return b""
+
+        async def grant(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return granted
+
+        async def keepalive(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            async for _ in requests:
+                yield lease
+
+        async def watch(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            queue: asyncio.Queue[bool] = asyncio.Queue()
+            streams.append(queue)
+
+            async def read() -> None:
+                async for _ in requests:
+                    queue.put_nowait(True)
+
+            reader = asyncio.create_task(read())
+            ids: list[bytes] = []  # per watcher of this stream: its event reply
+            try:
+                while True:
+                    if await queue.get():
+                        yield created(len(ids))
+                        ids.append(events(len(ids)))
+                    else:
+                        for reply in ids:
+                            yield reply
+            finally:
+                reader.cancel()
+                streams.remove(queue)
+
+        def unary(fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=_raw, response_serializer=_raw
+            )
+
+        def stream(fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
+            return grpc.stream_stream_rpc_method_handler(
+                fn, request_deserializer=_raw, response_serializer=_raw
+            )
+
+        services = {
+            "etcdserverpb.KV": {"Range": unary(empty), "Put": unary(put), "Txn": unary(empty)},
+            "etcdserverpb.Lease": {"LeaseGrant": unary(grant), "LeaseKeepAlive": stream(keepalive)},
+            "etcdserverpb.Watch": {"Watch": stream(watch)},
+        }
+        server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", 1)])
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(name, handlers) for name, handlers in services.items()]
+        )
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         ready.set()
@@ -187,36 +285,89 @@ async def _watch(port: int, shape: Shape, seconds: float) -> dict[str, float]:
     return await _figures(channels, latencies, len(latencies) / seconds, 0.0)
 
 
-def measure(shape: Shape, seconds: float) -> dict[str, float]:
-    """Start the canned server (`shape.processes` of them on one port), drive it, stop it."""
+@contextlib.contextmanager
+def _servers(target: Callable[..., None], args: tuple[Any, ...], processes: int) -> Iterator[int]:
+    """`processes` server processes running `target(port, *args, ready)` on one free port; yields it."""
     port = free_port()
     servers = []
     try:
-        for _ in range(shape.processes):
+        for _ in range(processes):
             # spawned, not forked: this process has run gRPC channels, and gRPC's threads do not survive fork
             spawn = multiprocessing.get_context("spawn")
             ready = spawn.Event()
-            proc = spawn.Process(target=_serve, args=(port, shape.reply_bytes, ready), daemon=True)
+            proc = spawn.Process(target=target, args=(port, *args, ready), daemon=True)
             proc.start()
             if not ready.wait(20):
                 raise RuntimeError("floor server did not start")
             servers.append(proc)
-        import uvloop
-
-        run = _watch if shape.watchers else _unary
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(run(port, shape, seconds))
+        yield port
     finally:
         for proc in servers:
             proc.kill()
             proc.join()
 
 
+def measure(shape: Shape, seconds: float) -> dict[str, float]:
+    """Start the canned server (`shape.processes` of them on one port), drive it, stop it."""
+    with _servers(_serve, (shape.reply_bytes,), shape.processes) as port:
+        import uvloop
+
+        run = _watch if shape.watchers else _unary
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(run(port, shape, seconds))
+
+
+def measure_go(workload: Workload, processes: int) -> dict[str, Any]:
+    """One etcd-bench workload, driven by etcd's `benchmark`, against `processes` canned etcd servers."""
+    with _servers(_serve_etcd, (), processes) as port:
+        r = etcd_tool.run(f"127.0.0.1:{port}", workload.kind, workload.params, workload.timeout)
+    if r["unsupported"] or r["errors"]:
+        raise RuntimeError(f"floor {workload.name}: {r['unsupported'] or r['first_error']}")
+    return {
+        "ops_per_s": r["ops_per_s"],
+        "p50_ms": r["latencies_ms"]["p50"],
+        "p99_ms": r["latencies_ms"]["p99"],
+        "client_cpu": r["client_cpu_s"] / r["seconds"] if r["seconds"] else 0.0,
+    }
+
+
+def main_go(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    head = f"{'ops/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'client CPU':>10}"
+    print(f"{'etcd-bench workload':20} {'processes':>9} {head}")
+    for workload in etcd_tool.select(args.size, args.workloads):
+        for processes in [int(n) for n in args.processes.split(",")]:
+            if processes > 1 and workload.kind == "watch-latency":
+                continue
+            r = measure_go(workload, processes)
+            results.append({"shape": workload.name, "processes": processes, "params": workload.params, **r})
+            figures = f"{r['ops_per_s']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {r['client_cpu']:10.2f}"
+            print(f"{workload.name:20} {processes:9} {figures}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="how long each shape runs (default: 4)")
     parser.add_argument("--out", default="", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--client", choices=("python", "go"), default="python", help="grpc.aio (default) or etcd's benchmark"
+    )
+    parser.add_argument(
+        "--size", choices=sorted(etcd_tool.TOTALS), default="full", help="--client go: totals"
+    )
+    parser.add_argument("--workloads", default="all", help="--client go: etcd-bench workloads (default: all)")
+    parser.add_argument(
+        "--processes", default="1,2", help="--client go: server processes to try (default: 1,2)"
+    )
     args = parser.parse_args()
+    if args.client == "go":
+        results = main_go(args)
+        if args.out:
+            Path(args.out).write_text(
+                json.dumps({"date": time.strftime("%F"), "client": "go", "results": results})
+            )
+        return
     results = []
     print(f"{'shape':44} {'mirrors':28} {'ops/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'client CPU':>10}")
     for shape in SHAPES:

@@ -1,8 +1,8 @@
 """The table and the chart of a results file.
 
-Table: one row per workload and metric, one column per target, then a ratio column against etcd per other
-target
-(its figure divided by etcd's: above 1 is better for throughput, worse for latency, CPU and RSS). A cell
+Table: one row per workload and metric, one column per target, then a ratio column against etcd (3.6.5 when
+it ran, else Debian's) per other target, and one of kinepy against kine per backend both ran on (a figure
+divided by the other's: above 1 is better for throughput, worse for latency, CPU and RSS). A cell
 is the median over the repeats; ``unsup.`` means the target does not implement the workload's requests
 (kine), ``FAILED`` that the run broke (the JSON has the reason); ``*`` marks a run where the load
 generator used more than 85 % of a core, so the figure may be the client's limit, not the server's.
@@ -29,7 +29,7 @@ EXTRA_ROWS = {  # workload-specific figures worth a row of their own
     "conflicts": "conflicts",
     "lost": "events lost",
 }
-BASELINE = "etcd"
+BASELINES = ("etcd-3.6.5", "etcd")  # the first of these that ran is every ratio's denominator
 
 
 def _fmt(value: float | None) -> str:
@@ -84,12 +84,27 @@ def _value(entry: dict[str, Any] | None, metric: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _unsupported(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """Each reason a target gave for not running workloads, and where ("kine-sqlite: a, b")."""
+    where: dict[tuple[str, str], list[str]] = {}
+    for workload, entries in summary.items():
+        for target, entry in entries.items():
+            if entry["status"] == "unsupported":
+                reason = (entry.get("reason") or "").splitlines()
+                where.setdefault((target, reason[0][:200] if reason else ""), []).append(workload)
+    return [f"{target}: {', '.join(ws)}: {reason}" for (target, reason), ws in where.items()]
+
+
 def table(result: dict[str, Any]) -> str:
     """The Markdown table of `result` (a results file's content)."""
     summary: dict[str, dict[str, Any]] = result["summary"]
     targets = [t for t, info in result["targets"].items() if info["status"] == "ok"]
-    others = [t for t in targets if t != BASELINE] if BASELINE in targets else []
-    header = ["workload", "metric", *targets, *(f"{t} ×etcd" for t in others)]  # noqa: RUF001
+    base_name = next((b for b in BASELINES if b in targets), "")
+    pairs = [(t, base_name) for t in targets if base_name and t != base_name]
+    pairs += [(t, "kine" + t[len("kinepy") :]) for t in targets if t.startswith("kinepy-")]
+    pairs = [(t, other) for t, other in pairs if other in targets]
+    ratio_names = [f"{t} ×{other}" for t, other in pairs]  # noqa: RUF001
+    header = ["workload", "metric", *targets, *ratio_names]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
@@ -105,9 +120,8 @@ def table(result: dict[str, Any]) -> str:
                 label = f"{result['workloads'][workload]['unit']}/s"
             cells = [_cell(entries.get(t), metric) for t in targets]
             ratios = []
-            base = _value(entries.get(BASELINE), metric)
-            for t in others:
-                v = _value(entries.get(t), metric)
+            for t, other in pairs:
+                v, base = _value(entries.get(t), metric), _value(entries.get(other), metric)
                 ratios.append(f"{v / base:.2f}" if v is not None and base else "-")
             lines.append("| " + " | ".join([workload, label, *cells, *ratios]) + " |")
     skipped = [f"{t}: {info['reason']}" for t, info in result["targets"].items() if info["status"] != "ok"]
@@ -116,10 +130,11 @@ def table(result: dict[str, Any]) -> str:
         f"{result['size']} size, median of {result['repeats']} run(s) per cell, {result['date']}, "
         f"{result['machine']['nproc']} CPUs ({result['machine']['cpu_model']}), load average at start "
         f"{', '.join(f'{x:.1f}' for x in result['machine']['loadavg_start'])}.",
-        "`*` = load generator above 85 % of a core (client-bound); `!` = some operations failed "
+        "`*` = the client above 85 % of the cores it can use (client-bound); `!` = some operations failed "
         "(see the JSON); `unsup.` = the target rejects the workload's requests.",
     ]
     notes += [f"Skipped target {s}" for s in skipped]
+    notes += [f"`unsup.` {line}" for line in _unsupported(summary)]
     return "\n".join(lines + notes)
 
 

@@ -1,4 +1,4 @@
-"""The servers under test: kinepy on SQLite, PostgreSQL or MariaDB; a real etcd; kine on SQLite.
+"""The servers under test: kinepy and kine on SQLite, PostgreSQL or MariaDB; a real etcd (3.4 or 3.6.5).
 
 Every target is started fresh (empty store, free loopback port, its own temporary directory) for each
 dataset the orchestrator loads, and stopped after it. Each has ``endpoint``, ``pid`` (the process that
@@ -8,12 +8,15 @@ serves gRPC) and ``db_pid`` (a database server whose CPU is part of the target's
     kinepy-sqlite     python -m kinepy --datastore-endpoint sqlite://DIR/state.db (default, durable settings)
     kinepy-postgres   python -m kinepy on a fresh database of a PostgreSQL 15 the run starts itself
     kinepy-mariadb    python -m kinepy on a fresh database of a MariaDB the run starts itself
-    etcd              /usr/bin/etcd (Debian etcd-server) with default settings: fsync on, 2 GiB quota
+    etcd              /usr/bin/etcd (Debian etcd-server, 3.4) with default settings: fsync on, 2 GiB quota
+    etcd-3.6.5        etcd v3.6.5 built from the module proxy (gobuild.py), the same settings
     kine-sqlite       kine vX (``go install github.com/k3s-io/kine@KINE_VERSION``) with its default SQLite
                       (./db/state.db, WAL, synchronous=NORMAL), exactly as k3s runs it
+    kine-postgres     kine on a fresh database of the same PostgreSQL server as kinepy-postgres
+    kine-mariadb      kine on a fresh database of the same MariaDB server as kinepy-mariadb
 
 The PostgreSQL and MariaDB servers are the test suite's own (``kinepy/testing/databases.py``: temporary
-data directory, free port, fsync on), started once per run on first use.
+data directory, free port, fsync on), started once per run on first use and shared by kinepy and kine.
 """
 
 from __future__ import annotations
@@ -32,26 +35,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks.gobuild import ETCD_VERSION, REPO_ROOT, TargetUnavailable, build_kine, etcd_tools
+
 if TYPE_CHECKING:
     from kinepy.testing.databases import DatabaseServer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["REPO_ROOT", "TargetUnavailable", "build_kine"]  # re-exported: drive.py, the kine tests
+
 ETCD_BIN = "/usr/bin/etcd"
-KINE_VERSION = "v0.16.4"
-KINE_MODULE = "github.com/k3s-io/kine"
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kinepy-bench"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
-TARGETS = ("kinepy-sqlite", "kinepy-postgres", "kinepy-mariadb", "etcd", "kine-sqlite")
+TARGETS = (
+    "kinepy-sqlite",
+    "kinepy-postgres",
+    "kinepy-mariadb",
+    "etcd",
+    f"etcd-{ETCD_VERSION.lstrip('v')}",
+    "kine-sqlite",
+    "kine-postgres",
+    "kine-mariadb",
+)
 
 # kine accepts four Txn shapes, no lease keepalive/revoke (its LeaseGrant stores nothing) and no
 # DeleteRange; the loadgen also detects rejections at run time, this list only saves the attempt.
 KINE_UNSUPPORTED = {"lease_churn": "kine rejects LeaseKeepAlive and LeaseRevoke (lease.go: 'not supported')"}
-
-
-class TargetUnavailable(Exception):
-    """A target cannot run on this machine (missing binary, failed build); the message says why."""
 
 
 def free_port() -> int:
@@ -144,7 +152,9 @@ class Target:
 
 
 @dataclass
-class Kinepy(Target):
+class OnDatabase(Target):
+    """A target storing into SQLite in its directory, or into a fresh database of a shared server."""
+
     backend: str = "sqlite"
     database: DatabaseServer | None = None  # for postgres and mariadb
     _db_name: str = ""
@@ -154,12 +164,30 @@ class Kinepy(Target):
             assert self.database is not None
             self._db_name = self.database.create_database()
 
+    def database_url(self) -> str:
+        assert self.database is not None
+        return self.database.url(self._db_name)
+
+    @property
+    def db_pid(self) -> int | None:
+        if self.database is None or self.database.proc is None:
+            return None
+        return self.database.proc.pid
+
+    def cleanup(self) -> None:
+        if self._db_name and self.database is not None:
+            with contextlib.suppress(Exception):
+                self.database.drop_database(self._db_name)
+            self._db_name = ""
+
+
+@dataclass
+class Kinepy(OnDatabase):
     def datastore(self) -> str:
         assert self.workdir is not None
         if self.backend == "sqlite":
             return f"sqlite://{self.workdir / 'state.db'}"
-        assert self.database is not None
-        return self.database.url(self._db_name)
+        return self.database_url()
 
     def argv(self) -> list[str]:
         return [
@@ -179,30 +207,20 @@ class Kinepy(Target):
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
         return {**os.environ, "PYTHONPATH": path}
 
-    @property
-    def db_pid(self) -> int | None:
-        if self.database is None or self.database.proc is None:
-            return None
-        return self.database.proc.pid
-
-    def cleanup(self) -> None:
-        if self._db_name and self.database is not None:
-            with contextlib.suppress(Exception):
-                self.database.drop_database(self._db_name)
-            self._db_name = ""
-
 
 @dataclass
 class Etcd(Target):
+    binary: str = ETCD_BIN
+
     def prepare(self) -> None:
-        if not Path(ETCD_BIN).exists():
-            raise TargetUnavailable(f"{ETCD_BIN} not installed (apt-get install etcd-server)")
+        if not Path(self.binary).exists():
+            raise TargetUnavailable(f"{self.binary} not installed (apt-get install etcd-server)")
 
     def argv(self) -> list[str]:
         assert self.workdir is not None
         url, peer, name = f"http://{self.endpoint}", f"http://127.0.0.1:{free_port()}", f"bench-{self.port}"
         return [
-            ETCD_BIN,
+            self.binary,
             f"--name={name}",
             f"--data-dir={self.workdir / 'data'}",
             f"--listen-client-urls={url}",
@@ -216,56 +234,21 @@ class Etcd(Target):
 
 
 @dataclass
-class Kine(Target):
+class Kine(OnDatabase):
     binary: Path = Path()
 
     def argv(self) -> list[str]:
-        # No --endpoint: kine then uses ./db/state.db (under workdir) with its default SQLite parameters,
-        # as k3s does. Metrics on a free port instead of :8080.
+        # On SQLite no --endpoint: kine then uses ./db/state.db (under workdir) with its default SQLite
+        # parameters, as k3s does. Metrics on a free port instead of :8080.
+        endpoint = [] if self.backend == "sqlite" else ["--endpoint", self.database_url()]
         return [
             str(self.binary),
             "--listen-address",
             self.endpoint,
             "--metrics-bind-address",
             f"127.0.0.1:{free_port()}",
+            *endpoint,
         ]
-
-
-def build_kine(log: Callable[[str], None]) -> Path:
-    """The kine binary: $KINE_BIN, else CACHE_DIR/bin/kine-VERSION, built with `go install` if missing.
-    Raises `TargetUnavailable` saying why it cannot be had (no Go, no cgo/gcc for go-sqlite3, build error)."""
-    if os.environ.get("KINE_BIN"):
-        return Path(os.environ["KINE_BIN"])
-    binary = CACHE_DIR / "bin" / f"kine-{KINE_VERSION}"
-    if binary.exists():
-        return binary
-    go = shutil.which("go")
-    if go is None:
-        raise TargetUnavailable("Go is not installed (kine is built with `go install`)")
-    cgo = subprocess.run(
-        [go, "env", "CGO_ENABLED"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    if cgo != "1" or shutil.which("gcc") is None:
-        raise TargetUnavailable(
-            f"kine's SQLite driver (mattn/go-sqlite3) needs cgo: CGO_ENABLED={cgo!r}, gcc "
-            f"{'found' if shutil.which('gcc') else 'missing'}"
-        )
-    gobin = CACHE_DIR / "gobin"
-    gobin.mkdir(parents=True, exist_ok=True)
-    log(f"building kine {KINE_VERSION} with go install (first run only; a few minutes)…")
-    proc = subprocess.run(
-        [go, "install", f"{KINE_MODULE}@{KINE_VERSION}"],
-        env={**os.environ, "GOBIN": str(gobin), "CGO_ENABLED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise TargetUnavailable(f"go install {KINE_MODULE}@{KINE_VERSION} failed:\n{proc.stderr[-3000:]}")
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(gobin / "kine"), binary)
-    return binary
 
 
 class DatabaseServers:
@@ -299,18 +282,25 @@ class DatabaseServers:
 
 def make_target(name: str, databases: DatabaseServers, log: Callable[[str], None]) -> Target:
     """The target called `name` (one of TARGETS), ready to `start()`; raises `TargetUnavailable`."""
-    if name == "kinepy-sqlite":
-        return Kinepy(name)
-    if name in ("kinepy-postgres", "kinepy-mariadb"):
-        kind = name.split("-", 1)[1]
-        return Kinepy(name, backend=kind, database=databases.get(kind))
-    if name == "etcd":
-        if not Path(ETCD_BIN).exists():
-            raise TargetUnavailable(f"{ETCD_BIN} not installed (apt-get install etcd-server)")
-        return Etcd(name)
-    if name == "kine-sqlite":
-        return Kine(name, unsupported=dict(KINE_UNSUPPORTED), multi_op_txn=False, binary=build_kine(log))
-    raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    server, _, backend = name.partition("-")
+    if server == "etcd":
+        binary = str(etcd_tools(log) / "etcd") if backend else ETCD_BIN
+        if not Path(binary).exists():
+            raise TargetUnavailable(f"{binary} not installed (apt-get install etcd-server)")
+        return Etcd(name, binary=binary)
+    database = databases.get(backend) if backend != "sqlite" else None
+    if server == "kinepy":
+        return Kinepy(name, backend=backend, database=database)
+    return Kine(
+        name,
+        unsupported=dict(KINE_UNSUPPORTED),
+        multi_op_txn=False,
+        backend=backend,
+        database=database,
+        binary=build_kine(log),
+    )
 
 
 # --------------------------------------------------------------------------------------------------

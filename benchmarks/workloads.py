@@ -39,6 +39,7 @@ class Workload:
     unit: str = "ops"  # what one operation is, for the table ("pages", "events", …)
     timeout: float = 600.0
     precompact: bool = True  # compact the target to its current revision first (kube-apiserver does)
+    driver: str = "loadgen"  # who runs it: the suite's load generator, or etcd's `benchmark` (etcd_tool.py)
 
 
 @dataclass(frozen=True)
