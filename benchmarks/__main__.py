@@ -4,6 +4,7 @@
         [--size smoke|full|scale] [--repeats N] [--out FILE.json] [--chart FILE.png]
     python -m benchmarks list [--size full]          the workloads and what they do
     python -m benchmarks report FILE.json [--chart FILE.png]   reprint a table, redraw a chart
+    python -m benchmarks kube [--targets ...] [--size smoke|full]   kube-apiserver end to end (kube.py)
     python -m benchmarks soak [--minutes 60]         hours of mixed load; fails if anything grows (soak.py)
     python -m benchmarks etcd-bench [--targets etcd-3.6.5,kine-sqlite,kinepy-sqlite] [--workloads all] \\
         [--size smoke|full]                          the same, driven by etcd's own `benchmark` (etcd_tool.py)
@@ -23,17 +24,15 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import etcd_tool, report, soak
+from benchmarks import etcd_tool, kube, report, soak
 from benchmarks.drive import loadgen, preload
+from benchmarks.meta import machine, summarize, versions
 from benchmarks.targets import (
     TARGETS,
     DatabaseServers,
@@ -140,83 +139,6 @@ def measure(target: Target, workload: Workload, repeat: int) -> dict[str, Any]:
         "client_loop": result.get("client_loop", ""),
     }
     return row
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per workload and target: the median of each metric over the repeats, and the status."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault((run["workload"], run["target"]), []).append(run)
-    for (workload, target), group in groups.items():
-        ok = [r for r in group if r["status"] in ("ok", "error")]
-        entry: dict[str, Any] = {"status": group[0]["status"], "repeats": len(ok)}
-        if not ok:
-            entry["reason"] = group[0].get("reason", "")
-        else:
-            entry["status"] = "error" if any(r["status"] == "error" for r in ok) else "ok"
-            for metric in (*report.METRICS, "max_ms", "client_cpu_util"):
-                values = [r[metric] for r in ok if r.get(metric) is not None]
-                entry[metric] = statistics.median(values) if values else None
-            entry["client_bound"] = any(r["client_bound"] for r in ok)
-            entry["errors"] = sum(r["errors"] for r in ok)
-            extras: dict[str, Any] = {}
-            for key in ok[0]["extra"]:
-                values = [r["extra"][key] for r in ok if isinstance(r["extra"].get(key), int | float)]
-                if values:
-                    extras[key] = statistics.median(values)
-            entry["extra"] = extras
-        out.setdefault(workload, {})[target] = entry
-    return out
-
-
-def machine() -> dict[str, Any]:
-    cpu_model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    mem_kib = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    return {
-        "hostname": platform.node(),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "mem_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "loadavg_start": os.getloadavg(),
-    }
-
-
-def versions(names: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    with contextlib.suppress(Exception):
-        out["etcd"] = subprocess.run(
-            ["/usr/bin/etcd", "--version"], capture_output=True, text=True
-        ).stdout.split("\n")[0]
-    import importlib.metadata
-
-    for pkg in ("kinepy", "grpcio", "protobuf", "uvloop", "asyncpg", "aiomysql"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[pkg] = importlib.metadata.version(pkg)
-    with contextlib.suppress(Exception):
-        out["kinepy_commit"] = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-    with contextlib.suppress(Exception):
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "kinepy"], capture_output=True, text=True
-        ).stdout.split("\n")
-        out["kinepy_uncommitted"] = ", ".join(line[3:] for line in dirty if line.strip())
-    if any(n.startswith("kine-") for n in names):
-        from benchmarks.gobuild import KINE_VERSION
-
-        out["kine"] = KINE_VERSION
-    if any(n.startswith("etcd-") for n in names):
-        from benchmarks.gobuild import ETCD_VERSION
-
-        out["etcd_release"] = ETCD_VERSION
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -354,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p_etcd.add_argument("--repeats", type=int, default=1, help="runs per workload and target (default: 1)")
     p_etcd.add_argument("--out", default=f"benchmarks/results/{today}-etcd-bench.json")
     p_etcd.add_argument("--chart", default="", help="PNG to draw (default: none)")
+    p_kube = sub.add_parser("kube", help="end to end through kube-apiserver and kube-controller-manager")
+    kube.add_arguments(p_kube)
     p_list = sub.add_parser("list", help="list the workloads")
     p_list.add_argument("--size", choices=sorted(SIZES), default="full")
     p_list.add_argument("--driver", choices=("loadgen", "etcd-bench"), default="loadgen")
@@ -365,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("run", "etcd-bench"):
         return run(args)
+    if args.command == "kube":
+        return kube.run(args)
     if args.command == "soak":
         return soak.run(args)
     if args.command == "list":

@@ -28,6 +28,8 @@ EXTRA_ROWS = {  # workload-specific figures worth a row of their own
     "compaction_seconds": "compaction s",
     "conflicts": "conflicts",
     "lost": "events lost",
+    "phase_seconds": "phase s",
+    "apiserver_cpu_s": "kube-apiserver CPU s",
 }
 BASELINES = ("etcd-3.6.5", "etcd")  # the first of these that ran is every ratio's denominator
 

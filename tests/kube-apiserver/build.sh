@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build kube-apiserver and kubectl from the k8s.io/kubernetes module through the Go module proxy (no git
-# clone), into a cache outside the repository, and print the bin directory:
+# Build kube-apiserver, kube-controller-manager and kubectl from the k8s.io/kubernetes module through the Go
+# module proxy (no git clone), into a cache outside the repository, and print the bin directory:
 #
 #   tests/kube-apiserver/build.sh            -> ${KINEPY_CACHE:-$HOME/.cache/kinepy}/kube-1.35.4/bin
 #   tests/kube-apiserver/build.sh --regen    only rewrite go.mod/go.sum from k8s.io/kubernetes@v$VERSION's go.mod
@@ -15,7 +15,9 @@
 # Cache: the binaries plus a stamp (sha256 of go.mod and go.sum). A current stamp means no Go is needed at all;
 # a missing or stale one rebuilds (5-8 min cold on 2 shared cores, 1.8 GB RAM; docs/kubernetes.md). Builds run
 # under `nice -n 19` with GOMAXPROCS=2 and CGO_ENABLED=0, hold a lock (flock) so concurrent callers wait for
-# one build, and write to a temporary directory renamed into place only when both binaries exist.
+# one build, and write to a temporary directory renamed into place only when all three binaries exist.
+# kube-controller-manager (its namespace controller empties a deleted namespace) is for the benchmarks'
+# Kubernetes workload (benchmarks/kube.py).
 #
 # Exit codes: 0 built or cached (stdout: the bin directory, nothing else); 3 Go is not installed and there is
 # no current cache; anything else, the build failed (its output is in $cache/build.log and on stderr).
@@ -55,7 +57,8 @@ if [ "$regen" = 1 ]; then
         go mod edit "-replace=$m=$m@v0.${V#1.}"
     done
     go mod edit "-go=$gover" "-godebug=default=go${gover%.*}" "-require=k8s.io/kubernetes@v$V" \
-        -tool=k8s.io/kubernetes/cmd/kube-apiserver -tool=k8s.io/kubernetes/cmd/kubectl
+        -tool=k8s.io/kubernetes/cmd/kube-apiserver -tool=k8s.io/kubernetes/cmd/kube-controller-manager \
+        -tool=k8s.io/kubernetes/cmd/kubectl
     go mod tidy
     echo "build.sh: go.mod now pins k8s.io/kubernetes v$V ($(grep -c '^replace ' go.mod) replaces); run build.sh to build" >&2
     exit 0
@@ -66,10 +69,12 @@ V=$(awk '$1 == "k8s.io/kubernetes" {sub(/^v/, "", $2); print $2; exit}' go.mod)
 cache="${KINEPY_CACHE:-$HOME/.cache/kinepy}/kube-$V"
 bin="$cache/bin"
 stamp=$(cat go.mod go.sum | sha256sum | cut -d' ' -f1)
+binaries=(kube-apiserver kube-controller-manager kubectl)
 
 current() {
-    [ "$force" = 0 ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] &&
-        [ "$(cat "$bin/.stamp" 2>/dev/null)" = "$stamp" ]
+    [ "$force" = 0 ] || return 1
+    for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || return 1; done
+    [ "$(cat "$bin/.stamp" 2>/dev/null)" = "$stamp" ]
 }
 
 if current; then
@@ -98,14 +103,14 @@ ldflags="-s -w"
 for kv in "gitVersion=v$V" "gitMajor=${V%%.*}" "gitMinor=$(echo "$V" | cut -d. -f2)" "gitTreeState=clean"; do
     ldflags="$ldflags -X k8s.io/component-base/version.$kv -X k8s.io/client-go/pkg/version.$kv"
 done
-echo "build.sh: building kube-apiserver and kubectl v$V into $bin (cold: 5-10 min on 2 cores; log: $log)" >&2
+echo "build.sh: building ${binaries[*]} v$V into $bin (cold: 5-10 min on 2 cores; log: $log)" >&2
 started=$(date +%s)
 status=0
 (
     set -x
     go version
     env GOMAXPROCS=2 CGO_ENABLED=0 nice -n 19 go build -mod=readonly -trimpath -ldflags "$ldflags" -o "$tmp/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+        "${binaries[@]/#/k8s.io/kubernetes/cmd/}"
 ) >"$log" 2>&1 || status=$?
 if [ "$status" != 0 ]; then
     tail -n 60 "$log" >&2
@@ -116,5 +121,5 @@ fi
 echo "$stamp" >"$tmp/.stamp"
 rm -rf "$bin"
 mv "$tmp" "$bin"
-echo "build.sh: built in $(($(date +%s) - started)) s: $(du -sh "$bin/kube-apiserver" "$bin/kubectl" | awk '{printf "%s %s  ", $2, $1}')" >&2
+echo "build.sh: built in $(($(date +%s) - started)) s: $(cd "$bin" && du -sh "${binaries[@]}" | awk '{printf "%s %s  ", $2, $1}')" >&2
 echo "$bin"
