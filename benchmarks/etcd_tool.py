@@ -79,8 +79,8 @@ def argv(endpoint: str, kind: str, p: dict[str, Any]) -> list[str]:
 
 def parse(text: str, section: str = "") -> dict[str, Any]:
     """The figures of one `benchmark` report (after the line `section`, when given)."""
-    if section:
-        text = text.split(section, 1)[1] if section in text else ""
+    if section:  # up to the next section ("Put summary:", "Watch events summary:")
+        text = re.split(r"\n\S[^\n]*summary:\n", text.split(section, 1)[1])[0] if section in text else ""
 
     def seconds(label: str) -> float:
         m = re.search(rf"^\s*{re.escape(label)}\s+([0-9.e+-]+) secs", text, re.M)

@@ -1,4 +1,6 @@
-"""The benchmark suite at smoke size, against kinepy on SQLite and a real etcd: it must not rot.
+"""The benchmark suite at smoke size, against kinepy on SQLite and a real etcd: it must not rot. Also the
+etcd-bench driver (etcd's own `benchmark` tool, etcd 3.6.5, kine), the floor driven by it, and the
+Kubernetes end-to-end workload (kube-apiserver and kube-controller-manager).
 
 This checks breakage, not timing: `python -m benchmarks run --size smoke` finishes, every workload has a
 result for both targets, and the figures are sane (operations happened, latencies and CPU positive, no
@@ -9,13 +11,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import conftest
 import pytest
+
+from benchmarks import etcd_tool
 
 pytestmark = [pytest.mark.kinepy, pytest.mark.etcd, pytest.mark.slow]
 
@@ -133,3 +139,108 @@ def test_soak_samples_and_judges_every_series(tmp_path: Path) -> None:
         assert "slope_per_hour" in judged and judged["samples"] >= 3, (metric, judged)
         assert judged["low_per_hour"] <= judged["slope_per_hour"] <= judged["high_per_hour"]
     assert "rss_kib" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# The Go-built drivers and targets: etcd's `benchmark`, etcd 3.6.5, kine, kube-apiserver with
+# kube-controller-manager. Each is built once and cached (benchmarks/gobuild.py, tests/kube-apiserver/
+# build.sh); without Go and a cache these tests skip loudly, or fail when CI is set.
+
+
+def _go_tools() -> None:
+    from benchmarks.gobuild import TargetUnavailable, build_kine, etcd_tools
+
+    try:
+        etcd_tools(print)
+        build_kine(print)
+    except TargetUnavailable as exc:
+        text = (
+            f"!!! etcd's benchmark tool, etcd 3.6.5 or kine could not be built, the test did NOT run: {exc}"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(text, pytrace=False)
+        pytest.skip(text)
+
+
+def _bench(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess[str], Any]:
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args, "--out", str(out)],
+        cwd=conftest.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"benchmarks {args[0]} exited {proc.returncode}:\n{proc.stderr[-6000:]}"
+    return proc, json.loads(out.read_text())
+
+
+def _sane(entry: dict[str, Any] | None) -> bool:
+    return (
+        entry is not None
+        and entry["status"] == "ok"
+        and entry["ops_per_s"] > 0
+        and 0 <= entry["p50_ms"] <= entry["p99_ms"] <= entry["max_ms"]
+        and entry["server_cpu_s_per_1k"] > 0
+    )
+
+
+def test_etcd_bench_runs_every_workload_on_etcd_kinepy_and_kine(tmp_path: Path) -> None:
+    """`python -m benchmarks etcd-bench --size smoke`: etcd's own tool against etcd 3.6.5, kinepy and kine;
+    every workload has figures for etcd and kinepy, and kine's cells are figures or `unsup.` (kine rejects
+    txn-put's Txn shape and lease keep-alives), never failures."""
+    _go_tools()
+    targets = ("etcd-3.6.5", "kinepy-sqlite", "kine-sqlite")
+    proc, result = _bench(tmp_path, "etcd-bench", "--size", "smoke", "--targets", ",".join(targets))
+    expected = [w.name for w in etcd_tool.workloads("smoke")]
+    assert list(result["workloads"]) == expected
+    assert {t: info["status"] for t, info in result["targets"].items()} == dict.fromkeys(targets, "ok")
+    problems = [
+        f"{w} on {t}: {result['summary'].get(w, {}).get(t)}"
+        for w in expected
+        for t in targets
+        if not _sane(result["summary"].get(w, {}).get(t))
+        and not (t == "kine-sqlite" and result["summary"][w][t]["status"] == "unsupported")
+    ]
+    assert not problems, "\n".join(problems)
+    assert result["summary"]["put-64"]["kine-sqlite"]["status"] == "ok"
+    assert "kinepy-sqlite ×etcd-3.6.5" in proc.stdout and "kinepy-sqlite ×kine-sqlite" in proc.stdout  # noqa: RUF001
+
+
+def test_floor_with_etcds_benchmark_tool(tmp_path: Path) -> None:
+    """`python -m benchmarks.floor --client go`: the canned etcd-shaped server answers everything etcd's
+    tool asks, on one and on two processes."""
+    _go_tools()
+    out = tmp_path / "floor.json"
+    argv = [sys.executable, "-m", "benchmarks.floor", "--client", "go", "--size", "smoke", "--out", str(out)]
+    proc = subprocess.run(
+        [*argv, "--workloads", "put-64,range-1key-16,watch-latency,lease-keepalive"],
+        cwd=conftest.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, f"benchmarks.floor exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    results = json.loads(out.read_text())["results"]
+    assert [(r["shape"], r["processes"]) for r in results] == [
+        ("put-64", 1), ("put-64", 2), ("range-1key-16", 1), ("range-1key-16", 2),
+        ("watch-latency", 1), ("lease-keepalive", 1), ("lease-keepalive", 2),
+    ]  # fmt: skip
+    for r in results:
+        assert r["ops_per_s"] > 0 and 0 <= r["p50_ms"] <= r["p99_ms"], r
+
+
+def test_kube_end_to_end_on_etcd_and_kinepy(tmp_path: Path) -> None:
+    """`python -m benchmarks kube --size smoke`: kube-apiserver and kube-controller-manager on etcd 3.6.5 and
+    on kinepy; every phase completes (the LIST saw every object, the namespace went away)."""
+    _go_tools()
+    targets = ("etcd-3.6.5", "kinepy-sqlite")
+    proc, result = _bench(tmp_path, "kube", "--size", "smoke", "--targets", ",".join(targets), timeout=5400)
+    for phase in ("create", "update", "list", "delete-ns"):
+        for target in targets:
+            entry = result["summary"][phase][target]
+            assert entry["status"] == "ok" and entry["ops_per_s"] > 0, (phase, target, entry)
+            assert entry["extra"]["phase_seconds"] > 0
+    assert "| delete-ns | phase s |" in proc.stdout
