@@ -70,6 +70,28 @@ SHAPES = [
 ]
 
 
+def _unary_handler(fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_raw, response_serializer=_raw)
+
+
+def _stream_handler(fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    return grpc.stream_stream_rpc_method_handler(fn, request_deserializer=_raw, response_serializer=_raw)
+
+
+async def _serve_forever(
+    port: int, services: dict[str, dict[str, grpc.RpcMethodHandler]], ready: ProcessEvent
+) -> None:
+    """A grpc.aio server of `services` (name -> method -> handler) on `port`, sharing it (SO_REUSEPORT)."""
+    server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", 1)])
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(name, handlers) for name, handlers in services.items()]
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    ready.set()
+    await server.wait_for_termination()
+
+
 def _serve(port: int, reply_bytes: int, ready: ProcessEvent) -> None:
     import uvloop
 
@@ -93,24 +115,8 @@ def _serve(port: int, reply_bytes: int, ready: ProcessEvent) -> None:
             while True:
                 yield await queue.get()
 
-        def unary(fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=_raw, response_serializer=_raw
-            )
-
-        handlers = {
-            "Call": unary(call),
-            "Put": unary(put),
-            "Watch": grpc.stream_stream_rpc_method_handler(
-                watch, request_deserializer=_raw, response_serializer=_raw
-            ),
-        }
-        server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", 1)])
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Floor", handlers),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        ready.set()
-        await server.wait_for_termination()
+        handlers = {"Call": _unary_handler(call), "Put": _unary_handler(put), "Watch": _stream_handler(watch)}
+        await _serve_forever(port, {"floor.Floor": handlers}, ready)
 
     uvloop.install()
     asyncio.run(main())
@@ -175,29 +181,19 @@ def _serve_etcd(port: int, ready: ProcessEvent) -> None:
                 reader.cancel()
                 streams.remove(queue)
 
-        def unary(fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=_raw, response_serializer=_raw
-            )
-
-        def stream(fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
-            return grpc.stream_stream_rpc_method_handler(
-                fn, request_deserializer=_raw, response_serializer=_raw
-            )
-
         services = {
-            "etcdserverpb.KV": {"Range": unary(empty), "Put": unary(put), "Txn": unary(empty)},
-            "etcdserverpb.Lease": {"LeaseGrant": unary(grant), "LeaseKeepAlive": stream(keepalive)},
-            "etcdserverpb.Watch": {"Watch": stream(watch)},
+            "etcdserverpb.KV": {
+                "Range": _unary_handler(empty),
+                "Put": _unary_handler(put),
+                "Txn": _unary_handler(empty),
+            },
+            "etcdserverpb.Lease": {
+                "LeaseGrant": _unary_handler(grant),
+                "LeaseKeepAlive": _stream_handler(keepalive),
+            },
+            "etcdserverpb.Watch": {"Watch": _stream_handler(watch)},
         }
-        server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", 1)])
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(name, handlers) for name, handlers in services.items()]
-        )
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        ready.set()
-        await server.wait_for_termination()
+        await _serve_forever(port, services, ready)
 
     uvloop.install()
     asyncio.run(main())

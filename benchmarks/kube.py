@@ -92,6 +92,45 @@ def service_account_key(path: Path) -> None:
     )
 
 
+def prepare_apiserver(bin_dir: Path, root: Path, etcd_url: str, port: int, token: str) -> list[str]:
+    """kube-apiserver's command line on `etcd_url`, serving 127.0.0.1:`port` (self-signed TLS) to bearer
+    `token` (system:masters); writes its service-account key, token file and ROOT/kubeconfig for clients."""
+    sa_key, tokens, kubeconfig = root / "sa.key", root / "tokens.csv", root / "kubeconfig"
+    service_account_key(sa_key)
+    tokens.write_text(f'{token},admin,admin-uid,"system:masters"\n')
+    cluster = {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "kube", "cluster": cluster}],
+                "users": [{"name": "admin", "user": {"token": token}}],
+                "contexts": [{"name": "kube", "context": {"cluster": "kube", "user": "admin"}}],
+                "current-context": "kube",
+            }
+        )
+    )
+    return [
+        str(bin_dir / "kube-apiserver"),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--cert-dir={root / 'certs'}",
+        f"--token-auth-file={tokens}",
+        "--authorization-mode=RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        f"--service-account-key-file={sa_key}",
+        f"--service-account-signing-key-file={sa_key}",
+        "--service-cluster-ip-range=10.96.0.0/24",
+        # The kubernetes Service's endpoints may not be a loopback address; without a kubelet nothing
+        # needs them.
+        "--endpoint-reconciler-type=none",
+        "--profiling=false",
+    ]
+
+
 class ControlPlane:
     """kube-apiserver on `etcd_url` and kube-controller-manager running the namespace controller only."""
 
@@ -112,40 +151,8 @@ class ControlPlane:
         return ""
 
     def start(self) -> None:
-        sa_key, tokens, kubeconfig = self.root / "sa.key", self.root / "tokens.csv", self.root / "kubeconfig"
-        service_account_key(sa_key)
-        tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
-        cluster = {"server": f"https://127.0.0.1:{self.port}", "insecure-skip-tls-verify": True}
-        kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "bench", "cluster": cluster}],
-                    "users": [{"name": "admin", "user": {"token": self.token}}],
-                    "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "admin"}}],
-                    "current-context": "bench",
-                }
-            )
-        )
         apiserver = self._spawn(
-            "kube-apiserver",
-            [
-                str(self.bin_dir / "kube-apiserver"),
-                f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={self.port}",
-                f"--cert-dir={self.root / 'certs'}",
-                f"--token-auth-file={tokens}",
-                "--authorization-mode=RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-account-key-file={sa_key}",
-                f"--service-account-signing-key-file={sa_key}",
-                "--service-cluster-ip-range=10.96.0.0/24",
-                "--endpoint-reconciler-type=none",
-                "--profiling=false",
-            ],
+            "kube-apiserver", prepare_apiserver(self.bin_dir, self.root, self.etcd_url, self.port, self.token)
         )
         deadline = time.monotonic() + READY_TIMEOUT
         client = Rest(self.port, self.token)
@@ -164,7 +171,7 @@ class ControlPlane:
             "kube-controller-manager",
             [
                 str(self.bin_dir / "kube-controller-manager"),
-                f"--kubeconfig={kubeconfig}",
+                f"--kubeconfig={self.root / 'kubeconfig'}",
                 "--controllers=namespace",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",

@@ -48,6 +48,8 @@ import conftest
 import pytest
 from conftest import free_port
 
+from benchmarks.kube import prepare_apiserver
+
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BUILD_SH = REPO_ROOT / "tests" / "kube-apiserver" / "build.sh"
 BUILD_TIMEOUT = 90 * 60.0  # seconds: a cold build of both binaries on 2 busy cores, module downloads included
@@ -113,24 +115,6 @@ def kube_bin() -> Path:
 # kube-apiserver and its clients.
 
 
-def _service_account_key(path: Path) -> None:
-    """An RSA private key in PEM: with `cryptography` when installed, else with the openssl CLI."""
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-    except ImportError:
-        subprocess.run(["openssl", "genrsa", "-out", str(path), "2048"], check=True, capture_output=True)
-        return
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 class ApiError(AssertionError):
     def __init__(self, method: str, path: str, status: int, body: str) -> None:
         super().__init__(f"{method} {path} -> HTTP {status}: {body[:2000]}")
@@ -165,51 +149,12 @@ class KubeApiserver:
         return self.root / "kubeconfig"
 
     def start(self) -> None:
-        sa_key = self.root / "sa.key"
-        _service_account_key(sa_key)
-        tokens = self.root / "tokens.csv"
-        tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
-        self.kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "kinepy",
-                            "cluster": {
-                                "server": f"https://127.0.0.1:{self.port}",
-                                "insecure-skip-tls-verify": True,
-                            },
-                        }
-                    ],
-                    "users": [{"name": "admin", "user": {"token": self.token}}],
-                    "contexts": [{"name": "kinepy", "context": {"cluster": "kinepy", "user": "admin"}}],
-                    "current-context": "kinepy",
-                }
-            )
-        )
         argv = [
-            str(self.bin_dir / "kube-apiserver"),
-            f"--etcd-servers={self.etcd_url}",
+            *prepare_apiserver(self.bin_dir, self.root, self.etcd_url, self.port, self.token),
             "--storage-backend=etcd3",
             "--etcd-prefix=/registry",
             # apiserver-driven compaction every 10 s instead of 5 min, so that the test runs across several.
             "--etcd-compaction-interval=10s",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={self.port}",
-            f"--cert-dir={self.root / 'certs'}",
-            f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc",
-            f"--service-account-key-file={sa_key}",
-            f"--service-account-signing-key-file={sa_key}",
-            "--service-cluster-ip-range=10.96.0.0/24",
-            # The kubernetes Service's endpoints may not be a loopback address; without a kubelet or
-            # controllers nothing needs them.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
             "--v=1",
             *self.extra_args,
         ]
