@@ -75,20 +75,27 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 @dataclass
 class Client:
-    """`channels` gRPC channels to one endpoint; `kv(i)` / `watch(i)` / `lease(i)` pick one round-robin."""
+    """`channels` gRPC channels to one endpoint; `kv(i)` / `watch(i)` / `lease(i)` pick one round-robin.
+
+    An endpoint `host:port,host:port,…` (several kinepy processes on one replicated database) spreads
+    every channel's calls over all of them, round-robin per call (gRPC's `round_robin` policy)."""
 
     endpoint: str
     channels: int = 1
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def __aenter__(self) -> Client:
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
         ]
+        target = self.endpoint
+        if "," in target:
+            target = "ipv4:" + target
+            options.append(("grpc.lb_policy_name", "round_robin"))
         self._channels = [
-            grpc.aio.insecure_channel(self.endpoint, options=options) for _ in range(max(1, self.channels))
+            grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, self.channels))
         ]
         for channel in self._channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=20)

@@ -49,6 +49,7 @@ MARIADBD = Path("/usr/sbin/mariadbd")
 MARIADB_INSTALL_DB = Path("/usr/bin/mariadb-install-db")
 GALERA_PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
 RSYNC = Path("/usr/bin/rsync")  # Galera's rsync state transfer
+GALERA_JOIN_TIMEOUT = 120.0  # seconds for a joiner: it may wait for a donor, then the transfer
 USER = "kinepy"
 PASSWORD = "kinepy-test-Secret-42"
 START_TIMEOUT = 60.0  # seconds for initdb/install-db plus the first accepted connection
@@ -88,9 +89,15 @@ def _tail(path: Path, max_chars: int = 6000) -> str:
     return text if len(text) <= max_chars else "…\n" + text[-max_chars:]
 
 
-def _wait(what: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path) -> float:
+def _wait(
+    what: str,
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    log: Path,
+    timeout: float = START_TIMEOUT,
+) -> float:
     """Poll `ready()` until it holds (returns the seconds it took); raise if the process exits or
-    `START_TIMEOUT` passes."""
+    `timeout` seconds pass."""
     started = time.monotonic()
     while True:
         if proc.poll() is not None:
@@ -99,9 +106,9 @@ def _wait(what: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool], l
             )
         if ready():
             return time.monotonic() - started
-        if time.monotonic() - started > START_TIMEOUT:
+        if time.monotonic() - started > timeout:
             _stop(proc, signal.SIGINT)
-            raise DatabaseStartError(f"{what} not ready after {START_TIMEOUT} s:\n{_tail(log)}")
+            raise DatabaseStartError(f"{what} not ready after {timeout} s:\n{_tail(log)}")
         time.sleep(0.05)
 
 
@@ -348,7 +355,7 @@ def _start_mariadb() -> DatabaseServer:
     return server
 
 
-def _launch_mariadb(server: DatabaseServer) -> float:
+def _launch_mariadb(server: DatabaseServer, timeout: float = START_TIMEOUT) -> float:
     """Run `mariadbd` on the server's data directory and port; wait until it accepts connections."""
     root = server.root
     own_user = any(arg.startswith("--user=") for arg in server.extra_args)
@@ -369,7 +376,7 @@ def _launch_mariadb(server: DatabaseServer) -> float:
             return False
         return True
 
-    return _wait("mariadbd", server.proc, ready, server.log_path)
+    return _wait("mariadbd", server.proc, ready, server.log_path, timeout)
 
 
 def _galera_synced(server: DatabaseServer) -> bool:
@@ -468,13 +475,15 @@ def start_galera_cluster(size: int = 3) -> GaleraCluster:
     try:
         for index, node_ports in enumerate(ports):
             root = Path(tempfile.mkdtemp(prefix=f"kinepy-galera{index}-"))
+            port = free_port()
             options = _galera_options(f"node{index}", address, node_ports) + _galera_user(root)
+            options.append(f"--wsrep-node-incoming-address=127.0.0.1:{port}")  # else AUTO, no use to kinepy
             if index == 0:
                 _install_mariadb(root, *_galera_user(root))
             else:
                 (root / "data").mkdir()
                 _chown_to_galera_user(root / "data")
-            node = DatabaseServer("mariadb", free_port(), root, root / "mariadbd.log", extra_args=options)
+            node = DatabaseServer("mariadb", port, root, root / "mariadbd.log", extra_args=options)
             node.ready_check = _galera_synced
             cluster.nodes.append(node)
         first, *joiners = cluster.nodes
@@ -485,7 +494,7 @@ def start_galera_cluster(size: int = 3) -> GaleraCluster:
         # The joiners start together: a second joiner waits (Galera retries every second) until the
         # first is synced and can donate too.
         with concurrent.futures.ThreadPoolExecutor(len(joiners) or 1) as pool:
-            for launched in [pool.submit(_launch_mariadb, node) for node in joiners]:
+            for launched in [pool.submit(_launch_mariadb, node, GALERA_JOIN_TIMEOUT) for node in joiners]:
                 launched.result()
     except BaseException:
         cluster.remove()

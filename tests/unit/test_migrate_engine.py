@@ -109,7 +109,7 @@ def test_the_backend_internals_bulk_copies_use_still_exist() -> None:
     """backends/sql/bulk.py connects to an existing database through the server backends' own connect
     path, creating nothing (kinepy migrate's sources, etcdctl snapshot save): a rename there must
     show up here, in the unit tests, not only in the integration tests."""
-    from kinepy.backends.sql import mysql, postgres
+    from kinepy.backends.sql import mysql, postgres, replication
     from kinepy.specs import MySQLSpec, PostgresSpec
 
     pg = postgres.PostgresBackend(PostgresSpec())
@@ -119,4 +119,4 @@ def test_the_backend_internals_bulk_copies_use_still_exist() -> None:
             assert hasattr(backend, name), f"{type(backend).__name__}.{name}"
     assert callable(pg._create_pool)
     assert callable(my._bootstrap) and callable(my._create_pool) and callable(my._connect_args)
-    assert isinstance(mysql._UNKNOWN_DATABASE, int) and callable(mysql._code)
+    assert isinstance(mysql._UNKNOWN_DATABASE, int) and callable(replication.error_code)

@@ -11,9 +11,10 @@ import aiomysql
 import pytest
 
 from kinepy.backends.sql import dialect
-from kinepy.backends.sql.mysql import MySQLBackend, detect_replication, is_conflict, is_retryable
+from kinepy.backends.sql.mysql import MySQLBackend, is_retryable
+from kinepy.backends.sql.replication import detect_replication, galera_writer, is_conflict
 from kinepy.endpoint import parse_endpoint
-from kinepy.errors import BackendConflict, BackendError, BackendUnavailable
+from kinepy.errors import BackendConflict, BackendError, BackendUnavailable, ConfigError
 from kinepy.specs import MySQLSpec
 
 GALERA_CERTIFICATION = aiomysql.OperationalError(
@@ -159,3 +160,30 @@ def test_a_single_primary_group_replication_member_writes_through_the_primary() 
 def test_a_group_replication_member_not_in_a_group_is_a_single_server() -> None:
     variables = {"group_replication_group_name": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"}
     assert detect_replication(variables, {}, members=0).engine == ""
+
+
+def test_every_kinepy_picks_the_same_galera_writer_whatever_order_its_node_lists() -> None:
+    assert galera_writer("10.0.0.12:3306,10.0.0.9:3306,10.0.0.10:3306") == "10.0.0.9:3306"
+    assert galera_writer("10.0.0.10:3306,10.0.0.12:3306,10.0.0.9:3306") == "10.0.0.9:3306"
+    assert galera_writer("127.0.0.1:40001,127.0.0.1:3999") == "127.0.0.1:3999"
+    assert galera_writer("db-b:3306,db-a:3306") == "db-a:3306"
+    assert galera_writer("[::1]:3307,[::1]:3306") == "[::1]:3306"
+
+
+def test_no_galera_writer_without_a_usable_address() -> None:
+    assert galera_writer("") is None
+    assert galera_writer("AUTO,AUTO") is None
+    assert galera_writer("10.0.0.1:0") is None
+    assert galera_writer("AUTO,10.0.0.2:3306") == "10.0.0.2:3306"
+
+
+def test_the_galera_writer_option_is_auto_or_local() -> None:
+    def routes(query: str) -> bool:
+        spec = parse_endpoint("mysql://kinepy:secret@tcp(127.0.0.1:3306)/kinepy" + query)
+        assert isinstance(spec, MySQLSpec)
+        return MySQLBackend(spec)._route_writes
+
+    assert routes("") and routes("?galera_writer=auto") and routes("?galera-writer=AUTO")
+    assert not routes("?galera_writer=local")
+    with pytest.raises(ConfigError, match="galera_writer='primary'"):
+        routes("?galera_writer=primary")

@@ -336,12 +336,13 @@ async def _connect_postgres(backend: Any) -> None:
 async def _connect_mysql(backend: Any) -> None:
     import aiomysql
 
-    from kinepy.backends.sql.mysql import _UNKNOWN_DATABASE, _code
+    from kinepy.backends.sql.mysql import _UNKNOWN_DATABASE
+    from kinepy.backends.sql.replication import error_code
 
     try:
         probe = await aiomysql.connect(db=backend.spec.database, **backend._connect_args())
     except aiomysql.OperationalError as exc:
-        if _code(exc) == _UNKNOWN_DATABASE:
+        if error_code(exc) == _UNKNOWN_DATABASE:
             raise BackendError(f"MySQL database {backend.spec.database!r} does not exist") from exc
         raise
     probe.close()

@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiomysql
@@ -36,7 +37,6 @@ import aiomysql
 from kinepy.backends.sql.core import AsyncSession, Row
 from kinepy.backends.sql.dialect import (
     ATTEMPT_TIMEOUT,
-    CONFLICT_ATTEMPTS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_SIZE,
     IN_CHUNK,
@@ -48,6 +48,13 @@ from kinepy.backends.sql.dialect import (
     server_statements,
     unresolvable,
 )
+from kinepy.backends.sql.replication import (
+    Replication,
+    error_code,
+    galera_writer,
+    is_conflict,
+    read_replication,
+)
 from kinepy.backends.sql.statements import Table
 from kinepy.errors import BackendConflict, BackendError, BackendUnavailable, ConfigError
 from kinepy.specs import MySQLSpec
@@ -55,6 +62,7 @@ from kinepy.specs import MySQLSpec
 log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 3064
+_ROUTE_CHECK_INTERVAL = 5.0  # seconds between two looks at a Galera cluster's nodes
 _POOL_RECYCLE = 3600  # seconds; below the server's default wait_timeout (8 h)
 _SCHEMA_LOCK = "kinepy_schema"
 _COMPACT_LOCK = "kinepy_compact"
@@ -71,14 +79,6 @@ _MAX_STATEMENT_BYTES = 8 * 1024 * 1024
 _RETRYABLE = frozenset(
     {1040, 1047, 1053, 1205, 1213, 1290, 1317, 1792, 1927, 2002, 2003, 2006, 2013, 2055, 3024, 3100, 4031}
 )
-# Errors that roll a transaction back because a concurrent one conflicted with it: a deadlock
-# (1213; Galera's certification failure and brute-force abort say the same) and Group Replication's
-# certification failure, at commit (3101: "Plugin instructed the server to rollback the current
-# transaction") or as the storage engine's "Got error 149 - 'Lock deadlock; Retry transaction'
-# during COMMIT" (1180, a deadlock only when it says so: 1180 also reports a full disk).
-_DEADLOCK = 1213
-_ROLLBACK_DURING_COMMIT = 3101
-_ERROR_DURING_COMMIT = 1180
 _TABLE_EXISTS = 1050
 _DUPLICATE_ENTRY = 1062
 _ACCESS_DENIED = frozenset({1044, 1045, 1698})
@@ -147,98 +147,23 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _code(exc: BaseException) -> int:
-    args = getattr(exc, "args", ())
-    return args[0] if args and isinstance(args[0], int) else 0
-
-
 def is_retryable(exc: BaseException) -> bool:
     """Whether `exc` says the server is unreachable or busy right now, not that a statement is wrong."""
     if unresolvable(exc) or misconfigured(exc):
         return False
     if isinstance(exc, aiomysql.InterfaceError | OSError):
         return True
-    return isinstance(exc, aiomysql.MySQLError) and _code(exc) in _RETRYABLE
+    return isinstance(exc, aiomysql.MySQLError) and error_code(exc) in _RETRYABLE
 
 
-def is_conflict(exc: BaseException) -> bool:
-    """Whether `exc` says the transaction was rolled back because of a conflicting one, so that
-    running it again whole may succeed (Galera, Group Replication, or a plain InnoDB deadlock)."""
-    if not isinstance(exc, aiomysql.MySQLError):
-        return False
-    code = _code(exc)
-    if code in (_DEADLOCK, _ROLLBACK_DURING_COMMIT):
-        return True
-    text = str(exc.args[1]) if len(exc.args) > 1 else ""
-    return code == _ERROR_DURING_COMMIT and ("149" in text or "deadlock" in text.lower())
-
-
-@dataclass(frozen=True)
-class Replication:
-    """What kind of server kinepy talks to, and what it sets in each of its sessions for it."""
-
-    engine: str  # "" (one server, or a replica set kinepy does not know), "galera", "group replication"
-    session: str = ""
-    """More `SET SESSION` assignments for every connection (after sql_mode and isolation)."""
-    summary: str = ""
-    """One line for the start-up log: what the server is and what kinepy does about it."""
-    single_writer: bool = False
-    """Writes must go to one node (Group Replication in single-primary mode)."""
-
-
-# Galera's wsrep_sync_wait bit 1: reads (SELECT, SHOW, BEGIN/START TRANSACTION) first wait until
-# this node has applied everything the cluster committed before they started. Writes start with a
-# read of the meta row, so they wait too.
-_GALERA_SESSION = "SESSION wsrep_sync_wait = 1"
-# Group Replication's BEFORE: every transaction (read-only or not) first waits until this member
-# has applied every transaction the group ordered before it.
-_GROUP_REPLICATION_SESSION = "SESSION group_replication_consistency = 'BEFORE'"
-_RETRIES = f"runs a write batch that fails certification again (at most {CONFLICT_ATTEMPTS} attempts)"
-_REPLICATION_VARIABLES = (
-    "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_provider', 'wsrep_cluster_address', "
-    "'group_replication_group_name', 'group_replication_single_primary_mode', 'super_read_only')"
-)
-_REPLICATION_STATUS = (
-    "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', 'wsrep_provider_version', "
-    "'wsrep_ready')"
-)
-_GROUP_REPLICATION_MEMBERS = (
-    "SELECT count(*) FROM performance_schema.replication_group_members WHERE member_state = 'ONLINE'"
-)
-
-
-def detect_replication(variables: dict[str, str], status: dict[str, str], members: int = 0) -> Replication:
-    """The `Replication` of a server with these global `variables` and `status` (names in lower
-    case; what `_REPLICATION_VARIABLES` and `_REPLICATION_STATUS` return) and `members` online
-    Group Replication members."""
-
-    def on(name: str, source: dict[str, str]) -> bool:
-        return source.get(name, "").upper() in ("ON", "1")
-
-    provider = variables.get("wsrep_provider", "").strip()
-    if on("wsrep_on", variables) and provider and provider.lower() != "none":
-        return Replication(
-            "galera",
-            _GALERA_SESSION,
-            f"a node of a Galera cluster of {status.get('wsrep_cluster_size', '?')} "
-            f"(provider {status.get('wsrep_provider_version', '?')}): kinepy sets wsrep_sync_wait=1 in its "
-            "sessions (reads wait for the cluster's earlier commits: linearizable on every node) and "
-            + _RETRIES,
-        )
-    if variables.get("group_replication_group_name") and members > 0:
-        single = on("group_replication_single_primary_mode", variables)
-        mode = "single-primary" if single else "multi-primary"
-        summary = (
-            f"a member of a {mode} Group Replication group of {members} online: kinepy sets "
-            "group_replication_consistency='BEFORE' in its sessions (every transaction waits for the "
-            "group's earlier ones: linearizable on every member)"
-        )
-        if single:
-            summary += "; writes succeed only through the primary"
-        else:
-            summary += " and " + _RETRIES
-        return Replication("group replication", _GROUP_REPLICATION_SESSION, summary, single_writer=single)
-    return Replication("")
+def _galera_writes(options: dict[str, str]) -> bool:
+    """The endpoint option `galera_writer`: `auto` (the default: on Galera, write through the node
+    every kinepy picks) or `local` (write through this endpoint; conflicting batches run again)."""
+    opts = {k.lower().replace("-", "_"): v for k, v in options.items()}
+    value = opts.get("galera_writer", "auto").lower()
+    if value not in ("auto", "local"):
+        raise ConfigError(f"unsupported MySQL option galera_writer={value!r}: expected auto or local")
+    return value == "auto"
 
 
 def _describe(exc: BaseException) -> str:
@@ -405,6 +330,16 @@ class MySQLBackend(ServerBackend):
         self._pool: aiomysql.Pool | None = None
         self._max_statement = 1024 * 1024
         self.replication = Replication("")
+        self._init_command = ""
+        self._route_writes = _galera_writes(options)
+        self._writes: aiomysql.Pool | None = None
+        """On Galera, the pool to the node every kinepy writes through (None: this endpoint's)."""
+        self.writer = ""
+        """That node's address ("" while writes go through this endpoint)."""
+        self._route_checked = -math.inf
+        self._route_lock = asyncio.Lock()
+        self._told_no_addresses = False
+        self._route_known = False
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -456,7 +391,7 @@ class MySQLBackend(ServerBackend):
         try:
             conn = await aiomysql.connect(db=database, **self._connect_args())
         except aiomysql.OperationalError as exc:
-            if _code(exc) != _UNKNOWN_DATABASE:
+            if error_code(exc) != _UNKNOWN_DATABASE:
                 raise
             conn = await aiomysql.connect(**self._connect_args())
             try:
@@ -464,8 +399,8 @@ class MySQLBackend(ServerBackend):
                     await cur.execute(f"CREATE DATABASE {quote_identifier(database)}")
                 log.info("created MySQL database %r", database)
             except aiomysql.MySQLError as create_exc:
-                if _code(create_exc) != _DATABASE_EXISTS:
-                    if _code(create_exc) in _ACCESS_DENIED:
+                if error_code(create_exc) != _DATABASE_EXISTS:
+                    if error_code(create_exc) in _ACCESS_DENIED:
                         raise self._cannot_create(database, _describe(create_exc)) from create_exc
                     raise
             finally:
@@ -493,18 +428,10 @@ class MySQLBackend(ServerBackend):
 
     async def _detect_replication(self, cur: Any) -> Replication:
         """Whether the server is a Galera node or a Group Replication member (logged)."""
-        await cur.execute(_REPLICATION_VARIABLES)
-        variables = {str(name).lower(): str(value) for name, value in await cur.fetchall()}
-        await cur.execute(_REPLICATION_STATUS)
-        status = {str(name).lower(): str(value) for name, value in await cur.fetchall()}
-        members = 0
-        if variables.get("group_replication_group_name"):
-            await cur.execute(_GROUP_REPLICATION_MEMBERS)
-            members = int((await cur.fetchall())[0][0])
-        replication = detect_replication(variables, status, members)
+        replication, read_only = await read_replication(cur)
         if replication.engine:
             log.info("MySQL server at %s is %s", self.spec.describe(), replication.summary)
-        if replication.single_writer and variables.get("super_read_only", "").upper() in ("ON", "1"):
+        if replication.single_writer and read_only:
             log.warning(
                 "MySQL server at %s is a secondary of a single-primary Group Replication group: it "
                 "refuses writes; point kinepy at the primary (or a router that follows it)",
@@ -529,8 +456,84 @@ class MySQLBackend(ServerBackend):
         )
 
     async def _open(self) -> None:
-        init_command = await self._bootstrap()
-        self._pool = await self._create_pool(init_command)
+        self._init_command = await self._bootstrap()
+        self._pool = await self._create_pool(self._init_command)
+        if self._routes_writes:
+            await self._check_route()
+
+    # -- Galera: every kinepy writes through one node --------------------------------------------
+
+    @property
+    def _routes_writes(self) -> bool:
+        return self.replication.engine == "galera" and self._route_writes
+
+    async def _check_route(self, *, force: bool = False) -> None:
+        """Every `_ROUTE_CHECK_INTERVAL` seconds (at once with `force`: a write through the writer
+        failed), learn the cluster's nodes from this endpoint and write through the chosen one."""
+        if not force and time.monotonic() - self._route_checked < _ROUTE_CHECK_INTERVAL:
+            return
+        async with self._route_lock:
+            if not force and time.monotonic() - self._route_checked < _ROUTE_CHECK_INTERVAL:
+                return
+            self._route_checked = time.monotonic()
+            try:
+                async with self._session("none") as session:
+                    row = await session.fetchone("SHOW GLOBAL STATUS LIKE 'wsrep_incoming_addresses'")
+            except BackendError as exc:
+                log.warning("Galera: cannot read the cluster's nodes (%s); writes go on as before", exc)
+                return
+            addresses = str(row[1]) if row else ""
+            writer = galera_writer(addresses)
+            if writer is None and not self._told_no_addresses:
+                self._told_no_addresses = True
+                log.warning(
+                    "Galera: the nodes report no client address (wsrep_incoming_addresses=%s): every kinepy "
+                    "writes through its own node and runs conflicting batches again; set "
+                    "wsrep_node_incoming_address=HOST:PORT on every node to write through one node",
+                    addresses,
+                )
+            if writer == self._own_address():
+                writer = None
+            if writer == (self.writer or None) and not force and self._route_known:
+                return
+            self._route_known = True
+            await self._write_through(writer)
+
+    def _own_address(self) -> str:
+        return f"{self.spec.host}:{self.spec.port}" if self.spec.unix_socket is None else ""
+
+    async def _write_through(self, writer: str | None) -> None:
+        """Send write transactions to node `writer` (None: to this endpoint)."""
+        old, self._writes, self.writer = self._writes, None, ""
+        if old is not None:
+            old.close()  # its connections close as they come back
+        if writer is not None:
+            host, _, port = writer.rpartition(":")
+            args = self._connect_args() | {"host": host.strip("[]"), "port": int(port), "unix_socket": None}
+            try:
+                self._writes = await aiomysql.create_pool(
+                    minsize=1,
+                    maxsize=self._pool_size,
+                    db=self.spec.database,
+                    init_command=self._init_command,
+                    pool_recycle=self._recycle,
+                    **args,
+                )
+                self.writer = writer
+            except (aiomysql.MySQLError, OSError) as exc:
+                log.warning(
+                    "Galera: cannot reach node %s (%s); writes go through %s and conflicts are retried",
+                    writer,
+                    self._scrub(_describe(exc)),
+                    self.spec.describe(),
+                )
+                return
+        log.info(
+            "Galera: write batches go through %s, the node every kinepy of the cluster picks (the lowest "
+            "address); reads stay on %s",
+            self.writer or "this node",
+            self.spec.describe(),
+        )
 
     async def _create_schema(self) -> None:
         await self._retrying_conflicts("creating the schema", self._create_schema_once)
@@ -555,7 +558,7 @@ class MySQLBackend(ServerBackend):
             except BackendError as exc:
                 # Without a cluster-wide lock (Galera), a kinepy on another node may create a table
                 # or the meta row first: run again, finding them.
-                if _code(exc.__cause__ or exc) in (_TABLE_EXISTS, _DUPLICATE_ENTRY):
+                if error_code(exc.__cause__ or exc) in (_TABLE_EXISTS, _DUPLICATE_ENTRY):
                     raise BackendConflict(str(exc)) from exc
                 raise
             finally:
@@ -563,6 +566,11 @@ class MySQLBackend(ServerBackend):
                     await session.execute("SELECT RELEASE_LOCK(?)", (_SCHEMA_LOCK,))
 
     async def aclose(self) -> None:
+        writes, self._writes = self._writes, None
+        if writes is not None:
+            writes.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(writes.wait_closed(), 10.0)
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -578,6 +586,24 @@ class MySQLBackend(ServerBackend):
         pool = self._pool
         if pool is None:
             raise BackendUnavailable("the MySQL backend is closed")
+        if kind != "write" or not self._routes_writes:
+            async with self._pool_session(pool, kind) as session:
+                yield session
+            return
+        await self._check_route()
+        writes = self._writes
+        try:
+            async with self._pool_session(writes or pool, kind) as session:
+                yield session
+        except BackendConflict:
+            raise
+        except BackendUnavailable:
+            if writes is not None:
+                self._route_checked = -math.inf  # the writer may be gone: look again before the next write
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _pool_session(self, pool: aiomysql.Pool, kind: str) -> AsyncIterator[AsyncSession]:
         with self._errors():
             async with pool.acquire() as conn, conn.cursor() as cur:
                 session = _MySession(conn, cur, self._max_statement)

@@ -1,0 +1,271 @@
+"""Kube-shaped workloads on a 3-node MariaDB Galera cluster against one MariaDB server.
+
+    python -m benchmarks.galera [--workloads put-seq,create-64,update-1000,mixed,list-10k,watch-1] \\
+        [--seconds 4] [--setups mariadb,galera,galera-one-node] [--out FILE.json]
+
+Setups (each on a fresh database; the servers are `kinepy.testing.databases`'):
+
+    mariadb          one kinepy on one MariaDB server
+    galera           three kinepy, one per Galera node; the load generator spreads its calls over the
+                     three, round-robin per call (what a k3s cluster with a server per node does)
+    galera-one-node  three kinepy, all on Galera node 0: every write goes through one node, so kinepy
+                     processes never fail certification against each other
+
+Each workload (`benchmarks/workloads.py`, size `full`, only the datasets it needs preloaded) runs once
+per setup with `python -m benchmarks.loadgen`; the table gives throughput, p50 and p99 latency and
+failed requests. It also measures what causal reads cost on Galera: a point SELECT on a node with
+`wsrep_sync_wait` 0 and 1, idle and while another node commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.drive import loadgen
+from benchmarks.targets import REPO_ROOT
+from benchmarks.workloads import SIZES, Workload, workloads
+from kinepy.testing.databases import (
+    DatabaseServer,
+    GaleraCluster,
+    free_port,
+    start_database_server,
+    start_galera_cluster,
+)
+
+SETUPS = ("mariadb", "galera", "galera-one-node")
+DEFAULT_WORKLOADS = "put-seq,create-64,update-1000,mixed,list-10k,watch-1"
+START_TIMEOUT = 60.0
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[galera-bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def kinepys(urls: list[str]) -> Iterator[str]:
+    """One kinepy per datastore URL; yields their endpoints joined by commas (loadgen spreads over them)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    workdir = Path(tempfile.mkdtemp(prefix="kinepy-galera-bench-"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    endpoints = []
+    try:
+        for index, url in enumerate(urls):
+            endpoint = f"127.0.0.1:{free_port()}"
+            argv = [sys.executable, "-m", "kinepy", "--listen-address", endpoint, "--datastore-endpoint", url]
+            with (workdir / f"kinepy{index}.log").open("wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [*argv, "--log-level", "warning"],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=workdir,
+                    )
+                )
+            _wait_for(endpoint, procs[-1], workdir / f"kinepy{index}.log")
+            endpoints.append(endpoint)
+        yield ",".join(endpoints)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_for(endpoint: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    host, port = endpoint.rsplit(":", 1)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"kinepy exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"kinepy did not listen on {endpoint} within {START_TIMEOUT} s")
+
+
+def _preload(endpoint: str, workload: Workload) -> None:
+    """The part of the workload's dataset it reads (its prefix), 100 puts per txn, through the first
+    kinepy (32 loaders writing through three would only measure conflicts)."""
+    endpoint = endpoint.split(",")[0]
+    prefix = workload.params.get("prefix")
+    for key_prefix, keys, value_size, rounds in workload.dataset.preload:
+        if key_prefix == prefix:
+            params = {"prefix": key_prefix, "keys": keys, "value_size": value_size, "rounds": rounds}
+            loadgen(endpoint, "preload", {**params, "batch": 100, "channels": 4}, timeout=3600)
+
+
+def run_setup(urls: list[str], chosen: list[Workload]) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    with kinepys(urls) as endpoint:
+        for workload in chosen:
+            _preload(endpoint, workload)
+            result = loadgen(endpoint, workload.kind, workload.params, timeout=workload.timeout)
+            results[workload.name] = result
+            log(
+                f"  {workload.name}: {result['ops_per_s']:.0f} {workload.unit}/s, "
+                f"p50 {result['latencies_ms']['p50']:.1f} ms, p99 {result['latencies_ms']['p99']:.1f} ms, "
+                f"{result['errors']} errors {result.get('first_error') or ''}"
+            )
+    return results
+
+
+def _select_latency(node: DatabaseServer, sync_wait: int, count: int) -> float:
+    """Mean seconds of a point SELECT over TCP on `node` with `wsrep_sync_wait` = `sync_wait`."""
+    import pymysql
+
+    from kinepy.testing.databases import PASSWORD, USER
+
+    conn = pymysql.connect(host="127.0.0.1", port=node.port, user=USER, password=PASSWORD, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SET SESSION wsrep_sync_wait = {sync_wait}")
+            started = time.perf_counter()
+            for _ in range(count):
+                cur.execute("SELECT 1 FROM mysql.user LIMIT 1")
+                cur.fetchall()
+            return (time.perf_counter() - started) / count
+    finally:
+        conn.close()
+
+
+def sync_wait_cost(cluster: GaleraCluster, count: int = 2000) -> dict[str, float]:
+    """Microseconds per point SELECT on node 1, wsrep_sync_wait 0 and 1, idle and while node 0 commits."""
+    import pymysql
+
+    from kinepy.testing.databases import PASSWORD, USER
+
+    out = {f"idle, sync_wait={w}": _select_latency(cluster.nodes[1], w, count) * 1e6 for w in (0, 1)}
+    name = cluster.create_database()
+    stop = threading.Event()
+
+    def writes() -> None:
+        conn = pymysql.connect(
+            host="127.0.0.1",
+            port=cluster.nodes[0].port,
+            user=USER,
+            password=PASSWORD,
+            database=name,
+            autocommit=True,
+        )
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (id INT PRIMARY KEY, n BIGINT)")
+            cur.execute("INSERT INTO t VALUES (1, 0)")
+            while not stop.is_set():
+                cur.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+        conn.close()
+
+    writer = threading.Thread(target=writes, daemon=True)
+    writer.start()
+    time.sleep(0.5)
+    try:
+        for w in (0, 1):
+            out[f"node 0 committing, sync_wait={w}"] = _select_latency(cluster.nodes[1], w, count) * 1e6
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+        cluster.drop_database(name)
+    return out
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]], chosen: list[Workload]) -> str:
+    setups = list(results)
+    lines = ["| workload | metric | " + " | ".join(setups) + " |", "|---|---|" + "---|" * len(setups)]
+    for workload in chosen:
+        runs = [results[s].get(workload.name) for s in setups]
+        rows: dict[str, Callable[[dict[str, Any]], str]] = {
+            f"{workload.unit}/s": lambda r: f"{r['ops_per_s']:.0f}",
+            "p50 ms": lambda r: f"{r['latencies_ms']['p50']:.1f}",
+            "p99 ms": lambda r: f"{r['latencies_ms']['p99']:.1f}",
+            "failed": lambda r: str(r["errors"]),
+        }
+        for metric, cell in rows.items():
+            cells = [cell(r) if r else "-" for r in runs]
+            lines.append(f"| {workload.name} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.galera", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default=DEFAULT_WORKLOADS)
+    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    names = args.workloads.split(",")
+    by_name = {w.name: w for w in workloads(SIZES["full"])}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; known: {', '.join(by_name)}")
+    chosen = [by_name[n] for n in names]
+    chosen = [
+        Workload(
+            w.name,
+            w.kind,
+            w.dataset,
+            {"prefix": f"/registry/bench/{w.name}/", **w.params, "seconds": args.seconds},
+            w.description,
+            w.unit,
+        )
+        for w in chosen
+    ]
+    setups = args.setups.split(",")
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    extra: dict[str, Any] = {}
+    single: DatabaseServer | None = None
+    cluster: GaleraCluster | None = None
+    try:
+        if "mariadb" in setups:
+            single = start_database_server("mariadb")
+            log(f"MariaDB {single.version} started in {single.startup_seconds:.1f} s")
+        if any(s.startswith("galera") for s in setups):
+            cluster = start_galera_cluster()
+            log(f"Galera cluster of {len(cluster.nodes)} started in {cluster.startup_seconds:.1f} s")
+            extra["sync_wait_select_us"] = sync_wait_cost(cluster)
+            log(f"causal reads: {extra['sync_wait_select_us']}")
+        for setup in setups:
+            if setup == "mariadb":
+                assert single is not None
+                urls = [single.url(single.create_database())]
+            else:
+                assert cluster is not None
+                name = cluster.create_database()
+                urls = cluster.urls(name) if setup == "galera" else [cluster.url(name, 0)] * 3
+            log(f"{setup}: {len(urls)} kinepy")
+            results[setup] = run_setup(urls, chosen)
+    finally:
+        if single is not None:
+            single.remove()
+        if cluster is not None:
+            cluster.remove()
+    print(table(results, chosen))
+    for what, micros in extra.get("sync_wait_select_us", {}).items():
+        print(f"point SELECT on a Galera node, {what}: {micros:.0f} µs")
+    if args.out:
+        args.out.write_text(
+            json.dumps({"results": results, "extra": extra, "seconds": args.seconds}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
