@@ -284,3 +284,19 @@ async def test_sigkill_under_concurrent_writes_loses_no_acknowledged_write(
     stored = set(stored_keys(etcdctl, server.endpoint))
     assert len(acknowledged) >= 2000
     assert set(acknowledged) <= stored
+
+
+def test_pages_damaged_while_running_fail_the_request_with_the_reason(
+    make_kinepy_server: MakeServer, etcdctl: Etcdctl
+) -> None:
+    db = _stopped_store(make_kinepy_server, etcdctl, 300)
+    server = make_kinepy_server(db_path=db, log_level="info")  # its readers have cached no page yet
+    with db.open("r+b") as f:  # every page but the header's
+        f.seek(4096)
+        f.write(bytes(range(256)) * (db.stat().st_size // 256 - 16))
+    proc = etcdctl(server.endpoint, "get", "key", "--prefix")
+    assert proc.returncode != 0
+    error = said(proc)
+    assert "code = Unavailable desc = kinepy: datastore error: SQLite database " in error
+    assert f"{db} is damaged or not a database: database disk image is malformed" in error
+    assert "ERROR kinepy.server.status: Range failed in the datastore: SQLite database " in server.log_tail()
