@@ -14,7 +14,8 @@ from __future__ import annotations
 import abc
 import struct
 import zlib
-from collections.abc import AsyncIterator, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 from kinepy.backends.base import Evaluate, LogRow, RangeRows, ReadSet, Snapshot, WriteSet
@@ -72,6 +73,7 @@ class BlockingSession(Protocol):
     def execute(self, statement: str, args: Sequence[Any] = ()) -> int: ...
     def execute_in(self, statement: str, values: Sequence[Any], kind: str) -> int: ...
     def insert(self, table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> None: ...
+    def apply(self, rows: WriteRows) -> None: ...
 
 
 class AsyncSession(abc.ABC):
@@ -102,6 +104,11 @@ class AsyncSession(abc.ABC):
     @abc.abstractmethod
     async def insert(self, table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> None:
         """Insert `rows` set-based; with `upsert`, a row whose key exists replaces it."""
+
+    async def apply(self, rows: WriteRows) -> None:
+        """Write `rows` (`apply_requests`, one statement at a time unless the dialect does better)."""
+        for method, args in apply_requests(rows):
+            await getattr(self, method)(*args)
 
     @abc.abstractmethod
     def stream(self, statement: str, args: Sequence[Any], *, batch: int = 1000) -> AsyncIterator[list[Row]]:
@@ -311,10 +318,20 @@ def log_tuples(rows: Iterable[LogRow]) -> list[tuple[Any, ...]]:
     ]
 
 
-def apply_steps(write_set: WriteSet, compact: int) -> Steps[None]:
-    """Write `write_set`: its history rows, the current state of its keys and leases, the meta row."""
-    if write_set.log:
-        yield insert(sql.KV_LOG, log_tuples(write_set.log), upsert=False)
+@dataclass(slots=True)
+class WriteRows:
+    """A write set as the rows it writes, in the columns of their tables."""
+
+    log: list[tuple[Any, ...]]
+    upserts: list[tuple[Any, ...]]  # kv_current rows
+    deletes: list[bytes]  # kv_current keys
+    lease_upserts: list[tuple[Any, ...]]
+    lease_deletes: list[int]
+    meta: tuple[int, int]  # (revision, compact_revision)
+
+
+def write_rows(write_set: WriteSet, compact: int) -> WriteRows:
+    """`write_set`'s rows; `compact` is the compaction revision it leaves unchanged (if it does)."""
     upserts = []
     deletes = []
     for key, kv in write_set.current.items():
@@ -322,18 +339,35 @@ def apply_steps(write_set: WriteSet, compact: int) -> Steps[None]:
             deletes.append(key)
         else:
             upserts.append((kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.lease, kv.value))
-    if upserts:
-        yield insert(sql.KV_CURRENT, upserts, upsert=True)
-    if deletes:
-        yield execute_in(sql.DELETE_CURRENT_IN, deletes, "bytea")
-    lease_upserts = [(lease.id, lease.ttl, lease.expires_at) for lease in write_set.leases.values() if lease]
-    if lease_upserts:
-        yield insert(sql.LEASES, lease_upserts, upsert=True)
-    lease_deletes = [lease_id for lease_id, lease in write_set.leases.items() if lease is None]
-    if lease_deletes:
-        yield execute_in(sql.DELETE_LEASES_IN, lease_deletes, "bigint")
-    new_compact = compact if write_set.compact_revision is None else write_set.compact_revision
-    yield execute(sql.UPDATE_META, (write_set.revision, new_compact))
+    return WriteRows(
+        log_tuples(write_set.log),
+        upserts,
+        deletes,
+        [(lease.id, lease.ttl, lease.expires_at) for lease in write_set.leases.values() if lease],
+        [lease_id for lease_id, lease in write_set.leases.items() if lease is None],
+        (write_set.revision, compact if write_set.compact_revision is None else write_set.compact_revision),
+    )
+
+
+def apply_requests(rows: WriteRows) -> Iterator[Request]:
+    """The statements that write `rows` one at a time: history rows, the current state of the keys
+    and leases, the meta row (what a driver runs unless it writes them all in one statement)."""
+    if rows.log:
+        yield insert(sql.KV_LOG, rows.log, upsert=False)
+    if rows.upserts:
+        yield insert(sql.KV_CURRENT, rows.upserts, upsert=True)
+    if rows.deletes:
+        yield execute_in(sql.DELETE_CURRENT_IN, rows.deletes, "bytea")
+    if rows.lease_upserts:
+        yield insert(sql.LEASES, rows.lease_upserts, upsert=True)
+    if rows.lease_deletes:
+        yield execute_in(sql.DELETE_LEASES_IN, rows.lease_deletes, "bigint")
+    yield execute(sql.UPDATE_META, rows.meta)
+
+
+def apply_steps(write_set: WriteSet, compact: int) -> Steps[None]:
+    """Write `write_set` (one `apply` request: the driver chooses how many statements)."""
+    yield "apply", (write_rows(write_set, compact),)
 
 
 def compact_steps(

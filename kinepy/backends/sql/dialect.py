@@ -400,12 +400,19 @@ class ServerBackend(abc.ABC):
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
+    def _checked(self, evaluate: Evaluate) -> Evaluate:
+        """`evaluate`, refusing a key the indexes cannot hold (`_check_keys`)."""
+
         def checked(snapshot: Snapshot) -> WriteSet | None:
             write_set = evaluate(snapshot)
             if write_set is not None:
                 self._check_keys([key for key, kv in write_set.current.items() if kv is not None])
             return write_set
+
+        return checked
+
+    async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
+        checked = self._checked(evaluate)
 
         async def attempt() -> WriteSet | None:
             async with self._session("write") as session:

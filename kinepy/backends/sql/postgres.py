@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import asyncpg
 
-from kinepy.backends.sql.core import AsyncSession, Row
+from kinepy.backends.base import Evaluate, ReadSet, WriteSet
+from kinepy.backends.sql import statements as sql
+from kinepy.backends.sql.core import AsyncSession, Row, WriteRows, run_async, write_steps
 from kinepy.backends.sql.dialect import (
     ATTEMPT_TIMEOUT,
     BATCH_BYTES,
@@ -175,12 +178,59 @@ def underlying(exc: BaseException) -> BaseException:
     return exc
 
 
-@functools.lru_cache(maxsize=16)
-def _insert_statement(table: Table, upsert: bool) -> str:
+def _rows_cte(table: Table, upsert: bool, where: str = "") -> str:
     """Whole columns as arrays: one statement, one round trip, one plan, whatever the batch size."""
     arrays = ", ".join(f"?::{kind}[]" for kind in table.kinds)
-    statement = f"INSERT INTO {table.name} ({', '.join(table.columns)}) SELECT * FROM unnest({arrays})"
-    return numbered(statement + on_conflict_update(table) if upsert else statement)
+    statement = f"INSERT INTO {table.name} ({', '.join(table.columns)}) SELECT * FROM unnest({arrays}){where}"
+    return statement + on_conflict_update(table) if upsert else statement
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_statement(table: Table, upsert: bool) -> str:
+    return numbered(_rows_cte(table, upsert))
+
+
+def _columns(table: Table, rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """`rows` as one array per column of `table` (empty arrays for no rows)."""
+    return [list(column) for column in zip(*rows, strict=True)] or [[] for _ in table.columns]
+
+
+def _apply_statement(*, unmoved: bool) -> str:
+    """A whole write set in one statement, one round trip: data-modifying CTEs all run, to
+    completion, on one snapshot; a key is either upserted or deleted, never both; empty arrays write
+    nothing. With `unmoved`, the statement first locks the meta row, and writes only if the row's
+    `xmin` is still the one its first parameter gives: no write committed since it was read (every
+    write updates the meta row); else it changes no row."""
+    lock = "m AS (SELECT id FROM meta WHERE id = 1 AND xmin = ?::xid FOR UPDATE), " if unmoved else ""
+    guard = " WHERE EXISTS (SELECT FROM m)" if unmoved else ""
+    both = " AND EXISTS (SELECT FROM m)" if unmoved else ""
+    return numbered(
+        f"WITH {lock}log AS ({_rows_cte(sql.KV_LOG, False, guard)}), "
+        f"cur AS ({_rows_cte(sql.KV_CURRENT, True, guard)}), "
+        f"gone AS (DELETE FROM kv_current WHERE key = ANY(?::bytea[]){both}), "
+        f"lease AS ({_rows_cte(sql.LEASES, True, guard)}), "
+        f"lease_gone AS (DELETE FROM leases WHERE id = ANY(?::bigint[]){both}) {sql.UPDATE_META}{both}"
+    )
+
+
+_APPLY = _apply_statement(unmoved=False)
+_APPLY_UNMOVED = _apply_statement(unmoved=True)
+# The meta row as a write without a transaction reads it: with the xmin `_APPLY_UNMOVED` checks.
+_SELECT_META_XMIN = "SELECT revision, compact_revision, xmin FROM meta WHERE id = 1"
+
+
+def _apply_args(rows: WriteRows) -> list[Any] | None:
+    """`_APPLY`'s parameters for `rows`; None when they are too large for one statement."""
+    if len(byte_batches([*rows.log, *rows.upserts, *rows.lease_upserts])) > 1:
+        return None
+    return [
+        *_columns(sql.KV_LOG, rows.log),
+        *_columns(sql.KV_CURRENT, rows.upserts),
+        rows.deletes,
+        *_columns(sql.LEASES, rows.lease_upserts),
+        rows.lease_deletes,
+        *rows.meta,
+    ]
 
 
 class _PgSession(AsyncSession):
@@ -209,12 +259,52 @@ class _PgSession(AsyncSession):
         for batch in byte_batches(rows, BATCH_BYTES):
             await self._conn.execute(text, *(list(column) for column in zip(*batch, strict=True)))
 
+    async def apply(self, rows: WriteRows) -> None:
+        args = _apply_args(rows)
+        if args is None:
+            await super().apply(rows)  # statement by statement, each under the size limit
+        else:
+            await self._conn.execute(_APPLY, *args)
+
     async def stream(
         self, statement: str, args: Sequence[Any], *, batch: int = 1000
     ) -> AsyncIterator[list[Row]]:
         cursor = await self._conn.cursor(numbered(statement), *args)
         while rows := await cursor.fetch(batch):
             yield rows
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own (which rolls back an open
+    transaction). kinepy changes no session state (no SET, no LISTEN on pooled connections, advisory
+    locks only per transaction, cursors only inside one), so asyncpg's default reset query would cost
+    one more round trip per call for nothing."""
+
+
+class _UnlockedSession(_PgSession):
+    """A write outside a transaction: the reads in autocommit, then every row in one statement that
+    writes only if no other write committed since the meta row was read (`_APPLY_UNMOVED`);
+    `moved` tells when it did not."""
+
+    __slots__ = ("_xmin", "moved")
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__(conn)
+        self._xmin: int | None = None
+        self.moved = False
+
+    async def fetchone(self, statement: str, args: Sequence[Any] = ()) -> Row | None:
+        row = await super().fetchone(statement, args)
+        if statement == _SELECT_META_XMIN and row is not None:
+            self._xmin = int(row[2])
+        return row
+
+    async def apply(self, rows: WriteRows) -> None:
+        args = _apply_args(rows)
+        if args is None or self._xmin is None:
+            self.moved = True  # too large for one statement: the locked transaction writes it
+            return
+        self.moved = _rowcount(await self._conn.execute(_APPLY_UNMOVED, self._xmin, *args)) != 1
 
 
 class PostgresBackend(ServerBackend):
@@ -326,6 +416,7 @@ class PostgresBackend(ServerBackend):
             max_size=self._pool_size,
             max_inactive_connection_lifetime=self._idle_timeout,
             init=self._init_connection,
+            reset=_keep_session,
         )
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
@@ -425,8 +516,8 @@ class PostgresBackend(ServerBackend):
         with self._errors():
             async with pool.acquire() as conn:
                 try:
-                    if kind == "none":
-                        yield _PgSession(conn)
+                    if kind in ("none", "unlocked"):
+                        yield _UnlockedSession(conn) if kind == "unlocked" else _PgSession(conn)
                         return
                     isolation = "repeatable_read" if kind == "read" else "read_committed"
                     async with conn.transaction(isolation=isolation, readonly=kind == "read"):
@@ -437,6 +528,23 @@ class PostgresBackend(ServerBackend):
                     # would hand it out again and again. Close it; the pool opens a new one.
                     conn.terminate()
                     raise BackendUnavailable(self._scrub(f"PostgreSQL: connection lost: {exc}")) from exc
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
+        """Three round trips for a put instead of a transaction's six: the meta row and the read set
+        read in autocommit, then every row in one statement that locks the meta row and writes
+        only if no write committed since it was read (`_UnlockedSession`). Otherwise (another
+        process wrote meanwhile, or the batch is too large for one statement) the batch runs again
+        as every server database runs it: in a transaction that locks the meta row first."""
+        async with self._session("unlocked") as session:
+            unlocked = cast(_UnlockedSession, session)
+            write_set = await run_async(
+                write_steps(_UNLOCKED_STATEMENTS, read_set, self._checked(evaluate)), unlocked
+            )
+        if not unlocked.moved:
+            return write_set
+        return await super().write(read_set, evaluate)
 
     # -- maintenance ---------------------------------------------------------------------------
 
@@ -453,3 +561,8 @@ class PostgresBackend(ServerBackend):
         # reusable and gives trailing empty pages back to the file system without blocking writers.
         async with self._session("none") as session:
             await session.execute("VACUUM (ANALYZE) kv_log, kv_current, leases, meta")
+
+
+_UNLOCKED_STATEMENTS = dataclasses.replace(
+    PostgresBackend.statements, select_meta_for_write=_SELECT_META_XMIN
+)

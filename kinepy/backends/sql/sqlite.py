@@ -25,6 +25,8 @@ from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import (
     Row,
     Steps,
+    WriteRows,
+    apply_requests,
     compact_steps,
     event_of,
     hash_rows,
@@ -196,6 +198,10 @@ class _Session:
 
     def insert(self, table: sql.Table, rows: list[tuple[Any, ...]], upsert: bool) -> None:
         self.conn.executemany(_insert_statement(table, upsert), rows)
+
+    def apply(self, rows: WriteRows) -> None:
+        for method, args in apply_requests(rows):
+            getattr(self, method)(*args)
 
 
 class SQLiteBackend:

@@ -1,0 +1,92 @@
+"""PostgreSQL's write path: a batch is read in autocommit and written in one statement that writes only
+if no other write committed since the read; when one did, the batch runs again in the transaction that
+locks the meta row first. Another writer here is a real one: psql, committing between the read and the
+write (from inside `evaluate`, which runs between them)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kinepy.backends.base import LogRow, ReadSet, Snapshot, WriteSet
+from kinepy.backends.factory import create_backend
+from kinepy.backends.sql.postgres import PostgresBackend
+from kinepy.config import Config
+from kinepy.endpoint import backend_spec
+from kinepy.specs import BackendSettings
+from kinepy.testing.databases import DatabaseServer
+from kinepy.types import KeyRange, KeyValue, RangeQuery
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def database(postgres_server: DatabaseServer) -> AsyncIterator[tuple[PostgresBackend, str]]:
+    name = postgres_server.create_database()
+    backend = create_backend(
+        backend_spec(Config(datastore_endpoint=postgres_server.url(name))), BackendSettings()
+    )
+    assert isinstance(backend, PostgresBackend)
+    await backend.start()
+    yield backend, name
+    await backend.aclose()
+    postgres_server.drop_database(name)
+
+
+def _put(snapshot: Snapshot, key: bytes) -> WriteSet:
+    revision = snapshot.revision + 1
+    old = snapshot.rows.get(key)
+    version = old.version + 1 if old else 1
+    create = old.create_revision if old else revision
+    kv = KeyValue(key, create, revision, version, b"v%d" % revision, 0)
+    return WriteSet(revision, [LogRow(revision, 0, key, create, version, 0, kv.value, False)], {key: kv})
+
+
+async def test_a_batch_nobody_overtook_is_evaluated_once(database: tuple[PostgresBackend, str]) -> None:
+    backend, _ = database
+    seen: list[int] = []
+
+    def evaluate(snapshot: Snapshot) -> WriteSet:
+        seen.append(snapshot.revision)
+        return _put(snapshot, b"k")
+
+    written = await backend.write(ReadSet(keys={b"k"}), evaluate)
+    assert written is not None and written.revision == 2
+    assert seen == [1]
+    assert await backend.revisions() == (2, -1)
+
+
+async def test_a_batch_another_writer_overtook_runs_again_under_the_lock(
+    database: tuple[PostgresBackend, str], postgres_server: DatabaseServer
+) -> None:
+    backend, name = database
+    await backend.write(ReadSet(keys={b"k"}), lambda snapshot: _put(snapshot, b"k"))  # k at 2
+    seen: list[tuple[int, int]] = []
+
+    def evaluate(snapshot: Snapshot) -> WriteSet:
+        seen.append((snapshot.revision, snapshot.rows[b"k"].version))
+        if len(seen) == 1:  # another process commits k's next version between the read and the write
+            postgres_server.sql(
+                "BEGIN; INSERT INTO kv_log VALUES (3, 0, 'k', 2, 2, 0, 'other', 0); "
+                "UPDATE kv_current SET mod_revision = 3, version = 2, value = 'other' WHERE key = 'k'; "
+                "UPDATE meta SET revision = 3 WHERE id = 1; COMMIT",
+                database=name,
+            )
+        return _put(snapshot, b"k")
+
+    written = await backend.write(ReadSet(keys={b"k"}), evaluate)
+    # Evaluated again on what the other writer committed; nothing of the first evaluation was written.
+    assert seen == [(2, 1), (3, 2)]
+    assert written is not None and written.revision == 4
+    rows = await backend.read_range(RangeQuery(KeyRange(b"k", b"k\0")))
+    assert [(kv.mod_revision, kv.version, kv.value) for kv in rows.kvs] == [(4, 3, b"v4")]
+    history = await backend.read_range(RangeQuery(KeyRange(b"k", b"k\0"), revision=3))
+    assert [(kv.mod_revision, kv.value) for kv in history.kvs] == [(3, b"other")]
+    assert await backend.revisions() == (4, -1)
+
+
+async def test_a_batch_that_writes_nothing_changes_nothing(database: tuple[PostgresBackend, str]) -> None:
+    backend, _ = database
+    assert await backend.write(ReadSet(keys={b"k"}), lambda snapshot: None) is None
+    assert await backend.revisions() == (1, -1)
