@@ -234,12 +234,14 @@ def range_statement(statements: Statements, query: RangeQuery) -> tuple[str, lis
     """
     key_range, revision, limit = query.key_range, query.revision, query.limit
     meta = "SELECT m.revision, m.compact_revision"
-    if revision > 0:
-        count_stmt, count_args = statements.count_at_revision(key_range, revision)
-    else:
-        count_stmt, count_args = sql.count_current(key_range)
-    if query.count_only:
-        return f"{meta}, ({count_stmt}) FROM meta m WHERE m.id = 1", list(count_args)
+    counted = query.count_only or (limit > 0 and query.count)
+    if counted:
+        if revision > 0:
+            count_stmt, count_args = statements.count_at_revision(key_range, revision)
+        else:
+            count_stmt, count_args = sql.count_current(key_range)
+        if query.count_only:
+            return f"{meta}, ({count_stmt}) FROM meta m WHERE m.id = 1", list(count_args)
     if revision > 0:
         rows_stmt, args = sql.select_at_revision(
             statements, key_range, revision, keys_only=query.keys_only, limit=limit
@@ -247,7 +249,7 @@ def range_statement(statements: Statements, query: RangeQuery) -> tuple[str, lis
     else:
         rows_stmt, args = sql.select_current(key_range, keys_only=query.keys_only, limit=limit)
     select = f"{meta}, d.*"
-    if limit > 0 and query.count:
+    if counted:
         select += f", ({count_stmt})"
         args = [*count_args, *args]
     return f"{select} FROM meta m LEFT JOIN ({rows_stmt}) d ON 1 = 1 WHERE m.id = 1", args
