@@ -7,6 +7,7 @@ async with App(Config(datastore_endpoint="sqlite:///tmp/state.db", listen_addres
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -19,9 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from kinepy.backends.base import Backend
 from kinepy.backends.factory import create_backend
 from kinepy.backends.timing import TimedBackend
-from kinepy.config import GRPC_OVERHEAD_BYTES, Config
+from kinepy.config import GRPC_OVERHEAD_BYTES, Config, WorkerRole
 from kinepy.endpoint import backend_spec
-from kinepy.errors import ConfigError, ListenError
+from kinepy.errors import ListenError
 from kinepy.listen import ListenAddress, check_listen_address, parse_listen_address
 from kinepy.metrics.interceptor import RequestInterceptor
 from kinepy.metrics.listener import MetricsListener, parse_metrics_address
@@ -37,6 +38,7 @@ from kinepy.server.maintenance import AuthServicer, ClusterServicer, Maintenance
 from kinepy.server.watch import WatchServicer, add_watch_servicer
 from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec, bracket_host
 from kinepy.store.store import Store, StoreSettings
+from kinepy.tlsfiles import metrics_tls, read_tls_file, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ def receive_limit(config: Config) -> int:
     return config.max_request_bytes + GRPC_OVERHEAD_BYTES
 
 
-def server_options(config: Config) -> list[tuple[str, int]]:
+def server_options(config: Config, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """grpc-core's options; `reuse_port`: share the port with the other workers (SO_REUSEPORT)."""
     return [
         # etcd's limit is checked, with grpc-go's text, by kinepy/server/decoding.py.
         ("grpc.max_receive_message_length", receive_limit(config) * TRANSPORT_LIMIT_FACTOR),
@@ -64,8 +67,9 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         # also grpc-core's; grpc-core's TCP_USER_TIMEOUT is undone in kinepy/server/listener.py.
         ("grpc.keepalive_time_ms", 2 * 3600 * 1000),
         ("grpc.keepalive_timeout_ms", 20 * 1000),
-        # Fail on a port another process holds instead of silently sharing it.
-        ("grpc.so_reuseport", 0),
+        # Fail on a port another process holds instead of silently sharing it; workers share theirs
+        # (the supervisor checked that no other process holds it).
+        ("grpc.so_reuseport", int(reuse_port)),
         # grpc-core queues the calls that arrive faster than the event loop takes them, and refuses
         # (CANCELLED; "Internal error from Core" in grpc.aio clients) those that find 1,000 waiting
         # (early, at random) or 3,000 (always). A restarting kube-apiserver re-lists and re-watches
@@ -75,8 +79,8 @@ def server_options(config: Config) -> list[tuple[str, int]]:
     ]
 
 
-def backend_settings(config: Config) -> BackendSettings:
-    """The settings a backend is opened with, from `config`."""
+def backend_settings(config: Config, role: WorkerRole | None = None) -> BackendSettings:
+    """The settings a backend is opened with, from `config` (and the worker's change pipes)."""
     return BackendSettings(
         synchronous=not config.unsafe_no_fsync,
         read_threads=config.read_threads,
@@ -84,46 +88,18 @@ def backend_settings(config: Config) -> BackendSettings:
         max_connections=config.datastore_max_connections,
         connect_timeout=config.datastore_connect_timeout,
         max_idle_time=config.datastore_max_idle_time,
+        notify_read_fd=-1 if role is None else role.notify_read_fd,
+        notify_write_fds=() if role is None else role.notify_write_fds,
     )
 
 
-def _read_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read TLS file {path}: {exc.strerror or exc}") from None
-
-
-def _tls_context(cert_file: str, key_file: str, trusted_ca_file: str) -> ssl.SSLContext:
-    """A server TLS context from the listener's files; `ConfigError` naming the file that is missing
-    or not PEM, or a key that does not match the certificate."""
-    for path in (cert_file, key_file, trusted_ca_file):
-        if path:
-            _read_file(path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except ssl.SSLError as exc:
-        raise ConfigError(
-            f"the TLS certificate {cert_file} and key {key_file} do not load: {exc.reason or exc}"
-        ) from None
-    if trusted_ca_file:
-        try:
-            context.load_verify_locations(trusted_ca_file)
-        except ssl.SSLError as exc:
-            raise ConfigError(
-                f"the trusted CA file {trusted_ca_file} does not load: {exc.reason or exc}"
-            ) from None
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 class App:
-    """A kinepy server: start it, use `endpoint`, close it."""
+    """A kinepy server: start it, use `endpoint`, close it. With `role`, one of the workers of
+    `kinepy --workers` (`kinepy.workers`), sharing the listen address with the others."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, role: WorkerRole | None = None) -> None:
         self.config = config
+        self.role = role
         self.backend: Backend | None = None
         self.store: Store | None = None
         self._server: grpc.aio.Server | None = None
@@ -154,7 +130,9 @@ class App:
         spec = backend_spec(config)
         credentials = self._server_credentials()
         metrics_tls = self._metrics_tls()
-        check_listen_address(listen)
+        role = self.role
+        if role is None:  # a worker's supervisor checked it, and the other workers may hold it now
+            check_listen_address(listen)
         if config.metrics_address:
             host, port = parse_metrics_address(config.metrics_address)
             check_listen_address(ListenAddress(host, port))
@@ -162,7 +140,9 @@ class App:
         interceptors: list[grpc.aio.ServerInterceptor] = [RequestInterceptor(self.metrics)]
         if not isinstance(spec, EtcdSpec):  # passthrough forwards the bytes to etcd as they are
             interceptors.append(DecodeLikeEtcd(receive_limit(config)))
-        server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
+        server = grpc.aio.server(
+            options=server_options(config, reuse_port=role is not None), interceptors=interceptors
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if isinstance(spec, EtcdSpec):
@@ -176,6 +156,12 @@ class App:
             os.chmod(listen.path, 0o600)  # as kine: only this user's processes may connect
         else:
             use_etcd_tcp_options(self.port)
+        if role is not None and config.worker_socket_dir:
+            own = ListenAddress(path=os.path.join(config.worker_socket_dir, f"worker-{role.index}.sock"))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(own.path or "")  # this worker's, left by its predecessor
+            self._bind(server, own, credentials)
+            os.chmod(own.path or "", 0o600)
         if self.store is not None:
             headers = self._headers
             rpc_pb2_grpc.add_ClusterServicer_to_server(
@@ -218,24 +204,15 @@ class App:
         config = self.config
         if not config.server_cert_file:
             return None
-        _tls_context(config.server_cert_file, config.server_key_file, config.trusted_ca_file)
+        tls_context(config.server_cert_file, config.server_key_file, config.trusted_ca_file)
         return grpc.ssl_server_credentials(
-            [(_read_file(config.server_key_file), _read_file(config.server_cert_file))],
-            root_certificates=_read_file(config.trusted_ca_file) if config.trusted_ca_file else None,
+            [(read_tls_file(config.server_key_file), read_tls_file(config.server_cert_file))],
+            root_certificates=read_tls_file(config.trusted_ca_file) if config.trusted_ca_file else None,
             require_client_auth=bool(config.trusted_ca_file),
         )
 
     def _metrics_tls(self) -> ssl.SSLContext | None:
-        """Metrics' own TLS files when given (`--metrics-cert-file`); else, as kine and etcd do, the
-        listener's TLS (client certificates included) unless told `--metrics-ignore-tls-config`."""
-        config = self.config
-        if config.metrics_cert_file:
-            return _tls_context(
-                config.metrics_cert_file, config.metrics_key_file, config.metrics_trusted_ca_file
-            )
-        if not config.server_cert_file or config.metrics_ignore_tls_config:
-            return None
-        return _tls_context(config.server_cert_file, config.server_key_file, config.trusted_ca_file)
+        return metrics_tls(self.config)
 
     @property
     def client_url(self) -> str:
@@ -248,7 +225,7 @@ class App:
     async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
         config = self.config
         backend = TimedBackend(
-            create_backend(spec, backend_settings(config)),
+            create_backend(spec, backend_settings(config, self.role)),
             threshold=config.slow_sql_threshold,
             warning_threshold=config.slow_sql_warning_threshold,
         )
@@ -256,7 +233,7 @@ class App:
         self.backend = backend
         store = Store(
             backend,
-            StoreSettings.of(config),
+            StoreSettings.of(config, leader=self.role is None or self.role.leader),
             on_commit=self.metrics.observe_commit,
             on_compact=self.metrics.observe_compaction,
         )

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import re
 import signal
-import socket
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -23,8 +20,10 @@ from kinepy.config import (
     SQLITE_INTEGRITY_CHECKS,
     Config,
 )
-from kinepy.endpoint import parse_endpoint
 from kinepy.errors import ConfigError, KinepyError
+from kinepy.runtime import event_loop_runner, notify_systemd, setup_logging
+from kinepy.runtime import scrub as _scrub
+from kinepy.workers.count import worker_count
 
 log = logging.getLogger("kinepy")
 
@@ -405,6 +404,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         kind=duration,
         metavar="DURATION",
     )
+    add(
+        "--workers",
+        "auto",
+        "serving processes behind the listen address, each with its own event loop (TCP only); "
+        "auto = one per CPU on TCP, 1 on a Unix socket or an in-memory database",
+        metavar="N",
+    )
+    parser.add_argument(
+        "--worker-socket-dir",
+        default=env.get(_env_name("--worker-socket-dir"), ""),
+        help=argparse.SUPPRESS,  # each worker also on DIR/worker-N.sock: tests, per-worker health checks
+    )
     for flag, (default, why) in NO_EFFECT.items():
         add(
             flag,
@@ -492,6 +503,8 @@ def parse(
         datastore_max_idle_time=max(0.0, duration(args.datastore_connection_max_idle_time)),
         datastore_poll_interval=duration(args.datastore_poll_interval),
         datastore_connect_timeout=duration(args.datastore_connect_timeout),
+        workers=worker_count(args.workers, args.listen_address, args.datastore_endpoint),
+        worker_socket_dir=args.worker_socket_dir,
     )
     return config, ignored
 
@@ -501,74 +514,6 @@ def _integrity_check(value: str) -> str:
         choices = ", ".join(SQLITE_INTEGRITY_CHECKS)
         raise ValueError(f"--sqlite-integrity-check must be one of {choices}, not {value!r}")
     return value
-
-
-class JSONFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        entry = {
-            "time": f"{stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    """One stderr handler on the root logger; `level` applies to the `kinepy.*` loggers.
-
-    Other libraries' loggers stay at WARNING whatever `level` says: at DEBUG, grpc would otherwise
-    log a `[_cygrpc] Loaded running loop` line for every call.
-    """
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    number = logging.getLevelName(level.upper())
-    root.setLevel(max(number, logging.WARNING))
-    logging.getLogger("kinepy").setLevel(number)
-
-
-def _secrets(endpoint: str) -> list[str]:
-    """The passwords written in `endpoint` (as written and percent-decoded), longest first."""
-    found: set[str] = set()
-    try:
-        password = getattr(parse_endpoint(endpoint), "password", None)
-    except KinepyError:
-        password = None
-    if password:
-        found.add(password)
-    _, sep, rest = endpoint.partition("://")
-    _, colon, raw = rest.rpartition("@")[0].partition(":") if sep else ("", "", "")
-    if colon and raw:
-        found.add(raw)
-    found.update(m[1] for m in re.finditer(r"(?i)[?&](?:ssl)?password=([^&]+)", endpoint))
-    return sorted(found, key=len, reverse=True)
-
-
-def _scrub(message: str, endpoint: str) -> str:
-    """`message` with every password of `endpoint` shown as `***` (a last line of defence)."""
-    for secret in _secrets(endpoint):
-        message = message.replace(secret, "***")
-    return message
-
-
-def notify_systemd(state: str) -> None:
-    """Tell systemd (Type=notify) about our state, when it is listening."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
 
 
 async def serve(config: Config) -> None:
@@ -616,13 +561,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in ignored:
         log.warning("%s", line)
     try:
-        import uvloop
+        if config.workers > 1:
+            from kinepy.workers.supervisor import Supervisor
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    try:
-        with runner:
+            return Supervisor(config).run()
+        with event_loop_runner() as runner:
             runner.run(serve(config))
     except ConfigError as exc:
         print(f"kinepy: {_scrub(str(exc), config.datastore_endpoint)}", file=sys.stderr)

@@ -154,6 +154,15 @@ class Config:
     """PostgreSQL/MySQL: seconds to keep retrying an unreachable database at start before giving up
     (once running, kinepy reconnects by itself for as long as it takes)."""
 
+    workers: int = 1
+    """Serving processes behind the one listen address (`kinepy --workers`; TCP only). 1 serves in
+    this process; more are started and supervised by `kinepy.workers` (the CLI's default is one per
+    CPU). The library (`App`) always serves in its own process: it is one worker."""
+
+    worker_socket_dir: str = ""
+    """With several workers: each also serves on its own Unix socket `DIR/worker-N.sock`, to reach
+    one worker in particular (tests, per-worker health checks). Empty: not served."""
+
     def __post_init__(self) -> None:
         if self.max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")
@@ -167,6 +176,8 @@ class Config:
             raise ValueError("datastore_connect_timeout must not be negative")
         if self.datastore_max_idle_time < 0:
             raise ValueError("datastore_max_idle_time must not be negative")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
         if not 0 <= self.compact_interval_jitter < 100:
             raise ValueError("compact_interval_jitter must be from 0 to 99 (percent)")
         if bool(self.server_cert_file) != bool(self.server_key_file):
@@ -184,3 +195,24 @@ class Config:
             )
         if bool(self.datastore_cert_file) != bool(self.datastore_key_file):
             raise ValueError("datastore_cert_file and datastore_key_file go together")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRole:
+    """What makes an `App` one of several workers behind one address (`kinepy.workers`)."""
+
+    index: int
+    """0 to `count - 1`; worker 0 alone runs the duties that must run once (`leader`)."""
+
+    count: int
+
+    notify_read_fd: int = -1
+    """SQLite: this worker's end of its change pipe, readable when another worker committed."""
+
+    notify_write_fds: tuple[int, ...] = ()
+    """SQLite: the other workers' change pipes, each told of this worker's commits."""
+
+    @property
+    def leader(self) -> bool:
+        """Lease expiry, automatic compaction and resuming an interrupted compaction run here."""
+        return self.index == 0

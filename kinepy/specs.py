@@ -194,6 +194,17 @@ class BackendSettings:
     max_idle_time: float = 120.0
     """PostgreSQL/MySQL: seconds after which an idle pooled connection is closed; 0 = never."""
 
+    notify_read_fd: int = -1
+    """SQLite shared by several workers: readable when another worker committed (`WorkerRole`)."""
+
+    notify_write_fds: tuple[int, ...] = ()
+    """SQLite shared by several workers: the other workers' change pipes."""
+
+    @property
+    def shared_sqlite(self) -> bool:
+        """Several workers serve one SQLite file: each follows the others' commits."""
+        return self.notify_read_fd >= 0
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamTLS:

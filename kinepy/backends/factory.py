@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kinepy.backends.base import Backend
+from kinepy.backends.changes import ChangePipes
 from kinepy.errors import ConfigError
 from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec, MySQLSpec, PostgresSpec, SQLiteSpec
 
@@ -17,6 +18,9 @@ def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
             read_threads=settings.read_threads,
             create_directory=spec.create_directory,
             integrity_check=settings.sqlite_integrity_check,
+            changes=ChangePipes(settings.notify_read_fd, settings.notify_write_fds)
+            if settings.shared_sqlite
+            else None,
         )
     if isinstance(spec, PostgresSpec):
         from kinepy.backends.sql.postgres import PostgresBackend

@@ -20,14 +20,13 @@ import socketserver
 import ssl
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler
 
-from prometheus_client import make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from kinepy.errors import ConfigError
-from kinepy.metrics.registry import Metrics
 from kinepy.specs import bracket_host
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,13 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
+class Registered(Protocol):
+    """What is served: a `Metrics`, or the supervisor's merge of its workers' (`kinepy.workers`)."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+
 def parse_metrics_address(address: str) -> tuple[str, int]:
     """`HOST:PORT`, `:PORT` (loopback: 127.0.0.1) or `[IPv6]:PORT` -> (host, port). Metrics are
     served on every interface only when told so: `0.0.0.0:PORT` or `[::]:PORT`."""
@@ -51,7 +57,7 @@ def parse_metrics_address(address: str) -> tuple[str, int]:
     return (host or LOOPBACK), int(port)
 
 
-def metrics_app(metrics: Metrics) -> WSGIApp:
+def metrics_app(metrics: Registered) -> WSGIApp:
     """prometheus_client's app for `metrics.registry`, at `/metrics` only; HEAD answers as GET would,
     without the body."""
     render = make_wsgi_app(metrics.registry)
@@ -96,7 +102,9 @@ class _Server(ThreadingWSGIServer):
 class MetricsListener:
     """Serves `metrics` over HTTP (HTTPS with `ssl_context`) on `address`, from a thread of its own."""
 
-    def __init__(self, metrics: Metrics, address: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, metrics: Registered, address: str, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._metrics = metrics
         self._host, self._port = parse_metrics_address(address)
         self._ssl_context = ssl_context

@@ -65,10 +65,15 @@ class StoreSettings:
     compact_retention: int = 1000
     poll_interval: float = 0.1
     """How long the follower of a shared database waits for a change before it looks anyway."""
+    leader: bool = True
+    """Run the duties one process of several suffices for: lease expiry, automatic compaction,
+    resuming an interrupted compaction at start. False in every worker of `kinepy --workers` but
+    worker 0 (each duty is also safe run twice: expiry and compaction re-check inside their commit)."""
 
     @classmethod
-    def of(cls, config: Config) -> StoreSettings:
+    def of(cls, config: Config, *, leader: bool = True) -> StoreSettings:
         return cls(
+            leader=leader,
             max_txn_ops=config.max_txn_ops,
             write_batch_max=config.write_batch_max,
             compact_batch_rows=config.compact_batch_rows,
@@ -173,11 +178,13 @@ class Store:
         hub.start()
         self._writer.start()
         self._compactor.start()
+        if self._backend.shared:
+            self._follower.start()
+        if not settings.leader:
+            return
         await self._leases.start()
         if status.compact_revision > 0:
             self._compactor.request(status.compact_revision)
-        if self._backend.shared:
-            self._follower.start()
         self._auto_compactor.start()
 
     def end_streams(self) -> None:

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from kinepy import __version__
-from kinepy.cli import _scrub, build_parser, main, parse, parse_config, setup_logging
+from kinepy.cli import build_parser, main, parse, parse_config
 from kinepy.config import Config
+from kinepy.runtime import scrub as _scrub
+from kinepy.runtime import setup_logging
 
 ALL_FLAGS = [
     "--listen-address",

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from kinepy.backends.base import BackendStatus, Evaluate, RangeRows, ReadSet, WriteSet
+from kinepy.backends.changes import ChangePipes
 from kinepy.backends.sql import sqlite_files
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import (
@@ -215,6 +216,7 @@ class SQLiteBackend:
         read_threads: int = 4,
         create_directory: bool = False,
         integrity_check: str = "quick",
+        changes: ChangePipes | None = None,
     ) -> None:
         self.path = path
         self._create_directory = create_directory
@@ -224,6 +226,12 @@ class SQLiteBackend:
         """Why writes are refused: the files were deleted or replaced under kinepy."""
         self._file_watch: asyncio.Task[None] | None = None
         self._memory = path == ":memory:" or path.startswith("file::memory:")
+        if changes is not None and self._memory:
+            raise BackendError("an in-memory SQLite database cannot be shared by several workers")
+        self._changes = changes
+        self.shared = changes is not None
+        """Several workers write this file, each under SQLite's lock (`BEGIN IMMEDIATE`, the revision
+        read from `meta` inside it), and follow each other's commits (`ChangePipes`)."""
         self._synchronous = "FULL" if synchronous_full else "NORMAL"
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kinepy-sqlite-writer")
         self._readers = (
@@ -357,6 +365,8 @@ class SQLiteBackend:
         if self._closed:
             return
         self._closed = True
+        if self._changes is not None:
+            self._changes.close()
         loop = asyncio.get_running_loop()
         if self._file_watch is not None:
             self._file_watch.cancel()
@@ -408,7 +418,12 @@ class SQLiteBackend:
     # -- writes ------------------------------------------------------------------------------
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
-        return await self._run(self._writer, self._write, write_steps(STATEMENTS, read_set, evaluate))
+        result: WriteSet | None = await self._run(
+            self._writer, self._write, write_steps(STATEMENTS, read_set, evaluate)
+        )
+        if self._changes is not None and result is not None:
+            self._changes.notify()
+        return result
 
     def _write(self, steps: Steps[T]) -> T:
         if self._lost:
@@ -495,7 +510,6 @@ class SQLiteBackend:
     def _compact_batch(self, compact_revision: int, after: int, upto: int, max_rows: int) -> tuple[int, int]:
         return self._write(compact_steps(STATEMENTS, compact_revision, after, upto, max_rows))
 
-    shared = False  # one process owns the file
     max_key_bytes = 0  # SQLite indexes keys of any length
 
     async def revisions(self) -> tuple[int, int]:
@@ -505,7 +519,10 @@ class SQLiteBackend:
         return meta_of(self._connect().execute(sql.SELECT_META).fetchone())
 
     async def wait_for_change(self, max_wait: float) -> None:
-        await asyncio.sleep(max_wait)
+        if self._changes is None:
+            await asyncio.sleep(max_wait)
+        else:
+            await self._changes.wait(max_wait)
 
     # -- maintenance -------------------------------------------------------------------------
 
