@@ -21,8 +21,7 @@ from kinepy.config import (
     Config,
 )
 from kinepy.errors import ConfigError, KinepyError
-from kinepy.runtime import event_loop_runner, notify_systemd, setup_logging
-from kinepy.runtime import scrub as _scrub
+from kinepy.runtime import event_loop_runner, exit_code, notify_systemd, setup_logging
 from kinepy.workers.count import worker_count
 
 log = logging.getLogger("kinepy")
@@ -560,20 +559,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level, config.log_format)
     for line in ignored:
         log.warning("%s", line)
-    try:
-        if config.workers > 1:
-            from kinepy.workers.supervisor import Supervisor
+    if config.workers > 1:
+        from kinepy.workers.supervisor import Supervisor
 
-            return Supervisor(config).run()
+        return exit_code(Supervisor(config).run, config.datastore_endpoint)
+
+    def run() -> None:
         with event_loop_runner() as runner:
             runner.run(serve(config))
-    except ConfigError as exc:
-        print(f"kinepy: {_scrub(str(exc), config.datastore_endpoint)}", file=sys.stderr)
-        return 2
-    except KinepyError as exc:
-        print(f"kinepy: {_scrub(str(exc), config.datastore_endpoint)}", file=sys.stderr)
-        return 1
-    except (OSError, RuntimeError) as exc:
-        print(f"kinepy: cannot start: {_scrub(str(exc), config.datastore_endpoint)}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_code(run, config.datastore_endpoint)

@@ -13,9 +13,10 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 from kinepy.endpoint import parse_endpoint
-from kinepy.errors import KinepyError
+from kinepy.errors import ConfigError, KinepyError
 
 
 class JSONFormatter(logging.Formatter):
@@ -101,3 +102,19 @@ def scrub(message: str, endpoint: str) -> str:
     for secret in secrets(endpoint):
         message = message.replace(secret, "***")
     return message
+
+
+def exit_code(run: Callable[[], int | None], endpoint: str) -> int:
+    """Run a server until it stops: its exit code (None: 0); 2 for a `ConfigError`, 1 when it cannot
+    start or fails. Errors are one line on stderr, without the passwords of `endpoint`."""
+    try:
+        return run() or 0
+    except ConfigError as exc:
+        print(f"kinepy: {scrub(str(exc), endpoint)}", file=sys.stderr)
+        return 2
+    except KinepyError as exc:
+        print(f"kinepy: {scrub(str(exc), endpoint)}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as exc:
+        print(f"kinepy: cannot start: {scrub(str(exc), endpoint)}", file=sys.stderr)
+        return 1

@@ -323,6 +323,8 @@ class KinepyServer(_Server):
     """More flags; a flag given twice takes the later value (``--datastore-endpoint`` for passthrough)."""
     datastore_endpoint: str = ""
     """The database, if not the SQLite file ``db_path`` (a PostgreSQL or MySQL URL)."""
+    workers: int = 1
+    """``--workers``: one serving process unless a test asks for more (the CLI's default is one per CPU)."""
 
     def start(self) -> None:
         argv = [
@@ -335,9 +337,17 @@ class KinepyServer(_Server):
             self.datastore_endpoint or f"sqlite:///{self.db_path}",
             "--log-level",
             self.log_level,
+            "--workers",
+            str(self.workers),
             *self.extra_args,
         ]
-        self._start(argv, lambda: _port_accepts(self.port))
+        self._start(argv, lambda: self._ready())
+
+    def _ready(self) -> bool:
+        """Accepting connections; with several workers, all of them (the supervisor logs it)."""
+        if not _port_accepts(self.port):
+            return False
+        return self.workers == 1 or _ALL_WORKERS_SERVING.search(self.log_of_last_start()) is not None
 
     def restart(self) -> None:
         """SIGTERM the server (if running), insist it exits cleanly, start it again: same port, same DB."""
@@ -346,6 +356,7 @@ class KinepyServer(_Server):
         self.start()
 
 
+_ALL_WORKERS_SERVING = re.compile(r"serving the etcd v3 API on \S+ with \d+ workers")
 _TIMESTAMP = re.compile(r"^\S*\d\d:\d\d:\d\d[.,]?\d*\S*\s*|\"ts\":\"[^\"]*\",?")
 
 

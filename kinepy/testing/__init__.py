@@ -105,6 +105,8 @@ def kinepy_server_factory(tmp_path: Path) -> Iterator[Callable[..., str]]:
             "info",
             "--log-format",
             "text",
+            "--workers",
+            "1",
             *flags,
         ]
         log_path = root / "kinepy.log"

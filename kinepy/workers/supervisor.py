@@ -111,7 +111,11 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await self._start_all(listen)
+            try:
+                await self._start_all(listen)
+            except WorkerFailed as exc:  # it said why on stderr, as `kinepy` would have
+                log.debug("%s", exc)
+                return exc.code if exc.code in (1, 2) else 1
             if registry is not None:
                 self._metrics = _listener(registry, config)
                 try:

@@ -3,7 +3,7 @@
 It reads its settings from the control socket FD (`control.py`), serves an `App` with its `WorkerRole`
 (the listen address shared by SO_REUSEPORT, its own gRPC server, event loop and database connections),
 says READY with the port it bound, answers the supervisor's metrics scrapes, and drains on SIGTERM or
-when the supervisor goes away. Exit codes are the CLI's: 2 for configuration, 1 for any other failure.
+when the supervisor goes away. Exit codes and error lines are the CLI's (`runtime.exit_code`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from prometheus_client import generate_latest
 
 from kinepy.app import App
 from kinepy.config import Config, WorkerRole
-from kinepy.errors import ConfigError, KinepyError
-from kinepy.runtime import event_loop_runner, setup_logging
+from kinepy.runtime import event_loop_runner, exit_code, setup_logging
 from kinepy.workers import control
 
 log = logging.getLogger("kinepy.worker")
@@ -65,16 +64,12 @@ def main(argv: list[str]) -> int:
     if config.log_level.upper() != "DEBUG":
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     setup_logging(config.log_level, config.log_format, worker=role.index)
-    try:
+
+    def run() -> None:
         with event_loop_runner() as runner:
             runner.run(serve(config, role, sock))
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    except (KinepyError, OSError, RuntimeError) as exc:
-        log.error("cannot serve: %s", exc)
-        return 1
-    return 0
+
+    return exit_code(run, config.datastore_endpoint)
 
 
 if __name__ == "__main__":

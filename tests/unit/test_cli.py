@@ -15,8 +15,16 @@ import pytest
 from kinepy import __version__
 from kinepy.cli import build_parser, main, parse, parse_config
 from kinepy.config import Config
-from kinepy.runtime import scrub as _scrub
-from kinepy.runtime import setup_logging
+from kinepy.errors import ConfigError
+from kinepy.runtime import scrub, setup_logging
+
+CPUS = os.cpu_count() or 1
+
+
+def cli_config(**fields: object) -> Config:
+    """`Config(**fields)` with the CLI's default of one worker per CPU (the library's is 1)."""
+    return Config(**{"workers": CPUS, **fields})  # type: ignore[arg-type]
+
 
 ALL_FLAGS = [
     "--listen-address",
@@ -33,7 +41,7 @@ ALL_FLAGS = [
     "--max-txn-ops",
     "16",
 ]
-ALL_FLAGS_CONFIG = Config(
+ALL_FLAGS_CONFIG = cli_config(
     listen_address="127.0.0.1:12379",
     datastore_endpoint="sqlite:///tmp/flags.db",
     log_level="debug",
@@ -137,7 +145,7 @@ _PARTNERS = {
 
 def _changed(config: Config) -> dict[str, object]:
     """The fields of `config` that differ from the defaults."""
-    defaults = Config()
+    defaults = cli_config()
     return {
         f: getattr(config, f)
         for f in config.__dataclass_fields__
@@ -149,7 +157,30 @@ def _changed(config: Config) -> dict[str, object]:
 
 
 def test_no_flags_no_environment_is_the_config_defaults() -> None:
-    assert parse_config([], {}) == Config()
+    # but one worker per CPU: the library's default is its own process
+    assert parse_config([], {}) == cli_config()
+
+
+def test_workers_auto_is_one_per_cpu_on_tcp_and_one_where_processes_cannot_share() -> None:
+    assert parse_config(["--workers", "auto"], {}).workers == CPUS
+    assert parse_config([], {"KINEPY_WORKERS": "3"}).workers == 3
+    assert parse_config(["--listen-address", "unix:///tmp/k.sock"], {}).workers == 1
+    assert parse_config(["--datastore-endpoint", "sqlite://:memory:"], {}).workers == 1
+    assert parse_config(["--workers", "1", "--listen-address", "unix:///tmp/k.sock"], {}).workers == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "0"], "1 or more"),
+        (["--workers", "many"], "1 or more"),
+        (["--workers", "2", "--listen-address", "unix:///tmp/k.sock"], "a Unix socket cannot be shared"),
+        (["--workers", "2", "--datastore-endpoint", "sqlite://:memory:"], "an in-memory SQLite database"),
+    ],
+)
+def test_workers_refused_where_they_cannot_serve(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(argv, {})
 
 
 def test_config_from_flags() -> None:
@@ -157,7 +188,7 @@ def test_config_from_flags() -> None:
 
 
 def test_config_from_kinepy_environment() -> None:
-    assert parse_config([], ALL_ENV) == Config(
+    assert parse_config([], ALL_ENV) == cli_config(
         listen_address="127.0.0.1:22379",
         datastore_endpoint="sqlite:///tmp/env.db",
         log_level="warning",
@@ -288,12 +319,13 @@ def test_kine_flag_kinepy_cannot_honour_is_refused_with_one_line(
 
 def test_aws_variables_are_not_read_as_refused_s3_flags() -> None:
     env = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "x", "AWS_PROFILE": "default"}
-    assert parse_config([], env) == Config()
+    assert parse_config([], env) == cli_config()
 
 
 def test_refused_bool_flag_set_false_is_accepted() -> None:
     assert (
-        parse_config(["--metrics-enable-profiling=false"], {"KINE_METRICS_ENABLE_PROFILING": "0"}) == Config()
+        parse_config(["--metrics-enable-profiling=false"], {"KINE_METRICS_ENABLE_PROFILING": "0"})
+        == cli_config()
     )
 
 
@@ -462,7 +494,7 @@ def test_info_shows_kinepy_lifecycle_but_not_other_libraries() -> None:
     ],
 )
 def test_error_messages_never_show_the_password(endpoint: str, secret: str) -> None:
-    scrubbed = _scrub(f"could not connect to {endpoint}: password {secret!r} rejected", endpoint)
+    scrubbed = scrub(f"could not connect to {endpoint}: password {secret!r} rejected", endpoint)
     assert secret not in scrubbed
     assert "***" in scrubbed
 
