@@ -1,4 +1,5 @@
-"""Two kinepy processes on one PostgreSQL (and one MariaDB) database, through real gRPC.
+"""Two kinepy processes on one PostgreSQL (and one MariaDB) database, and two workers of one
+`kinepy --workers N` on one SQLite file (N = 2 and 4), through real gRPC.
 
 What several instances on one database must guarantee (issue #4, docs/databases.md "Several
 instances"): writes through either get consecutive revisions; a watcher on each sees the same events
@@ -8,6 +9,10 @@ here, asserted <= 1 s; the 50 ms / 200 ms targets belong to the benchmarks); an 
 revoked once, however many instances expire leases; a compaction through one is seen by the other;
 an instance cut off from the database (a TCP proxy, `kinepy/testing/netproxy.py`, resets its connections)
 while the other writes and compacts catches its watchers up after, or cancels them as compacted.
+
+With workers, `a` is worker 0 and `b` worker N-1, each reached on its own socket (`--worker-socket-dir`):
+the kernel spreads the shared TCP port's connections by a hash, so a test could not choose otherwise.
+The sockets are served by the same gRPC server, store and database connections as the TCP port.
 
 The measured cross-instance latencies are printed (run with ``-s`` to see them).
 """
@@ -22,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -138,13 +144,47 @@ class Pair:
     kind: str
     a: Client
     b: Client
-    servers: tuple[KinepyServer, KinepyServer]
+    servers: tuple[KinepyServer, ...]
+
+    def logs(self) -> tuple[str, str]:
+        """What `a` and what `b` logged."""
+        if len(self.servers) == 2:
+            one, two = (server.log_path.read_text(errors="replace") for server in self.servers)
+            return one, two
+        (server,) = self.servers
+        lines = server.log_path.read_text(errors="replace").splitlines()
+        last = server.workers - 1
+        return tuple(  # type: ignore[return-value]
+            "\n".join(line for line in lines if f"[worker {index}]" in line) for index in (0, last)
+        )
+
+
+def _start_workers(kind: str, make_kinepy_on: MakeKinepy, tmp_path: Path, *extra_args: str) -> Iterator[Pair]:
+    """One kinepy serving one SQLite file with `kind`'s number of workers: `a` is worker 0, `b` the last."""
+    workers = int(kind.rpartition("-")[2])
+    sockets = tmp_path / "workers"
+    sockets.mkdir()
+    server = make_kinepy_on(
+        f"sqlite://{tmp_path / 'state.db'}",
+        workers=workers,
+        extra_args=["--worker-socket-dir", str(sockets), *extra_args],
+    )
+    a = Client(f"unix://{sockets}/worker-0.sock")
+    b = Client(f"unix://{sockets}/worker-{workers - 1}.sock")
+    try:
+        yield Pair(kind, a, b, (server,))
+    finally:  # the fixture stops the server, and fails the test unless every worker drained cleanly
+        a.close()
+        b.close()
 
 
 def _start_pair(
     request: pytest.FixtureRequest, make_kinepy_on: MakeKinepy, *extra_args: str
 ) -> Iterator[Pair]:
     kind: str = request.param
+    if kind.startswith("sqlite-workers"):
+        yield from _start_workers(kind, make_kinepy_on, request.getfixturevalue("tmp_path"), *extra_args)
+        return
     server: DatabaseServer = request.getfixturevalue(f"{kind}_server")
     name = server.create_database()
     url = server.url(name)
@@ -165,15 +205,16 @@ _PARAMS = [
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     pytest.param("mariadb", id="mariadb", marks=pytest.mark.mysql),
 ]
+_WORKER_PARAMS = [pytest.param(f"sqlite-workers-{n}", id=f"sqlite-workers-{n}") for n in (2, 4)]
 
 
-@pytest.fixture(params=_PARAMS)
+@pytest.fixture(params=_PARAMS + _WORKER_PARAMS)
 def pair(request: pytest.FixtureRequest, make_kinepy_on: MakeKinepy) -> Iterator[Pair]:
     """Two kinepy processes (`a`, `b`) on one fresh database of the parametrised server."""
     yield from _start_pair(request, make_kinepy_on)
 
 
-@pytest.fixture(params=_PARAMS)
+@pytest.fixture(params=_PARAMS + _WORKER_PARAMS)
 def auto_compacting_pair(request: pytest.FixtureRequest, make_kinepy_on: MakeKinepy) -> Iterator[Pair]:
     """Like `pair`, both compacting automatically every 0.5 s, keeping 20 revisions."""
     yield from _start_pair(request, make_kinepy_on, "--compact-interval", "0.5s", "--compact-retention", "20")
@@ -430,7 +471,7 @@ def test_automatic_compaction_runs_in_one_instance_at_a_time(auto_compacting_pai
         time.sleep(0.005)
     time.sleep(1.2)  # a last tick on each
     current = int(a.get(b"auto/").header.revision)
-    logs = [server.log_path.read_text(errors="replace") for server in pair.servers]
+    logs = pair.logs()
     runs = [[int(r) for r in _AUTO_COMPACTED.findall(text)] for text in logs]
     assert runs[0] or runs[1], "no automatic compaction happened"
     # Compacted by one instance at a time: each compaction took the meta row's compaction revision
