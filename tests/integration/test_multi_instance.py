@@ -19,7 +19,6 @@ The measured cross-instance latencies are printed (run with ``-s`` to see them).
 
 from __future__ import annotations
 
-import queue
 import re
 import statistics
 import threading
@@ -28,13 +27,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from conftest import KinepyServer
+from blocking_clients import Client, Watch, event_tuple, revisions_between
 
-from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from kinepy.proto import kv_pb2, rpc_pb2
 from kinepy.testing.databases import DatabaseServer
 from kinepy.testing.netproxy import Proxy
 
@@ -42,101 +41,12 @@ pytestmark = [pytest.mark.kinepy, pytest.mark.slow]
 
 PUT = kv_pb2.Event.PUT
 DELETE = kv_pb2.Event.DELETE
-EVENT_TIMEOUT = 15.0
 CAS_LOOPS = 16
 CAS_INCREMENTS = 16  # per loop: 256 increments in all, ~2,000 txns, several seconds on 2 cores
 LATENCY_SAMPLES = 40
 LATENCY_LIMIT = 1.0  # seconds, put through A to the event on B's watcher
 
 MakeKinepy = Callable[..., KinepyServer]
-
-
-class Client:
-    """Blocking etcd stubs on one channel."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(endpoint)
-        self.kv = rpc_pb2_grpc.KVStub(self.channel)
-        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
-        self.watch = rpc_pb2_grpc.WatchStub(self.channel)
-
-    def put(self, key: bytes, value: bytes, **kwargs: Any) -> int:
-        return int(
-            self.kv.Put(rpc_pb2.PutRequest(key=key, value=value, **kwargs), timeout=30).header.revision
-        )
-
-    def get(self, key: bytes, range_end: bytes = b"", **kwargs: Any) -> rpc_pb2.RangeResponse:
-        resp: rpc_pb2.RangeResponse = self.kv.Range(
-            rpc_pb2.RangeRequest(key=key, range_end=range_end, **kwargs), timeout=30
-        )
-        return resp
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-class Watch:
-    """One Watch stream; a thread stamps each response with its arrival time (monotonic)."""
-
-    def __init__(self, client: Client, create: rpc_pb2.WatchCreateRequest) -> None:
-        self._requests: queue.Queue[rpc_pb2.WatchRequest | None] = queue.Queue()
-        self._responses: queue.Queue[tuple[float, Any]] = queue.Queue()
-        self._requests.put(rpc_pb2.WatchRequest(create_request=create))
-        self._call = client.watch.Watch(iter(self._requests.get, None))
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for response in self._call:
-                self._responses.put((time.monotonic(), response))
-        except grpc.RpcError as exc:
-            self._responses.put((time.monotonic(), exc))
-
-    def next(self, timeout: float = EVENT_TIMEOUT) -> tuple[float, rpc_pb2.WatchResponse]:
-        try:
-            at, item = self._responses.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no watch response within {timeout} s") from None
-        if isinstance(item, Exception):
-            raise item
-        return at, item
-
-    def created(self) -> rpc_pb2.WatchResponse:
-        _, response = self.next()
-        assert response.created and not response.canceled, response
-        return response
-
-    def events_upto(self, revision: int) -> list[kv_pb2.Event]:
-        """Every event until one at `revision` (inclusive; the whole revision's events)."""
-        events: list[kv_pb2.Event] = []
-        while not events or events[-1].kv.mod_revision < revision:
-            _, response = self.next()
-            assert not response.canceled, response
-            events.extend(response.events)
-        return events
-
-    def timed_events(self, count: int) -> list[tuple[float, kv_pb2.Event]]:
-        out: list[tuple[float, kv_pb2.Event]] = []
-        while len(out) < count:
-            at, response = self.next()
-            out.extend((at, event) for event in response.events)
-        return out
-
-    def quiet(self, seconds: float) -> list[rpc_pb2.WatchResponse]:
-        """Responses arriving within `seconds` (none expected)."""
-        got = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got.append(self.next(timeout=left)[1])
-            except AssertionError:
-                break
-        return got
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
 
 
 @dataclass
@@ -220,25 +130,6 @@ def auto_compacting_pair(request: pytest.FixtureRequest, make_kinepy_on: MakeKin
     yield from _start_pair(request, make_kinepy_on, "--compact-interval", "0.5s", "--compact-retention", "20")
 
 
-def _event_tuple(event: kv_pb2.Event) -> tuple[Any, ...]:
-    kv, prev = event.kv, event.prev_kv
-    return (
-        event.type,
-        kv.key,
-        kv.value,
-        kv.create_revision,
-        kv.mod_revision,
-        kv.version,
-        kv.lease,
-        event.HasField("prev_kv"),
-        (prev.key, prev.value, prev.create_revision, prev.mod_revision, prev.version, prev.lease),
-    )
-
-
-def revisions_between(first: int, last: int) -> list[int]:
-    return list(range(first, last + 1))
-
-
 # --------------------------------------------------------------------------------------------------
 
 
@@ -280,7 +171,7 @@ def test_interleaved_writes_reach_both_watchers_identically(pair: Pair) -> None:
     finally:
         watch_a.close()
         watch_b.close()
-    assert [_event_tuple(e) for e in events_a] == [_event_tuple(e) for e in events_b]
+    assert [event_tuple(e) for e in events_a] == [event_tuple(e) for e in events_b]
     revisions = [e.kv.mod_revision for e in events_a]
     assert revisions == sorted(revisions)
     # Every revision from the watch start to the last write is there, none twice, none skipped
@@ -566,8 +457,8 @@ def test_an_instance_cut_off_from_the_database_catches_its_watchers_up_after(
                 assert time.monotonic() < deadline, "a did not recover within 30 s"
                 time.sleep(0.1)
         assert last > during[-1] > before[-1] and len(during) > 10
-        seen_b = [_event_tuple(e) for e in on_b.events_upto(last)]
-        seen_a = [_event_tuple(e) for e in on_a.events_upto(last)]
+        seen_b = [event_tuple(e) for e in on_b.events_upto(last)]
+        seen_a = [event_tuple(e) for e in on_a.events_upto(last)]
         assert seen_a == seen_b
         assert [t[4] for t in seen_a] == revisions_between(start, last)
     finally:
