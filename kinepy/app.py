@@ -233,9 +233,10 @@ class App:
         self.backend = backend
         store = Store(
             backend,
-            StoreSettings.of(config, leader=self.role is None or self.role.leader),
+            StoreSettings.of(config),
             on_commit=self.metrics.observe_commit,
             on_compact=self.metrics.observe_compaction,
+            leader=self.role is None or self.role.leader,
         )
         await store.start()
         self.store = store

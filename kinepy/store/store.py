@@ -65,15 +65,10 @@ class StoreSettings:
     compact_retention: int = 1000
     poll_interval: float = 0.1
     """How long the follower of a shared database waits for a change before it looks anyway."""
-    leader: bool = True
-    """Run the duties one process of several suffices for: lease expiry, automatic compaction,
-    resuming an interrupted compaction at start. False in every worker of `kinepy --workers` but
-    worker 0 (each duty is also safe run twice: expiry and compaction re-check inside their commit)."""
 
     @classmethod
-    def of(cls, config: Config, *, leader: bool = True) -> StoreSettings:
+    def of(cls, config: Config) -> StoreSettings:
         return cls(
-            leader=leader,
             max_txn_ops=config.max_txn_ops,
             write_batch_max=config.write_batch_max,
             compact_batch_rows=config.compact_batch_rows,
@@ -121,7 +116,13 @@ class Store:
         *,
         on_commit: OnCommit | None = None,
         on_compact: OnCompact | None = None,
+        leader: bool = True,
     ) -> None:
+        """`leader`: run the duties one process of several suffices for (lease expiry, automatic
+        compaction, resuming an interrupted compaction at start); False in every worker of `kinepy
+        --workers` but worker 0. Each is also safe run twice: expiry and compaction re-check inside
+        their commit, as for several processes on one PostgreSQL or MySQL database."""
+        self._leader = leader
         self._backend = backend
         self._settings = settings = settings or StoreSettings()
         self._revision = 0
@@ -180,7 +181,7 @@ class Store:
         self._compactor.start()
         if self._backend.shared:
             self._follower.start()
-        if not settings.leader:
+        if not self._leader:
             return
         await self._leases.start()
         if status.compact_revision > 0:

@@ -22,12 +22,16 @@ single-key reads and writes directly: the revision order is the linearization or
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from blocking_clients import Client
 
-from kinepy.proto import kv_pb2
+from kinepy.proto import kv_pb2, rpc_pb2
 
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
 TOO_MANY_REQUESTS = "etcdserver: too many requests"
@@ -56,6 +60,60 @@ class Op:
     @property
     def writes(self) -> bool:
         return self.kind == "put" or (self.kind == "delete" and self.deleted > 0)
+
+
+def _record(op: Op, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        op.error, op.details = exc.code(), exc.details() or ""
+        return None
+    finally:
+        op.ended = time.monotonic()
+
+
+def record_put(client: Client, key: bytes, value: bytes, lease: int = 0) -> Op:
+    op = Op("put", key, time.monotonic(), value=value)
+    resp = _record(
+        op, lambda: client.kv.Put(rpc_pb2.PutRequest(key=key, value=value, lease=lease), timeout=30)
+    )
+    if resp is not None:
+        op.revision = int(resp.header.revision)
+    return op
+
+
+def record_get(client: Client, key: bytes) -> Op:
+    op = Op("get", key, time.monotonic())
+    resp = _record(op, lambda: client.kv.Range(rpc_pb2.RangeRequest(key=key), timeout=30))
+    if resp is not None:
+        op.revision = int(resp.header.revision)
+        if resp.kvs:
+            op.found, op.value, op.mod_revision = True, resp.kvs[0].value, int(resp.kvs[0].mod_revision)
+    return op
+
+
+def record_delete(client: Client, key: bytes) -> Op:
+    op = Op("delete", key, time.monotonic())
+    resp = _record(op, lambda: client.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=key), timeout=30))
+    if resp is not None:
+        op.revision, op.deleted = int(resp.header.revision), int(resp.deleted)
+    return op
+
+
+def random_load(client: Client, worker: int, deadline: float, ops: list[Op], keys: int) -> None:
+    """Until `deadline`: half puts, 40 % gets, 10 % deletes of `keys` shared keys, each recorded in `ops`."""
+    rng = random.Random(worker)
+    sequence = 0
+    while time.monotonic() < deadline:
+        key = b"g/%02d" % rng.randrange(keys)
+        roll = rng.random()
+        if roll < 0.5:
+            sequence += 1
+            ops.append(record_put(client, key, b"w%d.%d" % (worker, sequence)))
+        elif roll < 0.9:
+            ops.append(record_get(client, key))
+        else:
+            ops.append(record_delete(client, key))
 
 
 @dataclass(frozen=True)

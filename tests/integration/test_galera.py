@@ -17,18 +17,15 @@ Run with ``-s`` for the figures (requests, failures, throughput).
 from __future__ import annotations
 
 import collections
-import random
 import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-import grpc
 import pytest
+from blocking_clients import Client, Watch
 from conftest import KinepyServer
-from histories import Event, Op, check
-from test_multi_instance import Client, Watch
+from histories import Event, Op, check, random_load, record_put
 
 from kinepy.proto import rpc_pb2
 from kinepy.testing.databases import GaleraCluster
@@ -42,57 +39,6 @@ LEASES = 3  # one per instance, TTL 2 s, each with a key: they expire during the
 MAX_FAILED = 0.01
 
 MakeKinepy = Callable[..., KinepyServer]
-
-
-def _call(op: Op, call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except grpc.RpcError as exc:
-        op.error, op.details = exc.code(), exc.details() or ""
-        return None
-    finally:
-        op.ended = time.monotonic()
-
-
-def _put(client: Client, key: bytes, value: bytes, lease: int = 0) -> Op:
-    op = Op("put", key, time.monotonic(), value=value)
-    resp = _call(op, lambda: client.kv.Put(rpc_pb2.PutRequest(key=key, value=value, lease=lease), timeout=30))
-    if resp is not None:
-        op.revision = int(resp.header.revision)
-    return op
-
-
-def _get(client: Client, key: bytes) -> Op:
-    op = Op("get", key, time.monotonic())
-    resp = _call(op, lambda: client.kv.Range(rpc_pb2.RangeRequest(key=key), timeout=30))
-    if resp is not None:
-        op.revision = int(resp.header.revision)
-        if resp.kvs:
-            op.found, op.value, op.mod_revision = True, resp.kvs[0].value, int(resp.kvs[0].mod_revision)
-    return op
-
-
-def _delete(client: Client, key: bytes) -> Op:
-    op = Op("delete", key, time.monotonic())
-    resp = _call(op, lambda: client.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=key), timeout=30))
-    if resp is not None:
-        op.revision, op.deleted = int(resp.header.revision), int(resp.deleted)
-    return op
-
-
-def _load(client: Client, worker: int, deadline: float, ops: list[Op]) -> None:
-    rng = random.Random(worker)
-    sequence = 0
-    while time.monotonic() < deadline:
-        key = b"g/%02d" % rng.randrange(KEYS)
-        roll = rng.random()
-        if roll < 0.5:
-            sequence += 1
-            ops.append(_put(client, key, b"w%d.%d" % (worker, sequence)))
-        elif roll < 0.9:
-            ops.append(_get(client, key))
-        else:
-            ops.append(_delete(client, key))
 
 
 @pytest.mark.parametrize("writer", ["auto", "local"])
@@ -124,12 +70,14 @@ def test_three_instances_on_three_galera_nodes_stay_linearizable(
         ops: list[Op] = []
         for index, client in enumerate(clients[:LEASES]):
             lease = client.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=2), timeout=30)
-            ops.append(_put(client, b"l/%d" % index, b"lease%d" % index, lease=lease.ID))
+            ops.append(record_put(client, b"l/%d" % index, b"lease%d" % index, lease=lease.ID))
 
         deadline = time.monotonic() + DURATION
         per_worker: list[list[Op]] = [[] for _ in range(CLIENTS_PER_INSTANCE * len(clients))]
         threads = [
-            threading.Thread(target=_load, args=(clients[w % len(clients)], w, deadline, per_worker[w]))
+            threading.Thread(
+                target=random_load, args=(clients[w % len(clients)], w, deadline, per_worker[w], KEYS)
+            )
             for w in range(len(per_worker))
         ]
         started = time.monotonic()

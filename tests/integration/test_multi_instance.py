@@ -30,8 +30,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import KinepyServer
 from blocking_clients import Client, Watch, event_tuple, revisions_between
+from conftest import KinepyServer
 
 from kinepy.proto import kv_pb2, rpc_pb2
 from kinepy.testing.databases import DatabaseServer
