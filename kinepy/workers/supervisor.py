@@ -47,7 +47,7 @@ log = logging.getLogger("kinepy.supervisor")
 RESTART_DELAY = 0.1  # seconds before the first restart of a worker that exited
 RESTART_DELAY_MAX = 10.0
 STABLE_SECONDS = 10.0  # a worker that ran this long before exiting restarts after RESTART_DELAY again
-STOP_TIMEOUT = 60.0  # seconds each worker has to drain after SIGTERM before SIGKILL
+STOP_TIMEOUT = 20.0  # seconds each worker has to drain after SIGTERM before SIGKILL (systemd waits 30)
 SCRAPE_TIMEOUT = 5.0
 
 

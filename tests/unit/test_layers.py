@@ -43,6 +43,9 @@ FORBIDDEN = {
     # Copies run on the backends' bulk paths (no SQL, so no driver, here) or speak to an etcd as a
     # client (grpc): never through kinepy's own server or store.
     "migrate": (*DRIVERS, "kinepy.store", "kinepy.server", "kinepy.app", "kinepy.cli"),
+    # The supervisor and its workers sit between the CLI and the App; the database is the workers'
+    # only shared state (no store, server or backend of their own).
+    "workers": ("kinepy.cli", "kinepy.store", "kinepy.server", "kinepy.backends", *DRIVERS),
 }
 # The only kinepy modules a layer may import, when it has such a list.
 ALLOWED = {
