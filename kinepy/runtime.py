@@ -50,8 +50,8 @@ def setup_logging(level: str, fmt: str, *, worker: int | None = None) -> None:
     if fmt == "json":
         handler.setFormatter(JSONFormatter(worker))
     else:
-        tag = "" if worker is None else f" [worker {worker}]"
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"))
+        tag = "" if worker is None else f"[worker {worker}] "
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s: {tag}%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     number = logging.getLevelName(level.upper())

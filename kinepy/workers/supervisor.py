@@ -201,6 +201,7 @@ class Supervisor:
         kind, _, port = line.strip().partition(b" ")
         if kind != control.READY or not port.isdigit():
             code = await worker.proc.wait()
+            worker.proc = None
             worker.writer.close()
             raise WorkerFailed(worker.index, code)
         worker.ready = True

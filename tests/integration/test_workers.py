@@ -143,7 +143,7 @@ def test_four_workers_stay_linearizable_with_leases_expiring_and_compaction(
     assert not problems, "\n".join(problems)
     lease_deletes = [e for e in seen[0] if e.key.startswith(b"l/") and e.type == 1]
     assert sorted(e.key for e in lease_deletes) == [b"l/%d" % i for i in range(4)]
-    compactions = re.findall(r"\[worker (\d)\]: automatic compaction to revision", server.log_tail(10**7))
+    compactions = re.findall(r"\[worker (\d)\] automatic compaction to revision", server.log_tail(10**7))
     assert compactions and set(compactions) == {"0"}
 
 
@@ -231,7 +231,7 @@ def test_sigterm_drains_every_worker(make_kinepy_server: MakeKinepy, tmp_path: P
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     log = server.log_of_last_start()
-    assert log.count("[worker 0]: shutting down") == 1 and log.count("[worker 1]: shutting down") == 1
+    assert log.count("[worker 0] shutting down") == 1 and log.count("[worker 1] shutting down") == 1
     # Every acknowledged write is in the file.
     again = make_kinepy_server(db_path=server.db_path)
     reader = Client(again.endpoint)
