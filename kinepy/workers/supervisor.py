@@ -161,12 +161,14 @@ class Supervisor:
         self._port = await self._start(first)
         await asyncio.gather(*(self._start(worker) for worker in others))
 
-    def _worker_config(self) -> Config:
+    def _worker_config(self, index: int) -> Config:
         listen = parse_listen_address(self.config.listen_address)
         return dataclasses.replace(
             self.config,
             listen_address=listen_address_on(listen, self._port),
             metrics_address="",  # served here, merged
+            # One check of the file at start is enough: worker 0's, before the others open it.
+            sqlite_integrity_check=self.config.sqlite_integrity_check if index == 0 else "off",
         )
 
     def _role(self, index: int) -> WorkerRole:
@@ -196,7 +198,7 @@ class Supervisor:
             )
         worker.started_at = time.monotonic()
         worker.reader, worker.writer = await asyncio.open_connection(sock=ours)
-        worker.writer.write(control.settings_line(self._worker_config(), role))
+        worker.writer.write(control.settings_line(self._worker_config(worker.index), role))
         line = await worker.reader.readline()
         kind, _, port = line.strip().partition(b" ")
         if kind != control.READY or not port.isdigit():
