@@ -123,6 +123,32 @@ _SIZES = (
 )
 
 
+# What a failover keeps: commits wait for a synchronous standby only when both say so.
+_REPLICATION_SETTINGS = (
+    "SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit')"
+)
+_COMMITS_WAIT_FOR_STANDBY = ("on", "remote_write", "remote_apply")
+
+
+def _log_replication(standby_names: str, synchronous_commit: str) -> None:
+    """Say at start what a promoted standby will hold (docs/databases.md, PostgreSQL failover)."""
+    if standby_names and synchronous_commit in _COMMITS_WAIT_FOR_STANDBY:
+        log.info(
+            "PostgreSQL commits wait for a synchronous standby (synchronous_standby_names=%r, "
+            "synchronous_commit=%s): a promoted synchronous standby holds every acknowledged write",
+            standby_names,
+            synchronous_commit,
+        )
+        return
+    log.warning(
+        "PostgreSQL commits do not wait for a standby (synchronous_standby_names=%r, synchronous_commit=%s): "
+        "a standby promoted after the primary dies may lack the last acknowledged writes; kinepy then "
+        "skips their revisions and cancels every watch as compacted",
+        standby_names,
+        synchronous_commit,
+    )
+
+
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -460,7 +486,10 @@ class PostgresBackend(ServerBackend):
                 await session.execute(_CREATE_NOTIFY_TRIGGER)
             await self._init_meta(session)
             version = await session.fetchone("SHOW server_version")
+            replication = await session.fetchone(_REPLICATION_SETTINGS)
         self.server_version = str(version[0]) if version else ""
+        if len(self._addresses) > 1 and replication is not None:
+            _log_replication(str(replication[0]), str(replication[1]))
 
     # -- other processes' commits ----------------------------------------------------------------
 
