@@ -8,6 +8,7 @@
     python -m benchmarks soak [--minutes 60]         hours of mixed load; fails if anything grows (soak.py)
     python -m benchmarks etcd-bench [--targets etcd-3.6.5,kine-sqlite,kinepy-sqlite] [--workloads all] \\
         [--size smoke|full]                          the same, driven by etcd's own `benchmark` (etcd_tool.py)
+    python -m benchmarks failover [--repeats 3]      PostgreSQL primary killed, standby promoted (failover.py)
 
 For each dataset (see workloads.py) every target is started fresh and preloaded; then each workload runs
 `repeats` times, the targets interleaved (the order rotates each repeat) so a noisy neighbour hits them
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import etcd_tool, kube, report, soak
+from benchmarks import etcd_tool, failover, kube, report, soak
 from benchmarks.drive import loadgen, preload
 from benchmarks.meta import machine, summarize, versions
 from benchmarks.targets import (
@@ -286,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     p_report.add_argument("--chart", default="")
     p_soak = sub.add_parser("soak", help="a long mixed load; fails if memory, descriptors, ... keep growing")
     soak.add_arguments(p_soak)
+    p_failover = sub.add_parser("failover", help="failover time on a PostgreSQL primary with a standby")
+    failover.add_arguments(p_failover)
     args = parser.parse_args(argv)
     if args.command in ("run", "etcd-bench"):
         return run(args)
@@ -293,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         return kube.run(args)
     if args.command == "soak":
         return soak.run(args)
+    if args.command == "failover":
+        return failover.run(args)
     if args.command == "list":
         listed = etcd_tool.select("full", "all") if args.driver == "etcd-bench" else select(args.size, "all")
         for w in listed:
