@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from kinepy.errors import StoppedError
+from kinepy.errors import BackendError, EtcdError, StoppedError
 from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
-from kinepy.server.status import etcd_errors, status_code
+from kinepy.server.status import abort, etcd_errors, status_code
 from kinepy.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,12 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
                     request = next_request.result()
                 except StopAsyncIteration:
                     return
-                ttl = await self._store.lease_keep_alive(request.ID)
+                try:
+                    ttl = await self._store.lease_keep_alive(request.ID)
+                except (EtcdError, BackendError) as exc:
+                    # As etcd ends the stream with its error; UNAVAILABLE (a database outage) is one
+                    # etcd's clients retry, where an unexpected exception's UNKNOWN stops them.
+                    await abort(context, exc, "LeaseKeepAlive")
                 yield rpc_pb2.LeaseKeepAliveResponse(
                     header=self._headers(self._revision()), ID=request.ID, TTL=ttl
                 )

@@ -28,18 +28,23 @@ def etcd_errors(method: F) -> F:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except EtcdError as exc:
-            await context.abort(status_code(exc.code), exc.message)
-        except BackendUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore unavailable: {exc}")
-        except BackendNoSpace as exc:  # a call outside the writer (Defragment's VACUUM): etcd's error
-            log.error("%s failed in the datastore: %s", method.__name__, exc)
-            await context.abort(status_code(NoSpaceError.code), NoSpaceError.message)
-        except BackendError as exc:
-            log.error("%s failed in the datastore: %s", method.__name__, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore error: {exc}")
+        except (EtcdError, BackendError) as exc:
+            await abort(context, exc, method.__name__)
 
     return wrapper  # type: ignore[return-value]
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: EtcdError | BackendError, what: str) -> None:
+    """End the call (unary or stream) with etcd's code and text for `exc`, raised by `what` (grpc's
+    `abort` raises: nothing after it runs)."""
+    if isinstance(exc, EtcdError):
+        await context.abort(status_code(exc.code), exc.message)
+    if isinstance(exc, BackendUnavailable):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore unavailable: {exc}")
+    log.error("%s failed in the datastore: %s", what, exc)
+    if isinstance(exc, BackendNoSpace):  # a call outside the writer (Defragment's VACUUM): etcd's error
+        await context.abort(status_code(NoSpaceError.code), NoSpaceError.message)
+    await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore error: {exc}")
 
 
 T = TypeVar("T", bound=type)

@@ -79,6 +79,8 @@ def test_database_outage_fails_requests_cleanly_and_recovers_by_itself(
     kinepy = make_kinepy_on(server.url(server.create_database()))
     channel = grpc.insecure_channel(kinepy.endpoint)
     kv = rpc_pb2_grpc.KVStub(channel)
+    lease = rpc_pb2_grpc.LeaseStub(channel)
+    lease_id = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=600), timeout=CALL_TIMEOUT).ID
     watch_requests: queue.Queue[rpc_pb2.WatchRequest | None] = queue.Queue()
     watch_requests.put(
         rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"w/", range_end=b"w0"))
@@ -115,6 +117,15 @@ def test_database_outage_fails_requests_cleanly_and_recovers_by_itself(
         with pytest.raises(grpc.RpcError) as info:
             kv.Range(rpc_pb2.RangeRequest(key=b"w/000000"), timeout=CALL_TIMEOUT)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "datastore unavailable" in (info.value.details() or "")
+        # A lease renewal ends its stream UNAVAILABLE too, which etcd's clients retry (UNKNOWN, from an
+        # unexpected exception, would stop their keep-alive loop and let the lease expire).
+        renewals = lease.LeaseKeepAlive(
+            iter([rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)]), timeout=CALL_TIMEOUT
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(renewals)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
         assert "datastore unavailable" in (info.value.details() or "")
         for _, code, details in out.errors:
             assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
