@@ -1,20 +1,23 @@
 """Kube-shaped workloads on a 3-node MariaDB Galera cluster against one MariaDB server.
 
     python -m benchmarks.galera [--workloads put-seq,create-64,update-1000,mixed,list-10k,watch-1] \\
-        [--seconds 4] [--setups mariadb,galera,galera-one-node] [--out FILE.json]
+        [--seconds 4] [--repeats 3] [--setups mariadb,galera,galera-local,galera-one-node] [--out FILE.json]
 
 Setups (each on a fresh database; the servers are `kinepy.testing.databases`'):
 
     mariadb          one kinepy on one MariaDB server
-    galera           three kinepy, one per Galera node; the load generator spreads its calls over the
-                     three, round-robin per call (what a k3s cluster with a server per node does)
-    galera-one-node  three kinepy, all on Galera node 0: every write goes through one node, so kinepy
-                     processes never fail certification against each other
+    galera           three kinepy, one per Galera node, as kinepy runs by default: writes through the
+                     node every kinepy picks, reads on its own node; the load generator spreads its
+                     calls over the three, round-robin per call (a k3s cluster with a server per node)
+    galera-local     the same with `?galera_writer=local`: each kinepy writes through its own node and
+                     runs again the batches that fail certification
+    galera-one-node  three kinepy, all on Galera node 0 (reads and writes)
 
-Each workload (`benchmarks/workloads.py`, size `full`, only the datasets it needs preloaded) runs once
-per setup with `python -m benchmarks.loadgen`; the table gives throughput, p50 and p99 latency and
-failed requests. It also measures what causal reads cost on Galera: a point SELECT on a node with
-`wsrep_sync_wait` 0 and 1, idle and while another node commits.
+Every setup runs at once; each workload (`benchmarks/workloads.py`, size `full`, only the data it reads
+preloaded) runs `--repeats` times per setup with `python -m benchmarks.loadgen`, the setups interleaved;
+the table gives the median run's throughput, p50 and p99 latency, and the failed requests of all runs.
+It also measures what causal reads cost on Galera: a point SELECT on a node with `wsrep_sync_wait` 0
+and 1, idle and while another node commits.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from kinepy.testing.databases import (
     start_galera_cluster,
 )
 
-SETUPS = ("mariadb", "galera", "galera-one-node")
+SETUPS = ("mariadb", "galera", "galera-local", "galera-one-node")
 DEFAULT_WORKLOADS = "put-seq,create-64,update-1000,mixed,list-10k,watch-1"
 START_TIMEOUT = 60.0
 
@@ -114,18 +117,34 @@ def _preload(endpoint: str, workload: Workload) -> None:
             loadgen(endpoint, "preload", {**params, "batch": 100, "channels": 4}, timeout=3600)
 
 
-def run_setup(urls: list[str], chosen: list[Workload]) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    with kinepys(urls) as endpoint:
-        for workload in chosen:
+def run_interleaved(
+    endpoints: dict[str, str], chosen: list[Workload], repeats: int
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each workload `repeats` times on every setup, the setups interleaved (their order rotates each
+    repeat, so a noisy neighbour hits them all alike); per setup and workload the median run (by
+    throughput) with the errors of every run added up."""
+    setups = list(endpoints)
+    results: dict[str, dict[str, dict[str, Any]]] = {setup: {} for setup in setups}
+    for workload in chosen:
+        for endpoint in endpoints.values():
             _preload(endpoint, workload)
-            result = loadgen(endpoint, workload.kind, workload.params, timeout=workload.timeout)
-            results[workload.name] = result
-            log(
-                f"  {workload.name}: {result['ops_per_s']:.0f} {workload.unit}/s, "
-                f"p50 {result['latencies_ms']['p50']:.1f} ms, p99 {result['latencies_ms']['p99']:.1f} ms, "
-                f"{result['errors']} errors {result.get('first_error') or ''}"
-            )
+        runs: dict[str, list[dict[str, Any]]] = {setup: [] for setup in setups}
+        for repeat in range(repeats):
+            for setup in setups[repeat % len(setups) :] + setups[: repeat % len(setups)]:
+                params = {"prefix": f"/registry/bench/{workload.name}/r{repeat}/", **workload.params}
+                result = loadgen(endpoints[setup], workload.kind, params, timeout=workload.timeout)
+                runs[setup].append(result)
+                latency = result["latencies_ms"]
+                log(
+                    f"  {setup} {workload.name}: {result['ops_per_s']:.0f} {workload.unit}/s, "
+                    f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, {result['errors']} errors"
+                )
+        for setup, setup_runs in runs.items():
+            ordered = sorted(setup_runs, key=lambda r: float(r["ops_per_s"]))
+            median = dict(ordered[len(ordered) // 2])
+            median["errors"] = sum(int(r["errors"]) for r in setup_runs)
+            median["ops_all"] = sum(int(r["ops"]) for r in setup_runs)
+            results[setup][workload.name] = median
     return results
 
 
@@ -187,6 +206,19 @@ def sync_wait_cost(cluster: GaleraCluster, count: int = 2000) -> dict[str, float
     return out
 
 
+def _urls(setup: str, single: DatabaseServer | None, cluster: GaleraCluster | None) -> list[str]:
+    """The datastore endpoints of the kinepy processes of `setup`, on a fresh database."""
+    if setup == "mariadb":
+        assert single is not None
+        return [single.url(single.create_database())]
+    assert cluster is not None
+    name = cluster.create_database()
+    if setup == "galera-one-node":
+        return [cluster.url(name, 0)] * 3
+    local = "?galera_writer=local" if setup == "galera-local" else ""
+    return [url + local for url in cluster.urls(name)]
+
+
 def table(results: dict[str, dict[str, dict[str, Any]]], chosen: list[Workload]) -> str:
     setups = list(results)
     lines = ["| workload | metric | " + " | ".join(setups) + " |", "|---|---|" + "---|" * len(setups)]
@@ -209,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default=DEFAULT_WORKLOADS)
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     names = args.workloads.split(",")
@@ -222,14 +255,13 @@ def main(argv: list[str] | None = None) -> int:
             w.name,
             w.kind,
             w.dataset,
-            {"prefix": f"/registry/bench/{w.name}/", **w.params, "seconds": args.seconds},
+            {**w.params, "seconds": args.seconds},
             w.description,
             w.unit,
         )
         for w in chosen
     ]
     setups = args.setups.split(",")
-    results: dict[str, dict[str, dict[str, Any]]] = {}
     extra: dict[str, Any] = {}
     single: DatabaseServer | None = None
     cluster: GaleraCluster | None = None
@@ -242,16 +274,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"Galera cluster of {len(cluster.nodes)} started in {cluster.startup_seconds:.1f} s")
             extra["sync_wait_select_us"] = sync_wait_cost(cluster)
             log(f"causal reads: {extra['sync_wait_select_us']}")
-        for setup in setups:
-            if setup == "mariadb":
-                assert single is not None
-                urls = [single.url(single.create_database())]
-            else:
-                assert cluster is not None
-                name = cluster.create_database()
-                urls = cluster.urls(name) if setup == "galera" else [cluster.url(name, 0)] * 3
-            log(f"{setup}: {len(urls)} kinepy")
-            results[setup] = run_setup(urls, chosen)
+        with contextlib.ExitStack() as stack:
+            endpoints = {}
+            for setup in setups:
+                urls = _urls(setup, single, cluster)
+                endpoints[setup] = stack.enter_context(kinepys(urls))
+                log(f"{setup}: {len(urls)} kinepy on {endpoints[setup]}")
+            results = run_interleaved(endpoints, chosen, args.repeats)
     finally:
         if single is not None:
             single.remove()

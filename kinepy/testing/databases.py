@@ -462,6 +462,16 @@ def _chown_to_galera_user(path: Path) -> None:
         shutil.chown(path, "mysql", "mysql")
 
 
+def _wait_for_membership(cluster: GaleraCluster) -> None:
+    """Until every node counts every node in its view of the cluster."""
+    deadline = time.monotonic() + START_TIMEOUT
+    size = len(cluster.nodes)
+    while (sizes := [cluster.cluster_size(index) for index in range(size)]) != [size] * size:
+        if time.monotonic() > deadline:
+            raise DatabaseStartError(f"the Galera nodes do not see each other: cluster sizes {sizes}")
+        time.sleep(0.1)
+
+
 def start_galera_cluster(size: int = 3) -> GaleraCluster:
     """A new MariaDB Galera cluster of `size` nodes on free loopback ports, each in a fresh directory:
     node 0 bootstraps the cluster (`--wsrep-new-cluster`) on a fresh `mariadb-install-db`, then the
@@ -496,6 +506,7 @@ def start_galera_cluster(size: int = 3) -> GaleraCluster:
         with concurrent.futures.ThreadPoolExecutor(len(joiners) or 1) as pool:
             for launched in [pool.submit(_launch_mariadb, node, GALERA_JOIN_TIMEOUT) for node in joiners]:
                 launched.result()
+        _wait_for_membership(cluster)
     except BaseException:
         cluster.remove()
         raise

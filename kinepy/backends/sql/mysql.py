@@ -477,12 +477,10 @@ class MySQLBackend(ServerBackend):
                 return
             self._route_checked = time.monotonic()
             try:
-                async with self._session("none") as session:
-                    row = await session.fetchone("SHOW GLOBAL STATUS LIKE 'wsrep_incoming_addresses'")
+                addresses = await self._galera_addresses()
             except BackendError as exc:
                 log.warning("Galera: cannot read the cluster's nodes (%s); writes go on as before", exc)
                 return
-            addresses = str(row[1]) if row else ""
             writer = galera_writer(addresses)
             if writer is None and not self._told_no_addresses:
                 self._told_no_addresses = True
@@ -498,6 +496,18 @@ class MySQLBackend(ServerBackend):
                 return
             self._route_known = True
             await self._write_through(writer)
+
+    async def _galera_addresses(self) -> str:
+        """The client addresses of the cluster's nodes, as this node knows them: its
+        `wsrep_incoming_addresses` (which may lag behind a join for a long while) and, when kinepy's
+        user may read it, the `mysql.wsrep_cluster_members` table (Galera 4), comma-separated."""
+        async with self._session("none") as session:
+            row = await session.fetchone("SHOW GLOBAL STATUS LIKE 'wsrep_incoming_addresses'")
+            addresses = [str(row[1])] if row else []
+            with contextlib.suppress(aiomysql.MySQLError):  # no such table, or no privilege on it
+                members = await session.fetch("SELECT node_incoming_address FROM mysql.wsrep_cluster_members")
+                addresses += [str(member[0]) for member in members]
+        return ",".join(addresses)
 
     def _own_address(self) -> str:
         return f"{self.spec.host}:{self.spec.port}" if self.spec.unix_socket is None else ""
