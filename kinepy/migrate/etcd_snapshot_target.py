@@ -19,10 +19,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import math
 import os
 import struct
-import time
 from pathlib import Path
 
 from kinepy.backends.base import LogRow
@@ -130,11 +128,9 @@ class EtcdSnapshotTarget:
         writer, keys = self._writer, self._keys
         assert writer is not None and keys is not None, "begin() first"
         writer.close_bucket(b"key", keys)
-        now = time.time()
         records = []
-        for lease in leases:
-            left = max(1, math.ceil(lease.expires_at - now))
-            records.append((struct.pack(">q", lease.id), lease_record(lease.id, lease.ttl, left)))
+        for lease in leases:  # their whole TTL, as a kinepy start gives them (kinepy/store/leases.py)
+            records.append((struct.pack(">q", lease.id), lease_record(lease.id, lease.ttl, lease.ttl)))
         writer.bucket(b"lease", sorted(records))  # keys are the ids, big-endian: bbolt's byte order
         meta = []
         if header.compact_revision > 0:

@@ -21,8 +21,6 @@ import asyncio
 import itertools
 import json
 import logging
-import math
-import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -158,13 +156,11 @@ class EtcdTarget:
     async def finish(self, header: Header, leases: list[Lease]) -> None:
         spool = self._spool
         assert spool is not None, "begin() first"
-        now = time.time()
         granted = set()
         for lease in leases:
-            left = math.ceil(lease.expires_at - now)
-            if left <= 0:
-                continue  # expired: its keys would be deleted at once; they are not copied
-            await self._call(self._lease.LeaseGrant, rpc_pb2.LeaseGrantRequest(ID=lease.id, TTL=left))
+            # Its whole TTL, as a kinepy start gives it (a deadline held in memory by a kinepy alone
+            # on its database is not in the source) and as etcd's restore does.
+            await self._call(self._lease.LeaseGrant, rpc_pb2.LeaseGrantRequest(ID=lease.id, TTL=lease.ttl))
             granted.add(lease.id)
         self._leases_granted = len(granted)
         rows = spool.in_revision_order()

@@ -79,8 +79,14 @@ class LeaseRevokeRequest:
 
 @dataclass(slots=True)
 class LeaseKeepAliveRequest:
+    """Persist a later deadline for a lease: `deadline` (a renewal received in memory earlier), or
+    `now` + its TTL. Never moves a deadline back. A lease whose persisted deadline is at or before
+    `now` is not renewed (it expired), unless `revive` (a start gives every lease a fresh TTL)."""
+
     id: int
     now: float
+    deadline: float | None = None
+    revive: bool = False
 
 
 @dataclass(slots=True)
@@ -631,9 +637,12 @@ def _lease_revoke(state: BatchState, req: LeaseRevokeRequest) -> LeaseResponse:
 
 def _lease_keep_alive(state: BatchState, req: LeaseKeepAliveRequest) -> LeaseResponse:
     lease = state.leases.get(req.id)
-    if lease is None or lease.expires_at <= req.now:
+    if lease is None or (lease.expires_at <= req.now and not req.revive):
         return LeaseResponse(state.revision, None)
-    renewed = Lease(lease.id, lease.ttl, req.now + lease.ttl)
+    deadline = req.now + lease.ttl if req.deadline is None else req.deadline
+    if deadline <= lease.expires_at:
+        return LeaseResponse(state.revision, lease)
+    renewed = Lease(lease.id, lease.ttl, deadline)
     state.leases[lease.id] = renewed
     state.touched_leases[lease.id] = renewed
     return LeaseResponse(state.revision, renewed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import subprocess
 import time
@@ -311,26 +312,40 @@ async def test_expired_lease_deletes_its_key_with_a_delete_event(conn: _Conn) ->
 # Restart.
 
 
-@pytest.mark.slow  # lets 2 s of the lease's clock run, then restarts (5 s per backend)
-def test_lease_deadline_survives_a_restart(kinepy_server: conftest.KinepyServer, etcdctl: Etcdctl) -> None:
-    """kinepy only: a restart must not restart the lease's clock (deadlines are persisted)."""
-    ep = kinepy_server.endpoint
-    granted_at = time.monotonic()
-    out = etcdctl(ep, "lease", "grant", "5").stdout
+def _revision(etcdctl: Etcdctl, endpoint: str) -> int:
+    return int(json.loads(etcdctl(endpoint, "-w", "json", "get", "any").stdout)["header"]["revision"])
+
+
+@pytest.mark.slow  # lets 3 s of the lease's clock run, restarts, waits for the expiry (12 s per backend)
+def test_a_restart_gives_every_lease_a_fresh_ttl(
+    kinepy_server: conftest.KinepyServer, etcdctl: Etcdctl
+) -> None:
+    """As etcd's lessor on election (Promote): a restart renews every lease to its full TTL (kept
+    alive or not, and keep-alives are held in memory), then it expires once, one revision."""
+    ep, ttl = kinepy_server.endpoint, 6
+    out = etcdctl(ep, "lease", "grant", str(ttl)).stdout
     lease_hex = re.findall(r"lease ([0-9a-f]+) granted", out)[0]
     assert etcdctl(ep, "put", f"--lease={lease_hex}", "survivor", "v").returncode == 0
-    while time.monotonic() - granted_at < 2.0:
+    assert f"TTL({ttl})" in etcdctl(ep, "lease", "keep-alive", "--once", lease_hex).stdout
+    renewed_at = time.monotonic()
+    while time.monotonic() - renewed_at < 3.0:
         time.sleep(0.05)
+    restarting = time.monotonic()
     kinepy_server.restart()
-    ttl = etcdctl(ep, "-w", "json", "lease", "timetolive", "--keys", lease_hex)
-    assert ttl.returncode == 0, ttl.stderr
-    remaining = int(re.findall(r'"ttl":(-?\d+)', ttl.stdout)[0])
-    assert 0 <= remaining <= 3, ttl.stdout
-    assert "survivor" in etcdctl(ep, "get", "survivor").stdout or time.monotonic() - granted_at >= 5
-    deadline = granted_at + 5.0 + 1.0
+    answer = etcdctl(ep, "-w", "json", "lease", "timetolive", "--keys", lease_hex)
+    since_restart = time.monotonic() - restarting
+    assert answer.returncode == 0, answer.stderr
+    remaining = int(re.findall(r'"ttl":(-?\d+)', answer.stdout)[0])
+    # Without the fresh TTL at most ttl - 3 would be left.
+    assert remaining >= math.floor(ttl - since_restart), (answer.stdout, since_restart)
+    revision = _revision(etcdctl, ep)
+    deadline = restarting + since_restart + ttl + 1.0
     while etcdctl(ep, "get", "survivor").stdout:
-        assert time.monotonic() < deadline, "the key outlived its lease by more than 1 s after a restart"
+        assert time.monotonic() < deadline, "the key outlived its fresh TTL by more than 1 s"
         time.sleep(0.1)
+    assert time.monotonic() - restarting >= ttl - 0.5, "the lease expired before its fresh TTL"
     assert (
         etcdctl(ep, "lease", "timetolive", lease_hex).stdout.strip() == f"lease {lease_hex} already expired"
     )
+    time.sleep(1.0)  # two more expiry ticks
+    assert _revision(etcdctl, ep) == revision + 1  # expired once: one revoke, one revision

@@ -289,6 +289,37 @@ def test_an_expired_lease_is_revoked_once_by_one_of_the_instances(pair: Pair) ->
         assert client.get(b"l/", b"l0").count == 1
 
 
+def test_keep_alives_through_one_instance_hold_off_the_others_expiry(pair: Pair) -> None:
+    """Keep-alives are held in memory by the instance that receives them and written when due (at
+    most once a lease every third of its TTL): B, which expires by the persisted deadlines, keeps a
+    lease kept alive through A for three TTLs; once they stop, it is expired once, in time."""
+    a, b = pair.a, pair.b
+    ttl = 3
+    lease = a.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=30)
+    kept = b.put(b"ka/key", b"v", lease=lease.ID)
+    renewals: queue.Queue[rpc_pb2.LeaseKeepAliveRequest | None] = queue.Queue()
+    answers = a.lease.LeaseKeepAlive(iter(renewals.get, None), timeout=60)
+    started = time.monotonic()
+    while time.monotonic() - started < 3 * ttl:  # as clients do: every third of the TTL
+        renewals.put(rpc_pb2.LeaseKeepAliveRequest(ID=lease.ID))
+        assert next(answers).TTL == ttl
+        time.sleep(ttl / 3)
+    stopped = time.monotonic()
+    renewals.put(None)
+    assert [r.TTL for r in answers] == []
+    for client in (a, b):
+        assert client.get(b"ka/key").kvs[0].mod_revision == kept  # never expired meanwhile
+    while b.get(b"ka/key").kvs:
+        assert time.monotonic() < stopped + ttl + 1.5, "the lease outlived its last keep-alive"
+        time.sleep(0.1)
+    assert time.monotonic() - stopped >= ttl - 1.5  # written deadlines never lag past a TTL
+    time.sleep(1.5)  # several more expiry ticks on each instance
+    for client in (a, b):
+        assert client.get(b"ka/", b"ka0").header.revision == kept + 1  # one revoke, one revision
+        ttl_answer = client.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lease.ID), timeout=30)
+        assert ttl_answer.TTL == -1
+
+
 def test_a_compaction_through_one_instance_holds_on_the_other(pair: Pair) -> None:
     a, b = pair.a, pair.b
     revisions = [(a, b)[i % 2].put(b"c/k", b"%d" % i) for i in range(10)]

@@ -1,4 +1,5 @@
-"""The lease manager against the in-memory backend: grant, keep-alive, revoke, expiry exactly once."""
+"""The lease manager against the in-memory backend: grant, keep-alive, revoke, expiry exactly once;
+keep-alives held in memory (written on a shared database only, when due); a fresh TTL at start."""
 
 from __future__ import annotations
 
@@ -17,13 +18,27 @@ from kinepy.store.writer import Writer
 from kinepy.types import Event, EventType, Lease, PutRequest
 
 
+class Clock:
+    """Unix time that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Process:
     """What one kinepy process has: a writer and a lease manager, on a (maybe shared) backend."""
 
-    def __init__(self, backend: FakeBackend, *, expiry_interval: float = 3600) -> None:
+    def __init__(
+        self, backend: FakeBackend, *, expiry_interval: float = 3600, clock: Clock | None = None
+    ) -> None:
         self.events: list[Event] = []
         self.writer = Writer(backend, committed=self._committed)
-        self.leases = LeaseManager(backend, self.writer, expiry_interval=expiry_interval)
+        self.leases = LeaseManager(
+            backend, self.writer, expiry_interval=expiry_interval, clock=clock or time.time
+        )
 
     async def _committed(self, revision: int, events: list[Event]) -> None:
         self.events.extend(events)
@@ -71,14 +86,125 @@ async def test_grant_picks_an_id_and_enforces_the_ttl_bounds(process: Process, b
     assert await process.leases.leases() == sorted([lease.id, 77])
 
 
-async def test_keep_alive_moves_the_persisted_deadline(process: Process, backend: FakeBackend) -> None:
+async def test_keep_alive_answers_the_ttl_and_refuses_unknown_or_expired_leases(process: Process) -> None:
     await process.leases.grant(5, 10)
-    before = backend.leases[5].expires_at
     assert await process.leases.keep_alive(5) == 10
-    assert backend.leases[5].expires_at >= before
     assert await process.leases.keep_alive(404) == 0  # unknown
     await _grant_expired(process, 6)
     assert await process.leases.keep_alive(6) == 0  # expired: not renewed
+
+
+async def test_alone_keep_alives_cost_no_write_and_expiry_follows_them() -> None:
+    """Alone on its database (SQLite), a keep-alive moves the deadline in memory only; expiry goes
+    by that deadline, exactly once."""
+    backend, clock = FakeBackend(), Clock()
+    process = Process(backend, clock=clock)
+    await process.start()
+    try:
+        granted_at = clock.now
+        await process.leases.grant(5, 10)
+        await process.writer.submit(PutRequest(b"k", b"v", lease=5))
+        writes = len(backend.writes)
+        for _ in range(100):
+            clock.now += 0.05
+            assert await process.leases.keep_alive(5) == 10
+        assert len(backend.writes) == writes  # not one write for 100 keep-alives
+        assert backend.leases[5].expires_at == granted_at + 10  # the database was not told
+        found = await process.leases.time_to_live(5, keys=True)
+        assert found is not None and found[1] == 10 and found[2] == [b"k"]
+        clock.now = granted_at + 12  # past the granted deadline, within the renewed one
+        assert await process.leases.expire(clock.now) == 0
+        clock.now = granted_at + 5 + 10.01
+        assert await process.leases.keep_alive(5) == 0  # expired now, even before its revoke
+        assert await process.leases.expire(clock.now) == 1
+        assert await process.leases.expire(clock.now) == 0  # once
+        assert 5 not in backend.leases and b"k" not in backend.current
+        assert [e.type for e in process.events] == [EventType.PUT, EventType.DELETE]
+        assert await process.leases.time_to_live(5, keys=False) is None
+    finally:
+        await process.aclose()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_start_gives_every_lease_a_fresh_ttl(shared: bool) -> None:
+    """As etcd's lessor on election (Promote): whatever was left of a deadline, even nothing, the
+    lease gets its full TTL again when kinepy starts. Shared: written, for the other processes."""
+    backend, clock = FakeBackend(shared=shared), Clock()
+    first = Process(backend, clock=clock)
+    await first.start()
+    await first.leases.grant(1, 30)
+    await first.leases.grant(2, 10)
+    await first.aclose()
+    clock.now += 20  # lease 1 has 10 s left, lease 2 expired while nobody ran
+    second = Process(backend, clock=clock)
+    await second.start()
+    try:
+        for lease_id, ttl in ((1, 30), (2, 10)):
+            found = await second.leases.time_to_live(lease_id, keys=False)
+            assert found is not None and found[1] == ttl
+        assert await second.leases.expire(clock.now + 9.9) == 0
+        if shared:
+            assert backend.leases[1].expires_at == clock.now + 30
+    finally:
+        await second.aclose()
+
+
+async def test_shared_renewals_are_written_when_due_and_keep_other_processes_from_expiring(
+    backend: FakeBackend,
+) -> None:
+    """Shared: a keep-alive through A is held in memory and written once less than two thirds of
+    the TTL is left of the persisted deadline, so B, which expires by persisted deadlines, keeps
+    the lease; once the renewals stop, the lease is expired once."""
+    clock = Clock()
+    a, b = Process(backend, clock=clock), Process(backend, clock=clock)
+    for process in (a, b):
+        await process.start()
+    try:
+        start = clock.now
+        await a.leases.grant(7, 9)  # persisted deadline start + 9
+        clock.now = start + 2
+        assert await a.leases.keep_alive(7) == 9  # deadline start + 11 in A's memory
+        await a.leases.flush(clock.now)
+        assert backend.leases[7].expires_at == start + 9  # 7 s left: not due
+        clock.now = start + 3.5
+        writes = len(backend.writes)
+        await a.leases.flush(clock.now)  # 5.5 s left < 6: due
+        assert backend.leases[7].expires_at == start + 11 and len(backend.writes) == writes + 1
+        clock.now = start + 9.5
+        assert await b.leases.expire(clock.now) == 0
+        found = await b.leases.time_to_live(7, keys=False)
+        assert found is not None and found[1] == 1
+        clock.now = start + 11
+        assert sorted(await asyncio.gather(a.leases.expire(clock.now), b.leases.expire(clock.now))) == [0, 1]
+        assert 7 not in backend.leases
+        assert await a.leases.keep_alive(7) == 0
+    finally:
+        for process in (a, b):
+            await process.aclose()
+
+
+async def test_a_late_shared_keep_alive_is_written_before_it_is_answered(
+    process: Process, backend: FakeBackend
+) -> None:
+    await _grant_expired(process, 8, ago=-1)  # 1 s left of a 5 s TTL: less than a third
+    now = time.time()
+    assert await process.leases.keep_alive(8) == 5
+    assert backend.leases[8].expires_at >= now + 5
+
+
+async def test_a_shared_keep_alive_of_a_lease_revoked_elsewhere_answers_0(backend: FakeBackend) -> None:
+    a, b = Process(backend), Process(backend)
+    for process in (a, b):
+        await process.start()
+    try:
+        await a.leases.grant(9, 60)
+        assert await a.leases.keep_alive(9) == 60
+        await b.leases.revoke(9)
+        assert await a.leases.keep_alive(9) == 0
+        assert await a.leases.time_to_live(9, keys=False) is None
+    finally:
+        for process in (a, b):
+            await process.aclose()
 
 
 async def test_time_to_live_and_the_keys_of_a_lease(process: Process) -> None:
@@ -164,14 +290,11 @@ async def test_the_expiry_loop_revokes_and_survives_errors(
     backend: FakeBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     process = Process(backend, expiry_interval=0.01)
-    backend.outcomes = [
-        None,
-        errors.BackendError("disk on fire"),
-    ]  # the grant commits, the first revoke fails
     process.writer.start()
-    lease = await _grant_expired(process, 3)
     with caplog.at_level(logging.WARNING, logger="kinepy.store.leases"):
         await process.leases.start()
+        backend.outcomes = [None, errors.BackendError("disk on fire")]  # the grant commits, a revoke fails
+        lease = await _grant_expired(process, 3)
         try:
             async with asyncio.timeout(2):
                 await backend.until(lambda: lease.id not in backend.leases)
