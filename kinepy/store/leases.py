@@ -12,8 +12,9 @@ from there: a keep-alive costs no SQL at all. On a database shared with other ki
 so a deadline moved in memory by a keep-alive is written before anyone could act on the old one:
 with the next batch when less than two thirds of the TTL is left of the persisted deadline (at most
 one write per lease every third of its TTL, all due leases in one commit), and before the
-keep-alive is answered when less than a third is left. A keep-alive there reads the lease first (a
-read, not a commit), so a lease revoked through another process is never renewed. Expiry is a
+keep-alive is answered when less than a third is left. A keep-alive there reads the lease (a read, not
+a commit) when this process has not read or written it for `RECHECK_AFTER` (1 s), so a lease revoked
+through another process answers 0 at most that long after. Expiry is a
 revoke re-checked against the persisted deadline inside its transaction: a lease is revoked once,
 however many processes expire it.
 """
@@ -47,6 +48,10 @@ _EXPIRE_PER_TICK = 1000  # etcd's leaseRevokeRate is 1000/s
 FLUSH_INTERVAL = 0.1
 _WRITE_DUE = 2 / 3
 _WRITE_NOW = 1 / 3
+_FORGET_AFTER = 5.0  # seconds past its deadline a lease this process holds is forgotten (shared)
+# Shared: a keep-alive reads the lease again (was it revoked through another process?) when this
+# process last read or wrote it longer ago than this, in seconds.
+RECHECK_AFTER = 1.0
 
 Clock = Callable[[], float]
 """Unix time in seconds (`time.time`; tests pass their own)."""
@@ -64,6 +69,7 @@ class _Held:
     ttl: int
     deadline: float
     persisted: float
+    checked: float = -math.inf  # shared: when the database's row was last read or written here
     expiring: bool = False  # its revoke is on its way: keep-alives find it expired, as in etcd
 
     def expires_at(self) -> float:
@@ -84,11 +90,13 @@ class LeaseManager:
         self._unwritten: set[int] = set()  # shared: renewed here, the database not told yet
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
-        """Give every lease a fresh TTL (etcd's `Promote`), then expire leases (and, on a shared
-        database, write renewals) in the background."""
-        await self._promote()
-        self._tasks = [asyncio.create_task(self._expiry_loop(), name="kinepy-lease-expiry")]
+    async def start(self, *, expire: bool = True) -> None:
+        """On a shared database, write renewals in the background. With `expire` (one process of
+        several suffices: `Store`'s leader), first give every lease a fresh TTL (etcd's `Promote`),
+        then expire leases in the background."""
+        if expire:
+            await self._promote()
+            self._tasks.append(asyncio.create_task(self._expiry_loop(), name="kinepy-lease-expiry"))
         if self._shared:
             self._tasks.append(asyncio.create_task(self._flush_loop(), name="kinepy-lease-flush"))
 
@@ -116,7 +124,7 @@ class LeaseManager:
         for result in await asyncio.gather(*renewals):
             renewed = cast(txn.LeaseResponse, result).lease
             if renewed is not None:
-                self._held[renewed.id] = _Held(renewed.ttl, renewed.expires_at, renewed.expires_at)
+                self._held[renewed.id] = _Held(renewed.ttl, renewed.expires_at, renewed.expires_at, now)
 
     async def grant(self, lease_id: int, ttl: int) -> tuple[int, Lease]:
         if ttl > MAX_LEASE_TTL:
@@ -126,7 +134,7 @@ class LeaseManager:
         resp = cast(txn.LeaseResponse, await self._writer.submit(req))
         lease = resp.lease
         assert lease is not None
-        self._held[lease.id] = _Held(lease.ttl, lease.expires_at, lease.expires_at)
+        self._held[lease.id] = _Held(lease.ttl, lease.expires_at, lease.expires_at, req.now)
         return resp.revision, lease
 
     async def revoke(self, lease_id: int) -> int:
@@ -154,15 +162,18 @@ class LeaseManager:
         return held.ttl
 
     async def _keep_alive_shared(self, lease_id: int) -> int:
-        lease = await self._backend.get_lease(lease_id)
-        now = self._clock()
-        if lease is None:
-            self._forget(lease_id)
-            return 0
         held = self._held.get(lease_id)
-        if held is None:
-            held = self._held[lease_id] = _Held(lease.ttl, lease.expires_at, lease.expires_at)
-        held.persisted = lease.expires_at
+        if held is None or self._clock() - held.checked >= RECHECK_AFTER:
+            lease = await self._backend.get_lease(lease_id)
+            if lease is None:
+                self._forget(lease_id)
+                return 0
+            held = self._held.get(lease_id)
+            if held is None:
+                held = self._held[lease_id] = _Held(lease.ttl, lease.expires_at, lease.expires_at)
+            held.persisted = lease.expires_at
+            held.checked = self._clock()
+        now = self._clock()
         if held.expiring or held.expires_at() <= now:
             return 0
         held.deadline = max(held.deadline, now + held.ttl)
@@ -196,13 +207,18 @@ class LeaseManager:
                 self._forget(lease_id)
             elif still is not None:
                 still.persisted = renewed.expires_at
+                still.checked = self._clock()
                 alive.append(lease_id)
         if failure is not None:
             raise failure
         return alive
 
     async def flush(self, now: float) -> None:
-        """Shared database: write the renewals whose persisted deadline is getting close."""
+        """Shared database: write the renewals whose persisted deadline is getting close, and forget
+        the leases that expired (or were revoked) through other processes meanwhile."""
+        for lease_id in [i for i, h in self._held.items() if h.expires_at() + _FORGET_AFTER < now]:
+            if not self._held[lease_id].expiring:
+                self._forget(lease_id)
         due = [
             lease_id
             for lease_id in self._unwritten
@@ -261,10 +277,6 @@ class LeaseManager:
                 late.append(lease.id)  # renewed here, not written in time (a slow database)
             elif held is None or not held.expiring:
                 expired.append(lease.id)
-        # What this process holds of leases expired (or revoked) through others goes.
-        for lease_id in [i for i, h in self._held.items() if h.expires_at() <= now and not h.expiring]:
-            if lease_id not in expired:
-                self._forget(lease_id)
         if late:
             await self._write(late)
         return expired

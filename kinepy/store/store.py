@@ -181,9 +181,9 @@ class Store:
         self._compactor.start()
         if self._backend.shared:
             self._follower.start()
+        await self._leases.start(expire=self._leader)  # every worker writes the renewals it holds
         if not self._leader:
             return
-        await self._leases.start()
         if status.compact_revision > 0:
             self._compactor.request(status.compact_revision)
         self._auto_compactor.start()

@@ -19,6 +19,7 @@ The measured cross-instance latencies are printed (run with ``-s`` to see them).
 
 from __future__ import annotations
 
+import queue
 import re
 import statistics
 import threading

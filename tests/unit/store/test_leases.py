@@ -13,7 +13,7 @@ from fake_backend import FakeBackend
 
 from kinepy import errors
 from kinepy.store import txn
-from kinepy.store.leases import MAX_LEASE_TTL, MIN_LEASE_TTL, LeaseManager
+from kinepy.store.leases import MAX_LEASE_TTL, MIN_LEASE_TTL, RECHECK_AFTER, LeaseManager
 from kinepy.store.writer import Writer
 from kinepy.types import Event, EventType, Lease, PutRequest
 
@@ -43,9 +43,9 @@ class Process:
     async def _committed(self, revision: int, events: list[Event]) -> None:
         self.events.extend(events)
 
-    async def start(self) -> None:
+    async def start(self, *, expire: bool = True) -> None:
         self.writer.start()
-        await self.leases.start()
+        await self.leases.start(expire=expire)
 
     async def aclose(self) -> None:
         await self.leases.aclose()
@@ -152,13 +152,13 @@ async def test_a_start_gives_every_lease_a_fresh_ttl(shared: bool) -> None:
 async def test_shared_renewals_are_written_when_due_and_keep_other_processes_from_expiring(
     backend: FakeBackend,
 ) -> None:
-    """Shared: a keep-alive through A is held in memory and written once less than two thirds of
-    the TTL is left of the persisted deadline, so B, which expires by persisted deadlines, keeps
-    the lease; once the renewals stop, the lease is expired once."""
+    """Shared: a keep-alive through A (a worker that does not expire leases) is held in memory and
+    written once less than two thirds of the TTL is left of the persisted deadline, so B, which
+    expires by persisted deadlines, keeps the lease; once the renewals stop, it is expired once."""
     clock = Clock()
     a, b = Process(backend, clock=clock), Process(backend, clock=clock)
-    for process in (a, b):
-        await process.start()
+    await a.start(expire=False)
+    await b.start()
     try:
         start = clock.now
         await a.leases.grant(7, 9)  # persisted deadline start + 9
@@ -193,13 +193,26 @@ async def test_a_late_shared_keep_alive_is_written_before_it_is_answered(
 
 
 async def test_a_shared_keep_alive_of_a_lease_revoked_elsewhere_answers_0(backend: FakeBackend) -> None:
-    a, b = Process(backend), Process(backend)
+    """Within RECHECK_AFTER of its last look at the row, a process trusts what it holds; after, it
+    reads the row again and finds the lease gone."""
+    clock, reads = Clock(), []
+    read_lease = backend.get_lease
+
+    async def get_lease(lease_id: int) -> Lease | None:
+        reads.append(lease_id)
+        return await read_lease(lease_id)
+
+    backend.get_lease = get_lease  # type: ignore[method-assign]
+    a, b = Process(backend, clock=clock), Process(backend, clock=clock)
     for process in (a, b):
         await process.start()
     try:
         await a.leases.grant(9, 60)
+        clock.now += RECHECK_AFTER / 2
         assert await a.leases.keep_alive(9) == 60
+        assert reads == []  # soon after the grant: no read
         await b.leases.revoke(9)
+        clock.now += RECHECK_AFTER
         assert await a.leases.keep_alive(9) == 0
         assert await a.leases.time_to_live(9, keys=False) is None
     finally:
