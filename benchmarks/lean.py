@@ -44,6 +44,11 @@ from kinepy.types import KeyRange, KeyValue, PutRequest, RangeQuery, RangeReques
 KEY = b"/registry/k/0500"
 
 
+async def _close(store: Store, backend: Backend) -> None:
+    await store.aclose()
+    await backend.aclose()
+
+
 # -- put: round trips --------------------------------------------------------------------------------
 
 
@@ -99,8 +104,7 @@ async def _puts(url: str, kind: str, puts: int, rounds: int) -> None:
                 f"kinepy CPU {1e6 * cpu / puts:.0f} µs/put"
             )
     finally:
-        await store.aclose()
-        await backend.aclose()
+        await _close(store, backend)
 
 
 def put(args: argparse.Namespace) -> None:
@@ -159,8 +163,7 @@ async def _reads(keys: int, calls: int, rounds: int) -> None:
                 f"(best of {rounds}, {calls} calls, {keys} keys)"
             )
     finally:
-        await store.aclose()
-        await sqlite.aclose()
+        await _close(store, sqlite)
 
 
 def read(args: argparse.Namespace) -> None:
