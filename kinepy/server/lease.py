@@ -71,8 +71,13 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
                 )
         finally:
             stopping.cancel()
-            if next_request is not None and not next_request.done():
-                next_request.cancel()
+            if next_request is not None:
+                if not next_request.done():
+                    next_request.cancel()
+                elif not next_request.cancelled():
+                    # The client ended the stream as the call ended (clientv3's KeepAliveOnce): its
+                    # StopAsyncIteration is read here, not logged by asyncio as never retrieved.
+                    next_request.exception()
 
     @etcd_errors
     async def LeaseTimeToLive(
