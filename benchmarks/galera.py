@@ -15,7 +15,7 @@ Setups (each on a fresh database; the servers are `kinepy.testing.databases`'):
 
 Every setup runs at once; each workload (`benchmarks/workloads.py`, size `full`, only the data it reads
 preloaded) runs `--repeats` times per setup with `python -m benchmarks.loadgen`, the setups interleaved;
-the table gives the median run's throughput, p50 and p99 latency, and the failed requests of all runs.
+the table gives the medians of throughput, p50 and p99 latency, and the failed requests of all runs.
 It also measures what causal reads cost on Galera: a point SELECT on a node with `wsrep_sync_wait` 0
 and 1, idle and while another node commits.
 """
@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,8 +122,8 @@ def run_interleaved(
     endpoints: dict[str, str], chosen: list[Workload], repeats: int
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Each workload `repeats` times on every setup, the setups interleaved (their order rotates each
-    repeat, so a noisy neighbour hits them all alike); per setup and workload the median run (by
-    throughput) with the errors of every run added up."""
+    repeat, so a noisy neighbour hits them all alike); per setup and workload the medians of
+    throughput, p50 and p99 over the runs, the errors of every run added up, and the runs."""
     setups = list(endpoints)
     results: dict[str, dict[str, dict[str, Any]]] = {setup: {} for setup in setups}
     for workload in chosen:
@@ -140,11 +141,15 @@ def run_interleaved(
                     f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, {result['errors']} errors"
                 )
         for setup, setup_runs in runs.items():
-            ordered = sorted(setup_runs, key=lambda r: float(r["ops_per_s"]))
-            median = dict(ordered[len(ordered) // 2])
-            median["errors"] = sum(int(r["errors"]) for r in setup_runs)
-            median["ops_all"] = sum(int(r["ops"]) for r in setup_runs)
-            results[setup][workload.name] = median
+            results[setup][workload.name] = {
+                "ops_per_s": statistics.median(float(r["ops_per_s"]) for r in setup_runs),
+                "latencies_ms": {
+                    q: statistics.median(float(r["latencies_ms"][q]) for r in setup_runs)
+                    for q in ("p50", "p99")
+                },
+                "errors": sum(int(r["errors"]) for r in setup_runs),
+                "runs": setup_runs,
+            }
     return results
 
 
@@ -167,13 +172,23 @@ def _select_latency(node: DatabaseServer, sync_wait: int, count: int) -> float:
         conn.close()
 
 
-def sync_wait_cost(cluster: GaleraCluster, count: int = 2000) -> dict[str, float]:
-    """Microseconds per point SELECT on node 1, wsrep_sync_wait 0 and 1, idle and while node 0 commits."""
+def _medians(node: DatabaseServer, count: int, rounds: int) -> dict[int, float]:
+    """Median over `rounds` (alternating wsrep_sync_wait 0 and 1) of the mean point SELECT, in µs."""
+    samples: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(rounds):
+        for sync_wait in (0, 1):
+            samples[sync_wait].append(_select_latency(node, sync_wait, count) * 1e6)
+    return {sync_wait: statistics.median(values) for sync_wait, values in samples.items()}
+
+
+def sync_wait_cost(cluster: GaleraCluster, count: int = 500, rounds: int = 7) -> dict[str, float]:
+    """Microseconds per point SELECT on node 1 with wsrep_sync_wait 0 and 1 (medians of alternating
+    rounds), idle and while node 0 commits."""
     import pymysql
 
     from kinepy.testing.databases import PASSWORD, USER
 
-    out = {f"idle, sync_wait={w}": _select_latency(cluster.nodes[1], w, count) * 1e6 for w in (0, 1)}
+    out = {f"idle, sync_wait={w}": us for w, us in _medians(cluster.nodes[1], count, rounds).items()}
     name = cluster.create_database()
     stop = threading.Event()
 
@@ -197,8 +212,8 @@ def sync_wait_cost(cluster: GaleraCluster, count: int = 2000) -> dict[str, float
     writer.start()
     time.sleep(0.5)
     try:
-        for w in (0, 1):
-            out[f"node 0 committing, sync_wait={w}"] = _select_latency(cluster.nodes[1], w, count) * 1e6
+        busy = _medians(cluster.nodes[1], count, rounds)
+        out |= {f"node 0 committing, sync_wait={w}": us for w, us in busy.items()}
     finally:
         stop.set()
         writer.join(timeout=10)

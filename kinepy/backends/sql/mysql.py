@@ -377,6 +377,7 @@ class MySQLBackend(ServerBackend):
         self._route_lock = asyncio.Lock()
         self._told_no_addresses = False
         self._route_known = False
+        self._writer_failed = False
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -504,15 +505,18 @@ class MySQLBackend(ServerBackend):
     def _routes_writes(self) -> bool:
         return self.replication.engine == "galera" and self._route_writes
 
-    async def _check_route(self, *, force: bool = False) -> None:
-        """Every `_ROUTE_CHECK_INTERVAL` seconds (at once with `force`: a write through the writer
-        failed), learn the cluster's nodes from this endpoint and write through the chosen one."""
-        if not force and time.monotonic() - self._route_checked < _ROUTE_CHECK_INTERVAL:
+    async def _check_route(self) -> None:
+        """Every `_ROUTE_CHECK_INTERVAL` seconds, learn the cluster's nodes from this endpoint and
+        write through the chosen one; at once, reconnecting, after a write through it failed (a node
+        that cannot be reached then is skipped: writes go through this endpoint)."""
+        if not self._writer_failed and time.monotonic() - self._route_checked < _ROUTE_CHECK_INTERVAL:
             return
         async with self._route_lock:
+            force = self._writer_failed
             if not force and time.monotonic() - self._route_checked < _ROUTE_CHECK_INTERVAL:
                 return
             self._route_checked = time.monotonic()
+            self._writer_failed = False
             try:
                 addresses = await self._galera_addresses()
             except BackendError as exc:
@@ -646,7 +650,7 @@ class MySQLBackend(ServerBackend):
             raise
         except BackendUnavailable:
             if writes is not None:
-                self._route_checked = -math.inf  # the writer may be gone: look again before the next write
+                self._writer_failed = True  # it may be gone: look again, and reconnect, before the next write
             raise
 
     @contextlib.asynccontextmanager
