@@ -120,8 +120,8 @@ def run(endpoint: str, kind: str, params: dict[str, Any], timeout: float) -> dic
     said = (proc.stdout + proc.stderr).lower()
     unsupported = next((t for t in _UNSUPPORTED_TEXTS if t in said), None)
     if unsupported and (proc.returncode != 0 or figures["ops"] == 0 or figures["errors"]):
-        first = figures["first_error"] or proc.stderr.strip().splitlines()[-1:]
-        return {**figures, "unsupported": str(first)[:500], "client_cpu_s": client_cpu, "extra": {}}
+        first = figures["first_error"] or "\n".join(proc.stderr.strip().splitlines()[-1:])
+        return {**figures, "unsupported": first[:500], "client_cpu_s": client_cpu, "extra": {}}
     if proc.returncode != 0 or (figures["ops"] == 0 and not figures["errors"]):
         raise RuntimeError(
             f"benchmark {kind} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
