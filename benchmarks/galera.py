@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -93,6 +94,7 @@ def kinepys(urls: list[str]) -> Iterator[str]:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait_for(endpoint: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
