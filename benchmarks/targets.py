@@ -124,11 +124,15 @@ class Target:
                 argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env()
             )
         deadline = time.monotonic() + READY_TIMEOUT
-        while not _port_accepts(self.port):
+        while not self.ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"{self.name} did not start ({' '.join(argv)}):\n{_tail(log)}")
             time.sleep(0.1)
+
+    def ready(self) -> bool:
+        """Serving: the port accepts connections."""
+        return _port_accepts(self.port)
 
     def log_tail(self) -> str:
         return _tail(self.workdir / "server.log") if self.workdir else ""
@@ -183,6 +187,8 @@ class OnDatabase(Target):
 
 @dataclass
 class Kinepy(OnDatabase):
+    _notify: socket.socket | None = field(default=None, repr=False)
+
     def datastore(self) -> str:
         assert self.workdir is not None
         if self.backend == "sqlite":
@@ -205,7 +211,37 @@ class Kinepy(OnDatabase):
     def env(self) -> dict[str, str] | None:
         # The server runs in its temporary directory: make this checkout's kinepy importable there.
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-        return {**os.environ, "PYTHONPATH": path}
+        return {**os.environ, "PYTHONPATH": path, "NOTIFY_SOCKET": str(self._notify_path())}
+
+    def _notify_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "notify"
+
+    def prepare(self) -> None:
+        super().prepare()
+        # systemd's readiness protocol: READY=1 comes once every worker serves (`--workers`, one per CPU
+        # by default), not when the first one accepts connections.
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(self._notify_path()))
+        self._notify.setblocking(False)
+
+    def cleanup(self) -> None:
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+        super().cleanup()
+
+    def ready(self) -> bool:
+        notify = self._notify
+        if notify is None:
+            return _port_accepts(self.port)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                if notify.recv(64) == b"READY=1":
+                    notify.close()
+                    self._notify = None
+                    return True
+        return False
 
 
 @dataclass

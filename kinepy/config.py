@@ -214,5 +214,5 @@ class WorkerRole:
 
     @property
     def leader(self) -> bool:
-        """Lease expiry, automatic compaction and resuming an interrupted compaction run here."""
+        """Lease expiry, automatic compaction and resuming an interrupted compaction run here only."""
         return self.index == 0
