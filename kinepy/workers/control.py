@@ -50,24 +50,3 @@ def read_line(sock: socket.socket, limit: int = 1 << 20) -> bytes:
         size += 1
         if size > limit:
             raise ValueError("control line too long")
-
-
-def read_exact(sock: socket.socket, length: int) -> bytes:
-    data = bytearray()
-    while len(data) < length:
-        chunk = sock.recv(min(65536, length - len(data)))
-        if not chunk:
-            raise ConnectionError("worker closed its control socket")
-        data += chunk
-    return bytes(data)
-
-
-def scrape(sock: socket.socket) -> bytes:
-    """Ask a worker (blocking, `REPLY_TIMEOUT`) for its metrics in Prometheus' text format."""
-    sock.settimeout(REPLY_TIMEOUT)
-    sock.sendall(METRICS + b"\n")
-    head = read_line(sock)
-    kind, _, length = head.partition(b" ")
-    if kind != METRICS or not length.isdigit():
-        raise ConnectionError(f"unexpected answer from a worker: {head[:40]!r}")
-    return read_exact(sock, int(length))
