@@ -15,12 +15,15 @@ kinepy's own node, causal (`wsrep_sync_wait`).
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import aiomysql
 
 from kinepy.backends.sql.dialect import CONFLICT_ATTEMPTS
+
+log = logging.getLogger(__name__)
 
 # Errors that roll a transaction back because a concurrent one conflicted with it: a deadlock
 # (1213; Galera's certification failure and brute-force abort say the same) and Group Replication's
@@ -127,8 +130,15 @@ async def read_replication(cur: Any) -> tuple[Replication, bool]:
     status = {str(name).lower(): str(value) for name, value in await cur.fetchall()}
     members = 0
     if variables.get("group_replication_group_name"):
-        await cur.execute(_GROUP_REPLICATION_MEMBERS)
-        members = int((await cur.fetchall())[0][0])
+        try:
+            await cur.execute(_GROUP_REPLICATION_MEMBERS)
+            members = int((await cur.fetchall())[0][0])
+        except aiomysql.MySQLError as exc:
+            log.warning(
+                "a Group Replication group is configured but its members cannot be read (%s): kinepy treats "
+                "the server as a single one (GRANT SELECT ON performance_schema.replication_group_members)",
+                exc,
+            )
     read_only = variables.get("super_read_only", "").upper() in ("ON", "1")
     return detect_replication(variables, status, members), read_only
 
