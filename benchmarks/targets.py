@@ -380,19 +380,39 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def _with_descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (kinepy's workers under their supervisor)."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    stack.extend(int(child) for child in f.read().split())
+    return found
+
+
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return 0
+    """`field_name` of /proc/PID/status, summed over `pid` and its descendants (a server's workers; for
+    VmHWM the sum of each process's peak, an upper bound of the peak of the whole)."""
+    total = 0
+    for member in _with_descendants(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    total += int(line.split()[1])
+                    break
+    return total
 
 
 def reset_peak_rss(pid: int) -> bool:
-    """Reset VmHWM (Linux ≥ 4.0: write 5 to clear_refs); False if not permitted."""
+    """Reset VmHWM of `pid` and its descendants (Linux ≥ 4.0: write 5 to clear_refs); False if not
+    permitted."""
     try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
+        for member in _with_descendants(pid):
+            with open(f"/proc/{member}/clear_refs", "w") as f:
+                f.write("5")
         return True
     except OSError:
         return False
