@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -37,7 +38,10 @@ CLIENTS_PER_INSTANCE = 4
 DURATION = 12.0  # seconds of load, per writer mode
 KEYS = 24  # shared by every client: the batches of the three instances conflict
 LEASES = 3  # one per instance, TTL 2 s, each with a key: they expire during the run
-MAX_FAILED = 0.01
+# Requests that may fail (too many requests): the issue's 1 % with kinepy's default; `local` is the
+# fallback for nodes that report no address, where conflicts are normal (0.1-0.6 % in ten runs here,
+# more on a busier machine), so it gets twice that.
+MAX_FAILED = {"auto": 0.01, "local": 0.02}
 
 MakeKinepy = Callable[..., KinepyServer]
 
@@ -120,7 +124,7 @@ def test_three_instances_on_three_galera_nodes_stay_linearizable(
         f"through {len(clients)} instances, {len(failed)} failed {dict(reasons)}; revision {last}; "
         f"{gave_up} batches gave up after conflicting again and again"
     )
-    assert len(failed) <= MAX_FAILED * len(ops), reasons.most_common(5)
+    assert len(failed) <= MAX_FAILED[writer] * len(ops), reasons.most_common(5)
     problems = check(ops, seen)
     assert not problems, "\n".join(problems)
     lease_deletes = [e for e in seen[0] if e.key.startswith(b"l/") and e.type == 1]
@@ -171,4 +175,23 @@ def test_writes_move_to_the_next_node_when_the_writer_node_leaves(
     finally:
         if stopped:
             nodes[writer].start()  # rejoins (incremental state transfer) for the next tests
+        galera_cluster.drop_database(name)
+
+
+def test_three_instances_starting_at_once_on_a_fresh_database_all_start(
+    galera_cluster: GaleraCluster, make_kinepy_on: MakeKinepy
+) -> None:
+    """GET_LOCK is local to a node on Galera: the three create the tables and the meta row at once,
+    and those that lose the race (table exists, duplicate meta row) run the schema creation again."""
+    name = galera_cluster.create_database()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            instances = list(pool.map(make_kinepy_on, galera_cluster.urls(name)))
+        clients = [Client(instance.endpoint) for instance in instances]
+        revisions = [client.put(b"start/%d" % i, b"v") for i, client in enumerate(clients)]
+        assert sorted(revisions) == [2, 3, 4]
+        for client in clients:
+            assert len(client.get(b"start/", b"start0").kvs) == 3
+            client.close()
+    finally:
         galera_cluster.drop_database(name)

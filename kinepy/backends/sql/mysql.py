@@ -606,11 +606,11 @@ class MySQLBackend(ServerBackend):
                     if table not in existing:
                         await session.execute(ddl)
                 await self._init_meta(session)
-            except BackendError as exc:
+            except aiomysql.MySQLError as exc:
                 # Without a cluster-wide lock (Galera), a kinepy on another node may create a table
                 # or the meta row first: run again, finding them.
-                if error_code(exc.__cause__ or exc) in (_TABLE_EXISTS, _DUPLICATE_ENTRY):
-                    raise BackendConflict(str(exc)) from exc
+                if error_code(exc) in (_TABLE_EXISTS, _DUPLICATE_ENTRY):
+                    raise BackendConflict(f"MySQL: {_describe(exc)}") from exc
                 raise
             finally:
                 if self._node_locks:
