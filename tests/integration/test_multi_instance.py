@@ -1,5 +1,6 @@
 """Two kinepy processes on one PostgreSQL (and one MariaDB) database, and two workers of one
-`kinepy --workers N` on one SQLite file (N = 2 and 4), through real gRPC.
+`kinepy --workers N` on one SQLite file (N = 2 and 4) and on one PostgreSQL database (N = 2), through
+real gRPC.
 
 What several instances on one database must guarantee (issue #4, docs/databases.md "Several
 instances"): writes through either get consecutive revisions; a watcher on each sees the same events
@@ -70,13 +71,15 @@ class Pair:
         )
 
 
-def _start_workers(kind: str, make_kinepy_on: MakeKinepy, tmp_path: Path, *extra_args: str) -> Iterator[Pair]:
-    """One kinepy serving one SQLite file with `kind`'s number of workers: `a` is worker 0, `b` the last."""
+def _start_workers(
+    kind: str, url: str, make_kinepy_on: MakeKinepy, tmp_path: Path, *extra_args: str
+) -> Iterator[Pair]:
+    """One kinepy serving `url` with `kind`'s number of workers: `a` is worker 0, `b` the last."""
     workers = int(kind.rpartition("-")[2])
     sockets = tmp_path / "workers"
     sockets.mkdir()
     server = make_kinepy_on(
-        f"sqlite://{tmp_path / 'state.db'}",
+        url,
         workers=workers,
         extra_args=["--worker-socket-dir", str(sockets), *extra_args],
     )
@@ -84,21 +87,31 @@ def _start_workers(kind: str, make_kinepy_on: MakeKinepy, tmp_path: Path, *extra
     b = Client(f"unix://{sockets}/worker-{workers - 1}.sock")
     try:
         yield Pair(kind, a, b, (server,))
-    finally:  # the fixture stops the server, and fails the test unless every worker drained cleanly
+    finally:  # the server must stop cleanly: every worker drained
         a.close()
         b.close()
+        code = server.stop()  # before its database is dropped
+        assert code in (None, 0), f"kinepy exited with {code} on SIGTERM:\n{server.log_tail()}"
 
 
 def _start_pair(
     request: pytest.FixtureRequest, make_kinepy_on: MakeKinepy, *extra_args: str
 ) -> Iterator[Pair]:
     kind: str = request.param
+    tmp_path: Path = request.getfixturevalue("tmp_path")
     if kind.startswith("sqlite-workers"):
-        yield from _start_workers(kind, make_kinepy_on, request.getfixturevalue("tmp_path"), *extra_args)
+        sqlite = f"sqlite://{tmp_path / 'state.db'}"
+        yield from _start_workers(kind, sqlite, make_kinepy_on, tmp_path, *extra_args)
         return
-    server: DatabaseServer = request.getfixturevalue(f"{kind}_server")
+    server: DatabaseServer = request.getfixturevalue(f"{kind.partition('-')[0]}_server")
     name = server.create_database()
     url = server.url(name)
+    if kind.endswith("-workers-2"):
+        try:
+            yield from _start_workers(kind, url, make_kinepy_on, tmp_path, *extra_args)
+        finally:
+            server.drop_database(name)
+        return
     one = make_kinepy_on(url, extra_args=list(extra_args))
     two = make_kinepy_on(url, extra_args=list(extra_args))
     a, b = Client(one.endpoint), Client(two.endpoint)
@@ -116,7 +129,10 @@ _PARAMS = [
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     pytest.param("mariadb", id="mariadb", marks=pytest.mark.mysql),
 ]
-_WORKER_PARAMS = [pytest.param(f"sqlite-workers-{n}", id=f"sqlite-workers-{n}") for n in (2, 4)]
+_WORKER_PARAMS = [
+    *(pytest.param(f"sqlite-workers-{n}", id=f"sqlite-workers-{n}") for n in (2, 4)),
+    pytest.param("postgres-workers-2", id="postgres-workers-2", marks=pytest.mark.postgres),
+]
 
 
 @pytest.fixture(params=_PARAMS + _WORKER_PARAMS)
