@@ -32,6 +32,7 @@ limitations under the License.
 //	KINEPY_TEST_LOG_DIR keep every server's log there (one file per RunEtcd call); default: the test's
 //	                    temp dir, and the log's tail is printed when the test fails
 //	KINEPY_LOG_LEVEL    passed through to kinepy (default here: info)
+//	KINEPY_WORKERS      passed through to kinepy (default here: 1)
 //	KINEPY_APISERVER_DATASTORE
 //	                    the backend: a kinepy --datastore-endpoint template containing "{db}",
 //	                    e.g. postgres://kinepy:pw@127.0.0.1:5432/{db}?sslmode=disable or
@@ -271,6 +272,11 @@ func startKinepy(t testing.TB, cfg *embed.Config, host string) *kinepyServer {
 	env := pythonEnv(repo)
 	if os.Getenv("KINEPY_LOG_LEVEL") == "" {
 		env = append(env, "KINEPY_LOG_LEVEL=info")
+	}
+	if os.Getenv("KINEPY_WORKERS") == "" {
+		// One serving process, as every test fixture of kinepy's (the CLI's default is one per CPU);
+		// set KINEPY_WORKERS to run Kubernetes' storage tests against several workers.
+		env = append(env, "KINEPY_WORKERS=1")
 	}
 	interval := cfg.WatchProgressNotifyInterval
 	if interval == 0 {
