@@ -39,6 +39,7 @@ from benchmarks.targets import (
     DatabaseServers,
     Target,
     TargetUnavailable,
+    check_target,
     make_target,
     reset_peak_rss,
     rss_kib,
@@ -149,8 +150,10 @@ def run(args: argparse.Namespace) -> int:
         repeats, chosen = args.repeats or SIZES[args.size].repeats, select(args.size, args.workloads)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     for name in names:
-        if name not in TARGETS:
-            raise SystemExit(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+        try:
+            check_target(name)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     started = time.monotonic()
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

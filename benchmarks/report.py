@@ -103,7 +103,7 @@ def table(result: dict[str, Any]) -> str:
     targets = [t for t, info in result["targets"].items() if info["status"] == "ok"]
     base_name = next((b for b in BASELINES if b in targets), "")
     pairs = [(t, base_name) for t in targets if base_name and t != base_name]
-    pairs += [(t, "kine" + t[len("kinepy") :]) for t in targets if t.startswith("kinepy-")]
+    pairs += [(t, "kine-" + t.split("-")[1]) for t in targets if t.startswith("kinepy-")]
     pairs = [(t, other) for t, other in pairs if other in targets]
     ratio_names = [f"{t} ×{other}" for t, other in pairs]  # noqa: RUF001
     header = ["workload", "metric", *targets, *ratio_names]

@@ -14,6 +14,7 @@ serves gRPC) and ``db_pid`` (a database server whose CPU is part of the target's
                       (./db/state.db, WAL, synchronous=NORMAL), exactly as k3s runs it
     kine-postgres     kine on a fresh database of the same PostgreSQL server as kinepy-postgres
     kine-mariadb      kine on a fresh database of the same MariaDB server as kinepy-mariadb
+    kinepy-X-wN       kinepy on backend X with --workers N (kinepy-X alone: the default, one per CPU)
 
 The PostgreSQL and MariaDB servers are the test suite's own (``kinepy/testing/databases.py``: temporary
 data directory, free port, fsync on), started once per run on first use and shared by kinepy and kine.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,6 +58,7 @@ TARGETS = (
     "kine-postgres",
     "kine-mariadb",
 )
+WORKERS_SUFFIX = re.compile(r"(kinepy-(?:sqlite|postgres|mariadb))-w([1-9][0-9]*)")
 
 # kine accepts four Txn shapes, no lease keepalive/revoke (its LeaseGrant stores nothing) and no
 # DeleteRange; the loadgen also detects rejections at run time, this list only saves the attempt.
@@ -188,6 +191,7 @@ class OnDatabase(Target):
 @dataclass
 class Kinepy(OnDatabase):
     _notify: socket.socket | None = field(default=None, repr=False)
+    extra_args: list[str] = field(default_factory=list)
 
     def datastore(self) -> str:
         assert self.workdir is not None
@@ -206,6 +210,7 @@ class Kinepy(OnDatabase):
             self.datastore(),
             "--log-level",
             "warning",
+            *self.extra_args,
         ]
 
     def env(self) -> dict[str, str] | None:
@@ -316,11 +321,17 @@ class DatabaseServers:
         self._servers.clear()
 
 
+def check_target(name: str) -> None:
+    """Raise `ValueError` unless `name` is one of TARGETS, or kinepy-BACKEND-wN (N workers)."""
+    if name not in TARGETS and not WORKERS_SUFFIX.fullmatch(name):
+        raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}, kinepy-BACKEND-wN")
+
+
 def make_target(name: str, databases: DatabaseServers, log: Callable[[str], None]) -> Target:
-    """The target called `name` (one of TARGETS), ready to `start()`; raises `TargetUnavailable`."""
-    if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
-    server, _, backend = name.partition("-")
+    """The target called `name` (see `check_target`), ready to `start()`; raises `TargetUnavailable`."""
+    check_target(name)
+    workers = WORKERS_SUFFIX.fullmatch(name)
+    server, _, backend = (workers.group(1) if workers else name).partition("-")
     if server == "etcd":
         binary = str(etcd_tools(log) / "etcd") if backend else ETCD_BIN
         if not Path(binary).exists():
@@ -328,7 +339,8 @@ def make_target(name: str, databases: DatabaseServers, log: Callable[[str], None
         return Etcd(name, binary=binary)
     database = databases.get(backend) if backend != "sqlite" else None
     if server == "kinepy":
-        return Kinepy(name, backend=backend, database=database)
+        extra = ["--workers", workers.group(2)] if workers else []
+        return Kinepy(name, backend=backend, database=database, extra_args=extra)
     return Kine(
         name,
         unsupported=dict(KINE_UNSUPPORTED),
