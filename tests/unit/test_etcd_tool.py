@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from benchmarks import etcd_tool, report
+from benchmarks.targets import check_target
 
 # The shape of etcd v3.6.5's pkg/report output with --precise (trimmed histogram).
 PUT_REPORT = """
@@ -102,3 +103,23 @@ def test_ratios_to_etcd_and_of_kinepy_to_kine_on_each_backend() -> None:
         "kinepy-sqlite ×etcd-3.6.5": "0.50",  # noqa: RUF001
         "kinepy-postgres ×kine-postgres": "1.50",  # noqa: RUF001
     }
+
+
+def test_kinepy_with_workers_is_a_target_and_pairs_with_kine_on_its_backend() -> None:
+    check_target("kinepy-sqlite-w2")
+    check_target("kinepy-mariadb-w16")
+    for wrong in ("kinepy-sqlite-w0", "kine-sqlite-w2", "kinepy-oracle-w2", "etcd-w2"):
+        with pytest.raises(ValueError, match="unknown target"):
+            check_target(wrong)
+    targets = ["etcd-3.6.5", "kine-sqlite", "kinepy-sqlite-w1", "kinepy-sqlite-w2"]
+    result = {
+        "targets": {t: {"status": "ok"} for t in targets},
+        "workloads": {"put-64": {"unit": "ops"}},
+        "summary": {"put-64": dict(zip(targets, map(_entry, (8000.0, 4000.0, 2000.0, 3000.0)), strict=True))},
+        "size": "full",
+        "repeats": 1,
+        "date": "today",
+        "machine": {"nproc": 2, "cpu_model": "x", "loadavg_start": (1.0, 1.0, 1.0)},
+    }
+    header = report.table(result).splitlines()[0]
+    assert "kinepy-sqlite-w2 ×kine-sqlite" in header and "kinepy-sqlite-w1 ×kine-sqlite" in header  # noqa: RUF001
