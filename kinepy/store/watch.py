@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 # etcd sends at most this many revisions in one catch-up response (watchBatchMaxRevs).
 CATCH_UP_MAX_REVISIONS = 1000
+# ... and kinepy at most this many bytes of events (unless one revision alone is more), so that a catch-up
+# response stays under gRPC's default 4 MiB receive limit, which most clients other than etcd's keep.
+CATCH_UP_MAX_BYTES = 2 << 20
+# Events read from the log at once while the window holds nothing to estimate their size from.
+CATCH_UP_BLIND_EVENTS = 256
 PROGRESS_WATCH_ID = -1
 # What an Event and its KeyValue cost in memory beyond their keys' and values' bytes (CPython objects).
 EVENT_OVERHEAD_BYTES = 256
@@ -234,8 +239,9 @@ class WatchStream:
         return max(1, self.max_buffered_events - self.buffered_events)
 
     def byte_room(self) -> int:
-        """Bytes the stream can still take (at least 1)."""
-        return max(1, self.max_buffered_bytes - self.buffered_bytes)
+        """Bytes of events the next catch-up response may carry: what the stream can still take, at
+        most CATCH_UP_MAX_BYTES (at least 1)."""
+        return max(1, min(CATCH_UP_MAX_BYTES, self.max_buffered_bytes - self.buffered_bytes))
 
     def _push(self, resp: WatchResponse) -> None:
         self._queue.append(resp)
@@ -427,6 +433,8 @@ class WatchHub:
         room = stream.room()
         if self._window_events:
             room = min(room, stream.byte_room() * self._window_events // self._window_bytes)
+        else:
+            room = min(room, CATCH_UP_BLIND_EVENTS)
         return max(1, room)
 
     def _demote(self, watcher: Watcher, next_revision: int) -> None:
@@ -548,6 +556,7 @@ class WatchHub:
                     else:
                         upto = last - 1
                         events = [e for e in events if e.kv.mod_revision < last]
+                events, upto = _whole_revisions_within(events, upto, watcher.stream.byte_room())
                 if watcher not in self._unsynced or watcher.next_revision != start:
                     continue  # cancelled (or moved) while we read
                 if self.compact_revision > start:
@@ -600,3 +609,17 @@ class WatchHub:
         stream = watcher.stream
         if stream.progress_pending:
             stream.maybe_send_progress()
+
+
+def _whole_revisions_within(events: list[Event], upto: int, byte_room: int) -> tuple[list[Event], int]:
+    """The longest run of whole revisions of `events` (oldest first, covering revisions up to `upto`)
+    within `byte_room` bytes, and the last revision it covers; the first revision always, however large."""
+    size = 0
+    for i, event in enumerate(events):
+        size += event_bytes(event)
+        if size > byte_room and i > 0:
+            first_cut = event.kv.mod_revision
+            if events[0].kv.mod_revision == first_cut:
+                continue  # still the first revision: its events travel together
+            return [e for e in events[:i] if e.kv.mod_revision < first_cut], first_cut - 1
+    return events, upto

@@ -15,7 +15,7 @@ from fake_backend import FakeBackend
 
 from kinepy.errors import CompactedError
 from kinepy.store.store import Store, StoreSettings
-from kinepy.store.watch import PROGRESS_WATCH_ID, WatchResponse, WatchStream
+from kinepy.store.watch import CATCH_UP_MAX_BYTES, PROGRESS_WATCH_ID, WatchResponse, WatchStream
 from kinepy.types import DeleteRangeRequest, Event, KeyRange, PutRequest, TxnRequest
 
 BUFFER = 4  # events a stream holds before its watchers are demoted
@@ -281,3 +281,29 @@ async def test_a_watcher_cancelled_while_unsynced_gets_nothing_more(store_withou
         stream.create(b"other", b"")
         [created] = await _next(stream)
         assert created.watch_id == 1
+
+
+BIG_VALUE = b"b" * 300_000  # 7 of them exceed CATCH_UP_MAX_BYTES (2 MiB)
+
+
+@pytest.mark.parametrize("window_events", [8192, 1], ids=["from the window", "from the log"])
+async def test_a_catch_up_response_stays_under_the_byte_cap(
+    backend: CountingBackend, window_events: int
+) -> None:
+    """20 values of 300 kB (6 MB) behind a watcher arrive in responses of at most CATCH_UP_MAX_BYTES,
+    so a client with gRPC's default 4 MiB receive limit can take them; every event once, in order."""
+    store = await _store(backend, window_events=window_events, watch_stream_buffer_events=1000)
+    try:
+        for _ in range(20):  # revisions 2..21
+            await store.put(PutRequest(b"k", BIG_VALUE))
+        with store.open_watch() as stream:
+            stream.create(b"k", b"", start_revision=2)
+            await _next(stream)
+            seen: list[int] = []
+            while not seen or seen[-1] < 21:
+                [resp] = await _next(stream)
+                assert 0 < sum(len(e.kv.value) for e in resp.events) <= CATCH_UP_MAX_BYTES
+                seen.extend(e.kv.mod_revision for e in resp.events)
+            assert seen == list(range(2, 22))
+    finally:
+        await store.aclose()
