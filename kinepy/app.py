@@ -237,6 +237,7 @@ class App:
             on_commit=self.metrics.observe_commit,
             on_compact=self.metrics.observe_compaction,
             leader=self.role is None or self.role.leader,
+            alarm_fd=-1 if self.role is None else self.role.alarm_fd,
         )
         await store.start()
         self.store = store

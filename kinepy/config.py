@@ -212,6 +212,9 @@ class WorkerRole:
     notify_write_fds: tuple[int, ...] = ()
     """SQLite: the other workers' change pipes, each told of this worker's commits."""
 
+    alarm_fd: int = -1
+    """The alarm table every worker shares (`kinepy.store.alarms.SharedAlarmTable`)."""
+
     @property
     def leader(self) -> bool:
         """Lease expiry, automatic compaction and resuming an interrupted compaction run here only."""

@@ -6,18 +6,28 @@ in either branch (top-level only, as etcd counts them), LeaseGrant. Deletes, rea
 defragmentation, lease renewals and revocations go on, so an operator can make room. `etcdctl alarm
 disarm` deactivates it; the next write that finds the disk still full raises it again.
 
-Alarms live in this process's memory: a full disk could not record them anyway, and a restart
-forgets them (the first write that fails for want of space raises NOSPACE again). Any alarm a
+Alarms live in memory, not in the database: a full disk could not record them anyway, and a restart
+forgets them (the first write that fails for want of space raises NOSPACE again). The workers of
+`kinepy --workers N` share one table (`SharedAlarmTable`, a memfd the supervisor passes to each), so an
+alarm raised by one worker is listed, enforced and disarmed by every one. Any alarm a
 client activates is listed; only NOSPACE has an effect (etcd's CORRUPT stops the member; kinepy only
 lists it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
+import mmap
+import os
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kinepy.types import PutRequest, TxnRequest
+
+ALARM_TABLE_BYTES = 4096  # a shared table's size: 340 alarms
 
 
 class AlarmType(enum.IntEnum):
@@ -51,13 +61,60 @@ class AlarmMember:
         return text
 
 
-class Alarms:
-    """The active alarms, as etcd's alarm store keeps them (one per member and type)."""
+class SharedAlarmTable:
+    """The active alarms in memory shared by processes: a file descriptor (the supervisor's memfd)
+    of ALARM_TABLE_BYTES, mapped by each; changes under an exclusive `lockf` on it. Layout: a NOSPACE
+    flag byte (read without the lock, on every write request), then a count and (member, alarm) pairs."""
 
-    def __init__(self) -> None:
+    _HEAD = struct.Struct("<B3xI")
+    _ENTRY = struct.Struct("<QI")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        os.ftruncate(fd, ALARM_TABLE_BYTES)  # a new memfd is empty; a table in use keeps its contents
+        self._map = mmap.mmap(fd, ALARM_TABLE_BYTES)
+
+    def no_space(self) -> bool:
+        return self._map[0] == 1
+
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[set[AlarmMember]]:
+        """The active alarms, locked; what the caller leaves in the set is written back."""
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
+            _, count = self._HEAD.unpack_from(self._map, 0)
+            offset = self._HEAD.size
+            active = set()
+            for i in range(count):
+                active.add(AlarmMember(*self._ENTRY.unpack_from(self._map, offset + i * self._ENTRY.size)))
+            yield active
+            kept = sorted(active)[: (ALARM_TABLE_BYTES - offset) // self._ENTRY.size]
+            for i, member in enumerate(kept):
+                self._ENTRY.pack_into(
+                    self._map, offset + i * self._ENTRY.size, member.member_id, member.alarm
+                )
+            no_space = any(a.alarm == AlarmType.NOSPACE for a in kept)
+            self._HEAD.pack_into(self._map, 0, int(no_space), len(kept))
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._map.close()
+
+
+class Alarms:
+    """The active alarms, as etcd's alarm store keeps them (one per member and type): this process's,
+    or a `SharedAlarmTable`'s when given its descriptor."""
+
+    def __init__(self, shared_fd: int = -1) -> None:
+        self._shared = SharedAlarmTable(shared_fd) if shared_fd >= 0 else None
         self._active: set[AlarmMember] = set()
-        self.no_space = False
+        self._no_space = False
+
+    @property
+    def no_space(self) -> bool:
         """True while any member's NOSPACE alarm is active."""
+        return self._shared.no_space() if self._shared is not None else self._no_space
 
     def apply(self, action: int, member_id: int, alarm: int) -> list[AlarmMember]:
         """Maintenance.Alarm: GET lists the alarms of type `alarm` (NONE: all of them); ACTIVATE
@@ -65,29 +122,43 @@ class Alarms:
         was not active). Another action changes nothing and lists nothing."""
         member = AlarmMember(member_id, alarm)
         if action == AlarmAction.GET:
-            return sorted(a for a in self._active if alarm == AlarmType.NONE or a.alarm == alarm)
+            with self._editing() as active:
+                return sorted(a for a in active if alarm == AlarmType.NONE or a.alarm == alarm)
         if action == AlarmAction.ACTIVATE:
             self.activate(member)
             return [member]
-        if action == AlarmAction.DEACTIVATE and member in self._active:
-            self._active.discard(member)
-            self._changed()
-            return [member]
+        if action == AlarmAction.DEACTIVATE:
+            with self._editing() as active:
+                if member in active:
+                    active.discard(member)
+                    return [member]
         return []
 
     def activate(self, member: AlarmMember) -> bool:
         """Raise `member`'s alarm; False if it was active already."""
-        if member in self._active:
-            return False
-        self._active.add(member)
-        self._changed()
-        return True
+        with self._editing() as active:
+            if member in active:
+                return False
+            active.add(member)
+            return True
 
     def active(self) -> list[AlarmMember]:
         return self.apply(AlarmAction.GET, 0, AlarmType.NONE)
 
-    def _changed(self) -> None:
-        self.no_space = any(a.alarm == AlarmType.NOSPACE for a in self._active)
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[set[AlarmMember]]:
+        if self._shared is not None:
+            with self._shared.editing() as active:
+                yield active
+            return
+        try:
+            yield self._active
+        finally:
+            self._no_space = any(a.alarm == AlarmType.NOSPACE for a in self._active)
 
 
 def adds_data(request: PutRequest | TxnRequest) -> bool:

@@ -117,16 +117,18 @@ class Store:
         on_commit: OnCommit | None = None,
         on_compact: OnCompact | None = None,
         leader: bool = True,
+        alarm_fd: int = -1,
     ) -> None:
         """`leader`: run the duties one process of several suffices for (lease expiry, automatic
         compaction, resuming an interrupted compaction at start); False in every worker of `kinepy
         --workers` but worker 0. Each is also safe run twice: expiry and compaction re-check inside
-        their commit, as for several processes on one PostgreSQL or MySQL database."""
+        their commit, as for several processes on one PostgreSQL or MySQL database. `alarm_fd`: the
+        alarm table the workers share (`SharedAlarmTable`), if any."""
         self._leader = leader
         self._backend = backend
         self._settings = settings = settings or StoreSettings()
         self._revision = 0
-        self.alarms = Alarms()
+        self.alarms = Alarms(alarm_fd)
         self._writer = Writer(
             backend,
             committed=self._committed,
@@ -207,6 +209,7 @@ class Store:
         await self._compactor.aclose()
         if self._hub is not None:
             await self._hub.aclose()
+        self.alarms.close()
 
     # -- the revision ----------------------------------------------------------------------------
 

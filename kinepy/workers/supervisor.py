@@ -83,6 +83,7 @@ class Supervisor:
         self.config = config
         self._workers = [_Worker(i) for i in range(config.workers)]
         self._pipes: list[tuple[int, int]] = []
+        self._alarm_fd = -1  # the alarm table the workers share
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics: MetricsListener | None = None
@@ -106,6 +107,7 @@ class Supervisor:
             registry.register(_WorkersCollector(self))
         if isinstance(spec, SQLiteSpec):
             self._pipes = [os.pipe() for _ in self._workers]
+        self._alarm_fd = os.memfd_create("kinepy-alarms")  # each worker sizes and maps it
         self._loop = loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,6 +152,7 @@ class Supervisor:
             for read_fd, write_fd in self._pipes:
                 os.close(read_fd)
                 os.close(write_fd)
+            os.close(self._alarm_fd)
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -173,19 +176,20 @@ class Supervisor:
 
     def _role(self, index: int) -> WorkerRole:
         if not self._pipes:
-            return WorkerRole(index=index, count=len(self._workers))
+            return WorkerRole(index=index, count=len(self._workers), alarm_fd=self._alarm_fd)
         return WorkerRole(
             index=index,
             count=len(self._workers),
             notify_read_fd=self._pipes[index][0],
             notify_write_fds=tuple(w for i, (_, w) in enumerate(self._pipes) if i != index),
+            alarm_fd=self._alarm_fd,
         )
 
     async def _start(self, worker: _Worker) -> int:
         """Start `worker` and wait until it serves; its port. `WorkerFailed` if it exits first."""
         ours, theirs = socket.socketpair()
         role = self._role(worker.index)
-        fds = [theirs.fileno(), role.notify_read_fd, *role.notify_write_fds]
+        fds = [theirs.fileno(), role.notify_read_fd, *role.notify_write_fds, role.alarm_fd]
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # systemd hears the supervisor
         with theirs:
             worker.proc = await asyncio.create_subprocess_exec(

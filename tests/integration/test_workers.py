@@ -29,7 +29,7 @@ from blocking_clients import Client, Watch, event_tuple, revisions_between
 from conftest import REPO_ROOT, KinepyServer, free_port
 from histories import Event, Op, check, random_load, record_put
 
-from kinepy.proto import rpc_pb2
+from kinepy.proto import rpc_pb2, rpc_pb2_grpc
 
 pytestmark = [pytest.mark.kinepy]
 
@@ -162,6 +162,40 @@ def test_a_write_acknowledged_by_one_worker_is_read_by_every_other(
                 resp = clients[reader].get(b"lin")
                 assert resp.header.revision >= revision
                 assert (resp.kvs[0].value, resp.kvs[0].mod_revision) == (b"%d" % i, revision)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_an_alarm_raised_on_one_worker_is_listed_enforced_and_disarmed_on_every_other(
+    make_kinepy_server: MakeKinepy, tmp_path: Path
+) -> None:
+    """Alarms are shared by the workers: NOSPACE activated through worker 0 is listed by worker 1 and
+    refuses its puts (etcd's error), and a disarm through worker 1 lifts it on worker 0."""
+    server = _workers(make_kinepy_server, tmp_path, 2)
+    clients = [_client(server, tmp_path, i) for i in range(2)]
+    maintenance = [rpc_pb2_grpc.MaintenanceStub(c.channel) for c in clients]
+    try:
+        member = maintenance[0].Status(rpc_pb2.StatusRequest(), timeout=10).header.member_id
+        nospace = rpc_pb2.AlarmRequest(memberID=member, alarm=rpc_pb2.NOSPACE)
+        maintenance[0].Alarm(
+            rpc_pb2.AlarmRequest(
+                action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=member, alarm=rpc_pb2.NOSPACE
+            ),
+            timeout=10,
+        )
+        listed = maintenance[1].Alarm(rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET), timeout=10)
+        assert [(a.memberID, a.alarm) for a in listed.alarms] == [(member, rpc_pb2.NOSPACE)]
+        with pytest.raises(grpc.RpcError) as refused:
+            clients[1].put(b"k", b"v")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details() == "etcdserver: mvcc: database space exceeded"
+        nospace.action = rpc_pb2.AlarmRequest.DEACTIVATE
+        maintenance[1].Alarm(nospace, timeout=10)
+        assert (
+            not maintenance[0].Alarm(rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET), timeout=10).alarms
+        )
+        assert clients[0].put(b"k", b"v") > 0
     finally:
         for client in clients:
             client.close()

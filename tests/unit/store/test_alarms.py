@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kinepy.store.alarms import AlarmAction, AlarmMember, Alarms, AlarmType, adds_data
 from kinepy.types import DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest
 
@@ -39,3 +41,22 @@ def test_what_nospace_refuses() -> None:
     assert adds_data(TxnRequest(failure=[put]))
     assert not adds_data(TxnRequest(success=[TxnRequest(success=[put])]))  # etcd counts top-level puts
     assert not adds_data(TxnRequest(success=[DeleteRangeRequest(key=b"k"), RangeRequest(key=b"k")]))
+
+
+def test_alarms_on_one_shared_table_are_everyones() -> None:
+    """Two `Alarms` on one memfd (as two workers map the supervisor's): what one raises, the other
+    lists and enforces; what the other disarms is gone for both."""
+    fd = os.memfd_create("alarms-test")
+    first, second = Alarms(fd), Alarms(fd)
+    try:
+        nospace = AlarmMember(7, AlarmType.NOSPACE)
+        assert not second.no_space
+        assert first.activate(nospace)
+        assert second.no_space and second.active() == [nospace]
+        assert not second.activate(nospace)  # active already, whoever raised it
+        assert second.apply(AlarmAction.DEACTIVATE, 7, AlarmType.NOSPACE) == [nospace]
+        assert not first.no_space and first.active() == []
+    finally:
+        first.close()
+        second.close()
+        os.close(fd)
