@@ -242,20 +242,20 @@ class Store:
         finally:
             self._revision_check = None
 
-    def _lost(self, kept: int, acknowledged: int) -> None:
-        """A batch found the database at `kept`, behind `acknowledged`, and went on after it."""
+    def _lost(self, kept: int, acknowledged: int, fence: int) -> None:
+        """A batch found the database at `kept`, behind `acknowledged`, and went on from `fence`."""
         log.error(
             "the datastore lost revisions %d..%d, which were acknowledged (a standby that had not "
             "received them was promoted?); going on from revision %d, compacted there: every watch "
             "is cancelled as compacted, so that clients list again",
             kept + 1,
             acknowledged,
-            acknowledged + 1,
+            fence,
         )
         if self._hub is not None:
-            self._hub.lost(acknowledged)
-        self._compactor.request(acknowledged)
-        self._auto_compactor.saw(acknowledged)
+            self._hub.lost(fence)
+        self._compactor.request(fence)
+        self._auto_compactor.saw(fence)
 
     # -- KV --------------------------------------------------------------------------------------
 

@@ -55,6 +55,10 @@ class CompactResponse:
     revision: int
 
 
+LOST_GAP = 2
+"""Revisions left empty after the last acknowledged one when the database lost revisions (`skip_lost`)."""
+
+
 @dataclass(slots=True)
 class RevisionCheck:
     """Writes nothing: a batch that only looks at the database's revision, so that revisions the
@@ -350,14 +354,18 @@ class BatchState:
         found.sort(key=lambda kv: kv.key)
         return found
 
-    def skip_lost(self, revision: int) -> None:
-        """The database is behind `revision`, which this process already acknowledged: those
-        revisions were lost (an asynchronous standby promoted, a backup restored). Go on after
-        `revision`, never reusing one, with history compacted there: what was read at the lost
-        revisions can no longer be read, and no watch can resume inside them."""
-        self.revision = revision
-        self.compact_revision = revision
-        self.new_compact_revision = revision
+    def skip_lost(self, acknowledged: int) -> int:
+        """The database is behind `acknowledged`, a revision this process already acknowledged: the
+        revisions after the database's were lost (an asynchronous standby promoted, a backup restored).
+        Go on after them, never reusing one, with history compacted at `acknowledged + LOST_GAP`
+        (returned): what was read at the lost revisions can no longer be read, and a watch resumed
+        from the revision after the last one its client saw (`acknowledged + 1` at most) is below the
+        compaction, so it is cancelled as compacted, not silently continued."""
+        fence = acknowledged + LOST_GAP
+        self.revision = fence
+        self.compact_revision = fence
+        self.new_compact_revision = fence
+        return fence
 
     def write_set(self) -> WriteSet | None:
         if not self.log and self.new_compact_revision is None and not self.touched_leases:

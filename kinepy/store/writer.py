@@ -35,9 +35,10 @@ OnCommit = Callable[[float, int], None]
 """Told of every committed batch: (seconds the database transaction took, requests in it)."""
 Floor = Callable[[], int]
 """The highest revision this process acknowledged or saw committed: the database must not be behind it."""
-Lost = Callable[[int, int], None]
-"""Told on the event loop, before `Committed`, that a batch found the database at revision `kept`
-(the first argument) behind the floor (the second) and went on after the floor."""
+Lost = Callable[[int, int, int], None]
+"""Told on the event loop, before `Committed`, that a batch found the database at a revision (the
+first argument) behind the floor (the second) and went on from a revision compacted after it (the third:
+`txn.BatchState.skip_lost`)."""
 OnNoSpace = Callable[[BackendNoSpace], None]
 """Told of a batch that failed for want of disk space (its callers get NoSpaceError)."""
 
@@ -145,7 +146,7 @@ class Writer:
             txn.add_to_read_set(pending.request, read_set)
         evaluated: list[txn.BatchState] = []
         floor = self._floor()
-        skipped: list[int] = []
+        skipped: list[tuple[int, int]] = []
 
         def evaluate(snapshot: Snapshot) -> WriteSet | None:
             # Runs wherever the backend runs its transaction (maybe a database thread, maybe more
@@ -153,8 +154,7 @@ class Writer:
             state = txn.BatchState.of(snapshot)
             skipped[:] = []
             if snapshot.revision < floor:
-                skipped.append(snapshot.revision)
-                state.skip_lost(floor)
+                skipped.append((snapshot.revision, state.skip_lost(floor)))
             for pending in batch:
                 try:
                     pending.result = txn.apply(state, pending.request)
@@ -190,7 +190,8 @@ class Writer:
             self._on_commit(elapsed, len(batch))
         [state] = evaluated
         if skipped and self._lost is not None:
-            self._lost(skipped[0], floor)
+            kept, fence = skipped[0]
+            self._lost(kept, floor, fence)
         # Publish before answering: a client that reads its write's revision and then opens a
         # watch from "now" must not see that write again, nor miss the next one.
         try:

@@ -9,6 +9,7 @@ through `hold_writes()` (a write waits until `release_writes()`), `outcomes` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,11 +84,11 @@ class FakeBackend:
         return self.revision, self.compact_revision
 
     async def wait_for_change(self, max_wait: float) -> None:
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait(), max_wait)
-            except TimeoutError:
-                pass
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that races
+        # with its timeout, and the follower's task would then never end (seen with a 10 ms poll).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait), self._changed:
+                await self._changed.wait()
 
     async def read_range(self, query: RangeQuery) -> RangeRows:
         revision = query.revision

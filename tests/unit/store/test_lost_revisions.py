@@ -1,6 +1,7 @@
 """The database loses revisions the store acknowledged (an asynchronous standby promoted, a backup
-restored under a running kinepy): the store never reuses a revision, compacts at the last one it
-acknowledged, and cancels every watch as compacted, whether a write or the follower notices first."""
+restored under a running kinepy): the store never reuses a revision, compacts LOST_GAP revisions after the
+last one it acknowledged, and cancels every watch as compacted (and a watch resumed after the last
+revision its client saw), whether a write or the follower notices first."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fake_backend import FakeBackend
 
 from kinepy import errors
 from kinepy.store.store import Store, StoreSettings
+from kinepy.store.txn import LOST_GAP
 from kinepy.store.watch import WatchResponse, WatchStream
 from kinepy.types import KeyValue, PutRequest, RangeRequest
 
@@ -56,28 +58,36 @@ async def test_lost_revisions_are_skipped_compacted_and_every_watch_cancelled(
                 await store.put(PutRequest(b"k%d" % i, b"v"))
                 assert [e.kv.mod_revision for e in (await _next(stream)).events] == [i]
             lose_revisions_after(backend, 2)
+            fence = 4 + LOST_GAP
             with caplog.at_level(logging.ERROR, logger="kinepy.store.store"):
                 if shared:  # nobody writes: the follower finds the database behind
-                    await backend.until(lambda: backend.revision == 4)
+                    async with asyncio.timeout(5):
+                        await backend.until(lambda: backend.revision == fence)  # noqa: B023
                 else:
-                    assert (await store.put(PutRequest(b"k5", b"v"))).revision == 5
+                    assert (await store.put(PutRequest(b"k5", b"v"))).revision == fence + 1
             assert "the datastore lost revisions 3..4" in caplog.text
             cancelled = await _next(stream)
-            assert cancelled.canceled and cancelled.compact_revision == 4
-            assert backend.compact_revision == 4
+            assert cancelled.canceled and cancelled.compact_revision == fence
+            assert backend.compact_revision == fence
         with pytest.raises(errors.CompactedError):
             await store.range(RangeRequest(b"k3", revision=3))
-        # A watch from the next revision on sees the writes after, from revision 5 on, exactly once.
+        # A client that saw revision 4 and resumes its watch after it is told to list again.
         with store.open_watch() as stream:
             stream.create(b"k", b"l", start_revision=5)
             assert (await _next(stream)).created
-            expected = [5] if not shared else []
+            resumed = await _next(stream)
+            assert resumed.canceled and resumed.compact_revision == fence
+        # A watch from the compaction on sees the writes after it, exactly once.
+        with store.open_watch() as stream:
+            stream.create(b"k", b"l", start_revision=fence)
+            assert (await _next(stream)).created
+            expected = [fence + 1] if not shared else []
             revision = (await store.put(PutRequest(b"k6", b"v"))).revision
             expected.append(revision)
             seen: list[int] = []
             while len(seen) < len(expected):
                 seen += [e.kv.mod_revision for e in (await _next(stream)).events]
-            assert seen == expected == list(range(5, revision + 1))
+            assert seen == expected == list(range(fence + 1, revision + 1))
     finally:
         await store.aclose()
 
