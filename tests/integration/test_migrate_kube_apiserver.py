@@ -10,7 +10,9 @@ the build of test_kube_apiserver.py (cached; the first build takes 5-10 min).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -90,6 +92,11 @@ class Watch:
         return list(self.events)
 
     def stop(self) -> None:
+        # Shut the socket down first: closing the response waits for the reader thread's lock, and
+        # that thread sits in recv() until data comes or the 60 s timeout passes.
+        if self._conn.sock is not None:
+            with contextlib.suppress(OSError):
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
         self._conn.close()
 
 
