@@ -110,11 +110,14 @@ async def test_a_database_that_kept_everything_is_never_taken_for_one_that_lost(
     store = Store(backend, StoreSettings(poll_interval=0.001))
     await store.start()
     try:
+        # Bounded: seen stuck once in a full-suite run (not reproduced alone); a hang must fail, not stall CI.
         with caplog.at_level(logging.ERROR, logger="kinepy.store.store"):
-            await asyncio.gather(*(store.put(PutRequest(b"k%d" % i, b"v")) for i in range(300)))
-            for i in range(100):
-                await store.put(PutRequest(b"s%d" % i, b"v"))
+            async with asyncio.timeout(30):
+                await asyncio.gather(*(store.put(PutRequest(b"k%d" % i, b"v")) for i in range(300)))
+                for i in range(100):
+                    await store.put(PutRequest(b"s%d" % i, b"v"))
         assert "lost" not in caplog.text
         assert backend.compact_revision == -1
     finally:
-        await store.aclose()
+        async with asyncio.timeout(10):
+            await store.aclose()
