@@ -103,18 +103,17 @@ class SharedAlarmTable:
 
 
 class Alarms:
-    """The active alarms, as etcd's alarm store keeps them (one per member and type): this process's,
-    or a `SharedAlarmTable`'s when given its descriptor."""
+    """The active alarms, as etcd's alarm store keeps them (one per member and type), in a
+    `SharedAlarmTable`: the workers' (`shared_fd`), or one of this process's own."""
 
     def __init__(self, shared_fd: int = -1) -> None:
-        self._shared = SharedAlarmTable(shared_fd) if shared_fd >= 0 else None
-        self._active: set[AlarmMember] = set()
-        self._no_space = False
+        self._own_fd = os.memfd_create("kinepy-alarms") if shared_fd < 0 else -1
+        self._table = SharedAlarmTable(shared_fd if shared_fd >= 0 else self._own_fd)
 
     @property
     def no_space(self) -> bool:
         """True while any member's NOSPACE alarm is active."""
-        return self._shared.no_space() if self._shared is not None else self._no_space
+        return self._table.no_space()
 
     def apply(self, action: int, member_id: int, alarm: int) -> list[AlarmMember]:
         """Maintenance.Alarm: GET lists the alarms of type `alarm` (NONE: all of them); ACTIVATE
@@ -122,13 +121,13 @@ class Alarms:
         was not active). Another action changes nothing and lists nothing."""
         member = AlarmMember(member_id, alarm)
         if action == AlarmAction.GET:
-            with self._editing() as active:
+            with self._table.editing() as active:
                 return sorted(a for a in active if alarm == AlarmType.NONE or a.alarm == alarm)
         if action == AlarmAction.ACTIVATE:
             self.activate(member)
             return [member]
         if action == AlarmAction.DEACTIVATE:
-            with self._editing() as active:
+            with self._table.editing() as active:
                 if member in active:
                     active.discard(member)
                     return [member]
@@ -136,7 +135,7 @@ class Alarms:
 
     def activate(self, member: AlarmMember) -> bool:
         """Raise `member`'s alarm; False if it was active already."""
-        with self._editing() as active:
+        with self._table.editing() as active:
             if member in active:
                 return False
             active.add(member)
@@ -146,19 +145,10 @@ class Alarms:
         return self.apply(AlarmAction.GET, 0, AlarmType.NONE)
 
     def close(self) -> None:
-        if self._shared is not None:
-            self._shared.close()
-
-    @contextlib.contextmanager
-    def _editing(self) -> Iterator[set[AlarmMember]]:
-        if self._shared is not None:
-            with self._shared.editing() as active:
-                yield active
-            return
-        try:
-            yield self._active
-        finally:
-            self._no_space = any(a.alarm == AlarmType.NOSPACE for a in self._active)
+        self._table.close()
+        if self._own_fd >= 0:
+            os.close(self._own_fd)
+            self._own_fd = -1
 
 
 def adds_data(request: PutRequest | TxnRequest) -> bool:
