@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import blocking_clients
 import conftest
 import grpc
 import pytest
@@ -40,14 +41,11 @@ EVENT_TIMEOUT = 15.0
 MakeKinepy = Callable[..., KinepyServer]
 
 
-class Client:
-    """Blocking etcd stubs on one channel; `call` returns the response or `(code, details)`."""
+class Client(blocking_clients.Client):
+    """`blocking_clients.Client` with Maintenance; `call` returns the response or `(code, details)`."""
 
     def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(endpoint)
-        self.kv = rpc_pb2_grpc.KVStub(self.channel)
-        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
-        self.watch = rpc_pb2_grpc.WatchStub(self.channel)
+        super().__init__(endpoint)
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
 
     def call(self, stub: Any, method: str, request: Message) -> Any:
@@ -55,18 +53,6 @@ class Client:
             return getattr(stub, method)(request, timeout=30)
         except grpc.RpcError as exc:
             return exc.code(), exc.details()
-
-    def put(self, key: bytes, value: bytes, **kwargs: Any) -> int:
-        return int(
-            self.kv.Put(rpc_pb2.PutRequest(key=key, value=value, **kwargs), timeout=30).header.revision
-        )
-
-    def get(self, key: bytes, range_end: bytes = b"", **kwargs: Any) -> rpc_pb2.RangeResponse:
-        resp: rpc_pb2.RangeResponse = self.kv.Range(RR(key=key, range_end=range_end, **kwargs), timeout=30)
-        return resp
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 class Watch:
