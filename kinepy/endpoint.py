@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from kinepy.config import DEFAULT_SQLITE_PATH, Config
@@ -149,28 +150,43 @@ def _parse_sqlite(endpoint: str, rest: str) -> SQLiteSpec:
     return SQLiteSpec(path, _options(query), create_directory=default)
 
 
-def _split_url(endpoint: str, url: str) -> tuple[str, int | None, str | None, str | None, str, str]:
-    """`url` as (host, port, user, password, database, query); user, password, database decoded."""
+class _ServerUrl(NamedTuple):
+    host: str
+    port: int
+    user: str
+    password: str | None
+    database: str
+    options: dict[str, str]
+
+
+def _split_url(endpoint: str, url: str, *, host: str, port: int, user: str) -> _ServerUrl:
+    """`url`'s parts, user, password and database decoded; `host`, `port`, `user` and
+    `DEFAULT_DATABASE` stand for what it leaves out."""
     if "#" in url:
         raise _invalid(endpoint, "unexpected '#' (percent-encode special characters in the user or password)")
     try:
         parts = urlsplit(url)
-        port = parts.port
+        given_port = parts.port
     except ValueError:
         raise _invalid(
             endpoint, "bad host or port (percent-encode special characters in the user or password)"
         ) from None
-    host = parts.hostname or ""
-    if host and not _HOST_RE.fullmatch(host):
+    given_host = parts.hostname or ""
+    if given_host and not _HOST_RE.fullmatch(given_host):
         raise _invalid(endpoint, "bad host")
-    if port == 0:
+    if given_port == 0:
         raise _invalid(endpoint, "bad port")
     path = parts.path.removeprefix("/")
     if "/" in path:
         raise _invalid(endpoint, "the path must be a single database name")
-    user = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    return host, port, user, password, unquote(path), parts.query
+    return _ServerUrl(
+        host=given_host or host,
+        port=port if given_port is None else given_port,
+        user=unquote(parts.username or "") or user,
+        password=unquote(parts.password) if parts.password is not None else None,
+        database=unquote(path) or DEFAULT_DATABASE,
+        options=_options(parts.query),
+    )
 
 
 def _authority_end(rest: str) -> int:
@@ -187,17 +203,17 @@ def _parse_postgres(endpoint: str, rest: str) -> PostgresSpec:
     if others and not first:
         raise _invalid(endpoint, "an empty host in the host list")
     rest = rest[:userinfo_end] + first + rest[authority_end:]
-    host, port, user, password, database, query = _split_url(endpoint, "postgres://" + rest)
-    options = _options(query)
-    _check_target_session_attrs(endpoint, options, several=bool(others) or "," in options.get("host", ""))
+    url = _split_url(
+        endpoint,
+        "postgres://" + rest,
+        host=DEFAULT_POSTGRES_HOST,
+        port=DEFAULT_POSTGRES_PORT,
+        user=DEFAULT_POSTGRES_USER,
+    )
+    several = bool(others) or "," in url.options.get("host", "")
+    _check_target_session_attrs(endpoint, url.options, several=several)
     return PostgresSpec(
-        host=host or DEFAULT_POSTGRES_HOST,
-        port=port if port is not None else DEFAULT_POSTGRES_PORT,
-        user=user or DEFAULT_POSTGRES_USER,
-        password=password,
-        database=database or DEFAULT_DATABASE,
-        options=options,
-        other_hosts=other_hosts,
+        url.host, url.port, url.user, url.password, url.database, url.options, other_hosts=other_hosts
     )
 
 
@@ -239,15 +255,14 @@ def _parse_mysql(endpoint: str, rest: str) -> MySQLSpec:
     if not _GO_DSN_ADDR_RE.search(rest):
         if "," in rest[: _authority_end(rest)]:
             raise _invalid(endpoint, _MYSQL_ONE_HOST)
-        host, port, user, password, database, query = _split_url(endpoint, "mysql://" + rest)
-        return MySQLSpec(
-            host=host or DEFAULT_MYSQL_HOST,
-            port=port if port is not None else DEFAULT_MYSQL_PORT,
-            user=user or DEFAULT_MYSQL_USER,
-            password=password,
-            database=database or DEFAULT_DATABASE,
-            options=_options(query),
+        url = _split_url(
+            endpoint,
+            "mysql://" + rest,
+            host=DEFAULT_MYSQL_HOST,
+            port=DEFAULT_MYSQL_PORT,
+            user=DEFAULT_MYSQL_USER,
         )
+        return MySQLSpec(url.host, url.port, url.user, url.password, url.database, url.options)
     m = _GO_DSN_RE.match(rest)
     if m is None:
         raise _invalid(endpoint, "malformed Go DSN (expected USER:PASS@tcp(HOST:PORT)/DB)")

@@ -8,7 +8,7 @@ A password never appears in a spec's `str()` or `repr()`: they show `***`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 __all__ = [
     "DEFAULT_DATABASE",
@@ -56,6 +56,19 @@ def _query(options: dict[str, str]) -> str:
 def bracket_host(host: str) -> str:
     """`host` as it is written in a URL: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
+
+
+def _redacted_repr(spec: PostgresSpec | MySQLSpec) -> str:
+    """`spec`'s dataclass repr, its password and secret options shown as ***."""
+    shown = []
+    for item in fields(spec):
+        value = getattr(spec, item.name)
+        if item.name == "password" and value is not None:
+            value = REDACTED
+        elif item.name == "options":
+            value = _redact_options(value)
+        shown.append(f"{item.name}={value!r}")
+    return f"{type(spec).__name__}({', '.join(shown)})"
 
 
 def _userinfo(user: str, password: str | None) -> str:
@@ -112,12 +125,7 @@ class PostgresSpec:
         return self.describe()
 
     def __repr__(self) -> str:
-        password = None if self.password is None else REDACTED
-        return (
-            f"PostgresSpec(host={self.host!r}, port={self.port!r}, user={self.user!r}, "
-            f"password={password!r}, database={self.database!r}, options={_redact_options(self.options)!r}, "
-            f"other_hosts={self.other_hosts!r})"
-        )
+        return _redacted_repr(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +154,7 @@ class MySQLSpec:
         return self.describe()
 
     def __repr__(self) -> str:
-        password = None if self.password is None else REDACTED
-        return (
-            f"MySQLSpec(host={self.host!r}, port={self.port!r}, user={self.user!r}, "
-            f"password={password!r}, database={self.database!r}, "
-            f"options={_redact_options(self.options)!r}, unix_socket={self.unix_socket!r})"
-        )
+        return _redacted_repr(self)
 
 
 @dataclass(frozen=True, slots=True)
