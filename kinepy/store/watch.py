@@ -527,36 +527,10 @@ class WatchHub:
             if self._window and self._window[0][0] <= start:
                 wanted, upto = self._from_window(watcher, start)
             else:
-                room = self._read_limit(watcher.stream)
-                upto = min(self.revision, start - 1 + CATCH_UP_MAX_REVISIONS)
                 try:
-                    events = await read_history(
-                        self._backend,
-                        watcher.key_range,
-                        after=start - 1,
-                        upto=upto,
-                        prev_kv=watcher.prev_kv,
-                        limit=room + 1,
-                    )
+                    events, upto = await self._from_log(watcher, start)
                 except CompactedError:
                     continue  # by another process on a shared database: the follower tells us soon
-                if len(events) > room:
-                    # Stop before the last revision read (it may be cut short), unless it is the
-                    # only one: the events of one revision always travel together.
-                    last = events[-1].kv.mod_revision
-                    if events[0].kv.mod_revision == last:
-                        upto = last
-                        events = await read_history(
-                            self._backend,
-                            watcher.key_range,
-                            after=last - 1,
-                            upto=last,
-                            prev_kv=watcher.prev_kv,
-                        )
-                    else:
-                        upto = last - 1
-                        events = [e for e in events if e.kv.mod_revision < last]
-                events, upto = _whole_revisions_within(events, upto, watcher.stream.byte_room())
                 if watcher not in self._unsynced or watcher.next_revision != start:
                     continue  # cancelled (or moved) while we read
                 if self.compact_revision > start:
@@ -571,6 +545,32 @@ class WatchHub:
                 self._promote(watcher)
             progressed = True
         return progressed
+
+    async def _from_log(self, watcher: Watcher, start: int) -> tuple[list[Event], int]:
+        """The events of the key range of `watcher` from revision `start` on, read from the log:
+        whole revisions only, at most CATCH_UP_MAX_REVISIONS revisions and (unless one revision alone
+        is more) what its stream has room for; and the last revision covered. `CompactedError` if
+        `start` is compacted."""
+
+        async def read(*, after: int, upto: int, limit: int = 0) -> list[Event]:
+            return await read_history(
+                self._backend, watcher.key_range, after=after, upto=upto, prev_kv=watcher.prev_kv, limit=limit
+            )
+
+        room = self._read_limit(watcher.stream)
+        upto = min(self.revision, start - 1 + CATCH_UP_MAX_REVISIONS)
+        events = await read(after=start - 1, upto=upto, limit=room + 1)
+        if len(events) > room:
+            # Stop before the last revision read (it may be cut short), unless it is the
+            # only one: the events of one revision always travel together.
+            last = events[-1].kv.mod_revision
+            if events[0].kv.mod_revision == last:
+                upto = last
+                events = await read(after=last - 1, upto=last)
+            else:
+                upto = last - 1
+                events = [e for e in events if e.kv.mod_revision < last]
+        return _whole_revisions_within(events, upto, watcher.stream.byte_room())
 
     def _without_compacted_prev_kv(self, event: Event) -> Event:
         """etcd reads prev_kv at mod_revision - 1; once that revision is compacted the read fails and
