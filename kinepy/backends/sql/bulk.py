@@ -171,33 +171,59 @@ class StoreExport(abc.ABC):
     async def aclose(self) -> None: ...
 
 
-class _SQLiteExport(StoreExport):
-    """A SQLite file opened read-only, on a thread of its own, in one read transaction."""
+def read_only_uri(path: str) -> str:
+    """The URI that opens the SQLite file `path` read-only."""
+    return "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
 
-    def __init__(self, path: str) -> None:
+
+class ReadOnlySQLite:
+    """A SQLite file opened read-only, on a thread of its own: what kinepy's and kine's SQLite
+    exports share. `kind` names the file in errors ("SQLite database")."""
+
+    def __init__(self, path: str, *, kind: str, thread_name: str) -> None:
         self.path = path
-        self.description = f"sqlite://{path}"
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="kinepy-export")
+        self._kind = kind
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
         self._conn: sqlite3.Connection | None = None
-        self._revision = 0
-        self._current_only = False
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
         except sqlite3.Error as exc:
-            raise BackendError(f"SQLite database {self.path}: {exc}") from exc
+            raise BackendError(f"{self._kind} {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the file (on the export's thread); `BackendError` if there is none."""
+        if not os.path.isfile(self.path):
+            raise BackendError(f"{self._kind} {self.path} does not exist")
+        conn = self._conn = sqlite3.connect(
+            read_only_uri(self.path), uri=True, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA busy_timeout = 30000")
+        return conn
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._run(conn.close)
+        self._thread.shutdown(wait=False)
+
+
+class _SQLiteExport(ReadOnlySQLite, StoreExport):
+    """A SQLite file opened read-only, on a thread of its own, in one read transaction."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, kind="SQLite database", thread_name="kinepy-export")
+        self.description = f"sqlite://{path}"
+        self._revision = 0
+        self._current_only = False
 
     async def open(self, *, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
         self._current_only = current_only
         return await self._run(self._open, current_only)
 
     def _open(self, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
-        if not os.path.isfile(self.path):
-            raise BackendError(f"SQLite database {self.path} does not exist")
-        uri = "file:" + os.path.abspath(self.path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
-        conn = self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn = self._connect()
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
@@ -246,12 +272,6 @@ class _SQLiteExport(StoreExport):
         conn = self._conn
         assert conn is not None, "open() first"
         return await self._run(lambda: [Lease(*row) for row in conn.execute(sql.SELECT_LEASES)])
-
-    async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._run(conn.close)
-        self._thread.shutdown(wait=False)
 
 
 class _ServerExport(StoreExport):

@@ -23,17 +23,14 @@ The store revision is kine's (`MAX(id)`), so every revision stays what clients s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from kinepy.backends.base import LogRow
-from kinepy.backends.sql.bulk import connect_existing
+from kinepy.backends.sql.bulk import ReadOnlySQLite, connect_existing, read_only_uri
 from kinepy.backends.sql.core import AsyncSession
 from kinepy.backends.sql.dialect import ServerBackend
 from kinepy.errors import BackendError
@@ -161,7 +158,7 @@ class KineExport:
 def sqlite_tables(path: str) -> set[str]:
     """The tables of a SQLite file, opened read-only (empty when it is not a SQLite database)."""
     try:
-        conn = sqlite3.connect(_read_only_uri(path), uri=True)
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
     except sqlite3.Error:
         return set()
     try:
@@ -172,40 +169,22 @@ def sqlite_tables(path: str) -> set[str]:
         conn.close()
 
 
-def _read_only_uri(path: str) -> str:
-    return "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
-
-
-class SQLiteKineExport(KineExport):
+class SQLiteKineExport(ReadOnlySQLite, KineExport):
     """kine's SQLite file, opened read-only on a thread of its own, in one read transaction."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        super().__init__(path, kind="kine's SQLite database", thread_name="kinepy-kine-export")
         self.description = f"kine's sqlite://{path}"
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="kinepy-kine-export")
-        self._conn: sqlite3.Connection | None = None
         self._revision = 0
         self._current_only = False
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-        except sqlite3.Error as exc:
-            raise BackendError(f"kine's SQLite database {self.path}: {exc}") from exc
-
     async def open(self, *, current_only: bool) -> KineState:
         self._current_only = current_only
-        state: KineState = await self._run(self._open, current_only)
-        return state
+        return await self._run(self._open, current_only)
 
     def _open(self, current_only: bool) -> KineState:
-        if not os.path.isfile(self.path):
-            raise BackendError(f"kine's SQLite database {self.path} does not exist")
-        conn = self._conn = sqlite3.connect(
-            _read_only_uri(self.path), uri=True, isolation_level=None, check_same_thread=False
-        )
+        conn = self._connect()
         conn.text_factory = bytes
-        conn.execute("PRAGMA busy_timeout = 30000")
         columns = [row[1].decode() for row in conn.execute("PRAGMA table_info(kine)")]
         if not columns:
             raise BackendError(f"SQLite database {self.path} has no kine table")
@@ -238,12 +217,6 @@ class SQLiteKineExport(KineExport):
         assert conn is not None, "open() first"
         rows = await self._run(lambda: conn.execute(SELECT_LEASES, (self._revision,)).fetchall())
         return [int(row[0]) for row in rows]
-
-    async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._run(conn.close)
-        self._thread.shutdown(wait=False)
 
 
 # PostgreSQL and MySQL: which tables the database holds, and the columns of `kine`.
