@@ -80,7 +80,9 @@ def main() -> None:
     params.setdefault("prefix", f"/registry/bench/{workload.name}/profile/")  # as the suite's runs do
     params.update(json.loads(args.params))
     params["seconds"] = args.seconds + 2.0
-    server = Kinepy("kinepy-sqlite")  # the suite's own target: a fresh SQLite file, default settings
+    # the suite's kinepy-sqlite target (a fresh SQLite file, default durable settings) with one worker:
+    # py-spy samples one process, and `--workers N` would make that the supervisor
+    server = Kinepy("kinepy-sqlite-w1", extra_args=["--workers", "1"])
     server.start()
     try:
         assert server.proc is not None
