@@ -176,9 +176,9 @@ def read_only_uri(path: str) -> str:
     return "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
 
 
-class ReadOnlySQLite:
-    """A SQLite file opened read-only, on a thread of its own: what kinepy's and kine's SQLite
-    exports share. `kind` names the file in errors ("SQLite database")."""
+class SQLiteThread:
+    """A SQLite connection of its own on a thread of its own, as the SQLite exports (kinepy's and
+    kine's) and the SQLite import use one. `kind` names the file in errors ("SQLite database")."""
 
     def __init__(self, path: str, *, kind: str, thread_name: str) -> None:
         self.path = path
@@ -192,8 +192,8 @@ class ReadOnlySQLite:
         except sqlite3.Error as exc:
             raise BackendError(f"{self._kind} {self.path}: {exc}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
-        """Open the file (on the export's thread); `BackendError` if there is none."""
+    def _open_read_only(self) -> sqlite3.Connection:
+        """Open the file read-only (on the thread); `BackendError` if there is none."""
         if not os.path.isfile(self.path):
             raise BackendError(f"{self._kind} {self.path} does not exist")
         conn = self._conn = sqlite3.connect(
@@ -209,21 +209,19 @@ class ReadOnlySQLite:
         self._thread.shutdown(wait=False)
 
 
-class _SQLiteExport(ReadOnlySQLite, StoreExport):
+class _SQLiteExport(SQLiteThread, StoreExport):
     """A SQLite file opened read-only, on a thread of its own, in one read transaction."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path, kind="SQLite database", thread_name="kinepy-export")
         self.description = f"sqlite://{path}"
-        self._revision = 0
-        self._current_only = False
 
     async def open(self, *, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
         self._current_only = current_only
         return await self._run(self._open, current_only)
 
     def _open(self, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
-        conn = self._connect()
+        conn = self._open_read_only()
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
@@ -283,8 +281,6 @@ class _ServerExport(StoreExport):
         self.description = description
         self._stack = contextlib.AsyncExitStack()
         self._session: AsyncSession | None = None
-        self._revision = 0
-        self._current_only = False
 
     async def open(self, *, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
         self._current_only = current_only
@@ -429,24 +425,16 @@ class StoreImport(abc.ABC):
         await self.backend.aclose()
 
 
-class _SQLiteImport(StoreImport):
+class _SQLiteImport(SQLiteThread, StoreImport):
     """Writes through a connection of its own (the backend's schema, WAL mode and file), on one thread."""
 
     def __init__(self, backend: SQLiteBackend) -> None:
-        super().__init__(backend)
-        self._path = backend.path
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="kinepy-import")
-        self._conn: sqlite3.Connection | None = None
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-        except sqlite3.Error as exc:
-            raise BackendError(f"SQLite database {self._path}: {exc}") from exc
+        StoreImport.__init__(self, backend)
+        SQLiteThread.__init__(self, backend.path, kind="SQLite database", thread_name="kinepy-import")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 30000")
             # Batches need not reach the disk one by one: `finish` commits with synchronous=FULL,
             # which makes every earlier commit durable too (WAL keeps the file sound either way).
@@ -467,7 +455,7 @@ class _SQLiteImport(StoreImport):
 
     async def meta(self) -> StoreMeta:
         return await self._run(
-            lambda: _meta_of(self._connection().execute(SELECT_META_ROW).fetchone(), self._path)
+            lambda: _meta_of(self._connection().execute(SELECT_META_ROW).fetchone(), self.path)
         )
 
     async def counts(self) -> StoreCounts:
@@ -529,11 +517,8 @@ class _SQLiteImport(StoreImport):
         await self._run(pragma, "PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._run(conn.close)
-        self._thread.shutdown(wait=False)
-        await super().aclose()
+        await SQLiteThread.aclose(self)
+        await StoreImport.aclose(self)  # the backend
 
 
 class _ServerImport(StoreImport):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kinepy.backends.base import LogRow
-from kinepy.backends.sql.bulk import ReadOnlySQLite, connect_existing, read_only_uri
+from kinepy.backends.sql.bulk import SQLiteThread, connect_existing, read_only_uri
 from kinepy.backends.sql.core import AsyncSession
 from kinepy.backends.sql.dialect import ServerBackend
 from kinepy.errors import BackendError
@@ -140,6 +140,8 @@ class KineExport:
     """kine's table read at one snapshot. `open` first, `aclose` always."""
 
     description: str
+    _revision = 0  # the snapshot's, set by `open`
+    _current_only = False
 
     async def open(self, *, current_only: bool) -> KineState:
         raise NotImplementedError
@@ -169,21 +171,19 @@ def sqlite_tables(path: str) -> set[str]:
         conn.close()
 
 
-class SQLiteKineExport(ReadOnlySQLite, KineExport):
+class SQLiteKineExport(SQLiteThread, KineExport):
     """kine's SQLite file, opened read-only on a thread of its own, in one read transaction."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path, kind="kine's SQLite database", thread_name="kinepy-kine-export")
         self.description = f"kine's sqlite://{path}"
-        self._revision = 0
-        self._current_only = False
 
     async def open(self, *, current_only: bool) -> KineState:
         self._current_only = current_only
         return await self._run(self._open, current_only)
 
     def _open(self, current_only: bool) -> KineState:
-        conn = self._connect()
+        conn = self._open_read_only()
         conn.text_factory = bytes
         columns = [row[1].decode() for row in conn.execute("PRAGMA table_info(kine)")]
         if not columns:
@@ -261,8 +261,6 @@ class ServerKineExport(KineExport):
         self.description = f"kine's {description}"
         self._stack = contextlib.AsyncExitStack()
         self._session: AsyncSession | None = None
-        self._revision = 0
-        self._current_only = False
 
     async def open(self, *, current_only: bool) -> KineState:
         self._current_only = current_only
