@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 from kinepy.backends.base import Backend, LogRow
 from kinepy.backends.sql import core
 from kinepy.backends.sql import statements as sql
-from kinepy.backends.sql.core import AsyncSession
+from kinepy.backends.sql.core import AsyncSession, Row
 from kinepy.backends.sql.dialect import ServerBackend
 from kinepy.backends.sql.sqlite import SQLiteBackend
 from kinepy.errors import BackendError, BackendUnavailable
@@ -272,23 +272,56 @@ class _SQLiteExport(SQLiteThread, StoreExport):
         return await self._run(lambda: [Lease(*row) for row in conn.execute(sql.SELECT_LEASES)])
 
 
-class _ServerExport(StoreExport):
-    """A PostgreSQL or MySQL database kinepy created, in one REPEATABLE READ READ ONLY transaction."""
+class ServerSnapshot:
+    """A PostgreSQL or MySQL database read in one REPEATABLE READ READ ONLY transaction, as the
+    server exports (kinepy's and kine's) read one. Driver errors raised while the session is open
+    do not pass through its context manager: its reads translate them."""
 
-    def __init__(self, backend: ServerBackend, description: str, *, connected: bool = False) -> None:
+    def __init__(self, backend: ServerBackend, *, connected: bool = False) -> None:
         self._backend: Any = backend  # a PostgresBackend or MySQLBackend
         self._connected = connected  # a started backend: use its pool, leave it open at the end
-        self.description = description
         self._stack = contextlib.AsyncExitStack()
         self._session: AsyncSession | None = None
 
-    async def open(self, *, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
-        self._current_only = current_only
+    async def _begin(self) -> AsyncSession:
+        """Connect (unless connected) and open the read transaction every later read is in."""
         if not self._connected:
             await connect_existing(self._backend)
         session: AsyncSession = await self._stack.enter_async_context(self._backend._session("read"))
         self._session = session
-        # Driver errors raised here do not pass through the session's context manager: translate them.
+        return session
+
+    async def _fetch(self, statement: str, args: Sequence[Any] = ()) -> list[Row]:
+        session = self._session
+        assert session is not None, "open() first"
+        with self._backend._errors():
+            return await session.fetch(statement, args)
+
+    async def _batches(self, statement: str, args: Sequence[Any], batch: int) -> AsyncIterator[list[Row]]:
+        session = self._session
+        assert session is not None, "open() first"
+        with self._backend._errors():
+            async for rows in session.stream(statement, args, batch=batch):
+                yield rows
+
+    async def aclose(self) -> None:
+        try:
+            await self._stack.aclose()
+        finally:
+            if not self._connected:
+                await self._backend.aclose()
+
+
+class _ServerExport(ServerSnapshot, StoreExport):
+    """A PostgreSQL or MySQL database kinepy created, in one REPEATABLE READ READ ONLY transaction."""
+
+    def __init__(self, backend: ServerBackend, description: str, *, connected: bool = False) -> None:
+        super().__init__(backend, connected=connected)
+        self.description = description
+
+    async def open(self, *, current_only: bool) -> tuple[StoreMeta, StoreCounts]:
+        self._current_only = current_only
+        session = await self._begin()
         with self._backend._errors():
             meta = _meta_of(await session.fetchone(SELECT_META_ROW), self.description)
             self._revision = meta.revision
@@ -302,25 +335,11 @@ class _ServerExport(StoreExport):
         return meta, StoreCounts(int(current[0]), int(log_count[0]), int(leases[0]))
 
     async def _stream(self, statement: str, args: Sequence[Any], batch: int) -> AsyncIterator[list[LogRow]]:
-        session = self._session
-        assert session is not None, "open() first"
-        with self._backend._errors():
-            async for rows in session.stream(statement, args, batch=batch):
-                yield [_log_row(row) for row in rows]
+        async for rows in self._batches(statement, args, batch):
+            yield [_log_row(row) for row in rows]
 
     async def leases(self) -> list[Lease]:
-        session = self._session
-        assert session is not None, "open() first"
-        with self._backend._errors():
-            rows = await session.fetch(sql.SELECT_LEASES)
-        return [Lease(int(r[0]), int(r[1]), float(r[2])) for r in rows]
-
-    async def aclose(self) -> None:
-        try:
-            await self._stack.aclose()
-        finally:
-            if not self._connected:
-                await self._backend.aclose()
+        return [Lease(int(r[0]), int(r[1]), float(r[2])) for r in await self._fetch(sql.SELECT_LEASES)]
 
 
 async def connect_existing(backend: ServerBackend, retry_for: float | None = None) -> None:

@@ -23,15 +23,13 @@ The store revision is kine's (`MAX(id)`), so every revision stays what clients s
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kinepy.backends.base import LogRow
-from kinepy.backends.sql.bulk import SQLiteThread, connect_existing, read_only_uri
-from kinepy.backends.sql.core import AsyncSession
+from kinepy.backends.sql.bulk import ServerSnapshot, SQLiteThread, connect_existing, read_only_uri
 from kinepy.backends.sql.dialect import ServerBackend
 from kinepy.errors import BackendError
 
@@ -253,20 +251,16 @@ async def server_tables(backend: ServerBackend) -> set[str]:
     return {str(row[0]) for row in rows}
 
 
-class ServerKineExport(KineExport):
+class ServerKineExport(ServerSnapshot, KineExport):
     """kine's table in a PostgreSQL or MySQL database, in one REPEATABLE READ READ ONLY transaction."""
 
     def __init__(self, backend: ServerBackend, description: str) -> None:
-        self._backend: Any = backend  # a PostgresBackend or MySQLBackend
+        super().__init__(backend)
         self.description = f"kine's {description}"
-        self._stack = contextlib.AsyncExitStack()
-        self._session: AsyncSession | None = None
 
     async def open(self, *, current_only: bool) -> KineState:
         self._current_only = current_only
-        await connect_existing(self._backend)
-        session: AsyncSession = await self._stack.enter_async_context(self._backend._session("read"))
-        self._session = session
+        session = await self._begin()
         with self._backend._errors():
             columns = [str(row[0]) for row in await session.fetch(_COLUMNS[_dialect(self._backend)])]
             if not columns:
@@ -285,26 +279,13 @@ class ServerKineExport(KineExport):
         return KineState(revision, int(compact) if compact else -1, int(log_rows[0]), int(current[0]))
 
     async def log(self, *, batch_rows: int) -> AsyncIterator[list[LogRow]]:
-        session = self._session
-        assert session is not None, "open() first"
         args: tuple[int, ...]
         if self._current_only:
             statement, args = SELECT_LOG_CURRENT_ONLY, (self._revision,) * 3
         else:
             statement, args = SELECT_LOG, (self._revision,)
-        with self._backend._errors():
-            async for rows in session.stream(statement, args, batch=batch_rows):
-                yield [log_row(row) for row in rows]
+        async for rows in self._batches(statement, args, batch_rows):
+            yield [log_row(row) for row in rows]
 
     async def lease_ttls(self) -> list[int]:
-        session = self._session
-        assert session is not None, "open() first"
-        with self._backend._errors():
-            rows = await session.fetch(SELECT_LEASES, (self._revision,))
-        return [int(row[0]) for row in rows]
-
-    async def aclose(self) -> None:
-        try:
-            await self._stack.aclose()
-        finally:
-            await self._backend.aclose()
+        return [int(row[0]) for row in await self._fetch(SELECT_LEASES, (self._revision,))]
