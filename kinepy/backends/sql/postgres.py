@@ -30,9 +30,9 @@ from urllib.parse import urlencode
 
 import asyncpg
 
-from kinepy.backends.base import Evaluate, ReadSet, WriteSet
+from kinepy.backends.base import Evaluate, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql import statements as sql
-from kinepy.backends.sql.core import AsyncSession, Row, WriteRows, run_async, write_steps
+from kinepy.backends.sql.core import AsyncSession, Row, WriteRows, run_async, write_rows, write_steps
 from kinepy.backends.sql.dialect import (
     ATTEMPT_TIMEOUT,
     BATCH_BYTES,
@@ -46,6 +46,7 @@ from kinepy.backends.sql.dialect import (
     unresolvable,
 )
 from kinepy.backends.sql.statements import Table, on_conflict_update
+from kinepy.backends.sql.write_cache import WriteCache
 from kinepy.errors import BackendError, BackendUnavailable
 from kinepy.specs import PostgresSpec, bracket_host
 
@@ -224,10 +225,20 @@ def _columns(table: Table, rows: list[tuple[Any, ...]]) -> list[list[Any]]:
 def _apply_statement(*, unmoved: bool) -> str:
     """A whole write set in one statement, one round trip: data-modifying CTEs all run, to
     completion, on one snapshot; a key is either upserted or deleted, never both; empty arrays write
-    nothing. With `unmoved`, the statement first locks the meta row, and writes only if the row's
-    `xmin` is still the one its first parameter gives: no write committed since it was read (every
-    write updates the meta row); else it changes no row."""
-    lock = "m AS (SELECT id FROM meta WHERE id = 1 AND xmin = ?::xid FOR UPDATE), " if unmoved else ""
+    nothing. It returns the meta row's new `xmin`. With `unmoved`, the statement first locks the
+    meta row, and writes only if the row's `xmin` is still the one its first parameter gives (no
+    write committed since it was read: every write updates the meta row) and none of the keys its
+    second parameter lists has a current row; else it changes no row and returns none.
+
+    Passing the xmin guard means that no write committed between the commit that left the row at
+    that `xmin` and this statement's lock, so the statement's snapshot (taken at its start, after
+    that commit) holds exactly that state, and the absence check reads it."""
+    lock = (
+        "m AS (SELECT id FROM meta WHERE id = 1 AND xmin = ?::xid "
+        "AND NOT EXISTS (SELECT FROM kv_current WHERE key = ANY(?::bytea[])) FOR UPDATE), "
+        if unmoved
+        else ""
+    )
     guard = " WHERE EXISTS (SELECT FROM m)" if unmoved else ""
     both = " AND EXISTS (SELECT FROM m)" if unmoved else ""
     return numbered(
@@ -235,14 +246,20 @@ def _apply_statement(*, unmoved: bool) -> str:
         f"cur AS ({_rows_cte(sql.KV_CURRENT, True, guard)}), "
         f"gone AS (DELETE FROM kv_current WHERE key = ANY(?::bytea[]){both}), "
         f"lease AS ({_rows_cte(sql.LEASES, True, guard)}), "
-        f"lease_gone AS (DELETE FROM leases WHERE id = ANY(?::bigint[]){both}) {sql.UPDATE_META}{both}"
+        f"lease_gone AS (DELETE FROM leases WHERE id = ANY(?::bigint[]){both}) "
+        f"{sql.UPDATE_META}{both} RETURNING xmin"
     )
 
 
 _APPLY = _apply_statement(unmoved=False)
 _APPLY_UNMOVED = _apply_statement(unmoved=True)
-# The meta row as a write without a transaction reads it: with the xmin `_APPLY_UNMOVED` checks.
+# The meta row as a write without a transaction reads it, with the xmin `_APPLY_UNMOVED` checks,
+# and the current rows of the read set's keys in the same statement (one snapshot, one round trip).
 _SELECT_META_XMIN = "SELECT revision, compact_revision, xmin FROM meta WHERE id = 1"
+_SELECT_META_XMIN_KEYS = numbered(
+    "SELECT m.revision, m.compact_revision, m.xmin, c.key, c.create_revision, c.mod_revision, c.version, "
+    "c.lease, c.value FROM meta m LEFT JOIN kv_current c ON c.key = ANY(?::bytea[]) WHERE m.id = 1"
+)
 
 
 def _apply_args(rows: WriteRows) -> list[Any] | None:
@@ -260,10 +277,12 @@ def _apply_args(rows: WriteRows) -> list[Any] | None:
 
 
 class _PgSession(AsyncSession):
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "xmin")
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+        self.xmin: int | None = None
+        """The meta row's `xmin` after `apply` wrote it in one statement (None: not known)."""
 
     async def fetch(self, statement: str, args: Sequence[Any] = ()) -> list[Row]:
         return await self._conn.fetch(numbered(statement), *args)  # type: ignore[no-any-return]
@@ -290,7 +309,7 @@ class _PgSession(AsyncSession):
         if args is None:
             await super().apply(rows)  # statement by statement, each under the size limit
         else:
-            await self._conn.execute(_APPLY, *args)
+            self.xmin = await self._conn.fetchval(_APPLY, *args)
 
     async def stream(
         self, statement: str, args: Sequence[Any], *, batch: int = 1000
@@ -308,29 +327,43 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 class _UnlockedSession(_PgSession):
-    """A write outside a transaction: the reads in autocommit, then every row in one statement that
-    writes only if no other write committed since the meta row was read (`_APPLY_UNMOVED`);
-    `moved` tells when it did not."""
+    """A write outside a transaction: the meta row and the read set's keys in one statement in
+    autocommit (the rest of the read set after it), then every row in one statement that writes only
+    if no other write committed since the meta row was read (`_APPLY_UNMOVED`); `moved` tells when
+    it did not."""
 
-    __slots__ = ("_xmin", "moved")
+    __slots__ = ("_key_rows", "_keys", "moved", "read_xmin")
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, keys: list[bytes]) -> None:
         super().__init__(conn)
-        self._xmin: int | None = None
+        self._keys = keys
+        self._key_rows: list[Row] | None = None
+        self.read_xmin: int | None = None
         self.moved = False
 
     async def fetchone(self, statement: str, args: Sequence[Any] = ()) -> Row | None:
-        row = await super().fetchone(statement, args)
-        if statement == _SELECT_META_XMIN and row is not None:
-            self._xmin = int(row[2])
-        return row
+        if statement != _SELECT_META_XMIN:
+            return await super().fetchone(statement, args)
+        rows: list[Row] = await self._conn.fetch(_SELECT_META_XMIN_KEYS, self._keys)
+        if not rows:
+            return None
+        self._key_rows = [tuple(row)[3:] for row in rows if row[3] is not None]
+        self.read_xmin = int(rows[0][2])
+        return rows[0]
+
+    async def fetch_in(self, statement: str, values: Sequence[Any], kind: str) -> list[Row]:
+        if statement == sql.SELECT_CURRENT_IN_KEYS and self._key_rows is not None:
+            rows, self._key_rows = self._key_rows, None  # read with the meta row
+            return rows
+        return await super().fetch_in(statement, values, kind)
 
     async def apply(self, rows: WriteRows) -> None:
         args = _apply_args(rows)
-        if args is None or self._xmin is None:
+        if args is None or self.read_xmin is None:
             self.moved = True  # too large for one statement: the locked transaction writes it
             return
-        self.moved = _rowcount(await self._conn.execute(_APPLY_UNMOVED, self._xmin, *args)) != 1
+        self.xmin = await self._conn.fetchval(_APPLY_UNMOVED, self.read_xmin, [], *args)
+        self.moved = self.xmin is None
 
 
 class PostgresBackend(ServerBackend):
@@ -380,6 +413,8 @@ class PostgresBackend(ServerBackend):
         self._changed = asyncio.Event()
         self._listen_failed = False
         self._own_pids: set[int] = set()  # server processes of our pool: their NOTIFYs are our commits
+        self._cache = WriteCache()
+        self._epoch = 0  # connections opened: the cache holds only within one epoch
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -447,6 +482,7 @@ class PostgresBackend(ServerBackend):
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         self._own_pids.add(conn.get_server_pid())
+        self._epoch += 1  # perhaps another server (a failover): what `_cache` holds may not be there
 
     async def _create_database(self) -> None:
         """CREATE DATABASE through a maintenance database, as kine does; a concurrent creator is fine."""
@@ -539,18 +575,23 @@ class PostgresBackend(ServerBackend):
 
     @contextlib.asynccontextmanager
     async def _session(self, kind: str) -> AsyncIterator[AsyncSession]:
+        async with self._connection() as conn:
+            if kind == "none":
+                yield _PgSession(conn)
+                return
+            isolation = "repeatable_read" if kind == "read" else "read_committed"
+            async with conn.transaction(isolation=isolation, readonly=kind == "read"):
+                yield _PgSession(conn)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         pool = self._pool
         if pool is None:
             raise BackendUnavailable("the PostgreSQL backend is closed")
         with self._errors():
             async with pool.acquire() as conn:
                 try:
-                    if kind in ("none", "unlocked"):
-                        yield _UnlockedSession(conn) if kind == "unlocked" else _PgSession(conn)
-                        return
-                    isolation = "repeatable_read" if kind == "read" else "read_committed"
-                    async with conn.transaction(isolation=isolation, readonly=kind == "read"):
-                        yield _PgSession(conn)
+                    yield conn
                 except asyncpg.exceptions.InternalClientError as exc:
                     # A connection the server dropped (a shutdown) can stay open but stuck mid-protocol
                     # ("cannot switch to state 15; another operation (2) is in progress"): the pool
@@ -561,19 +602,48 @@ class PostgresBackend(ServerBackend):
     # -- writes ----------------------------------------------------------------------------------
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
-        """Three round trips for a put instead of a transaction's six: the meta row and the read set
-        read in autocommit, then every row in one statement that locks the meta row and writes
-        only if no write committed since it was read (`_UnlockedSession`). Otherwise (another
-        process wrote meanwhile, or the batch is too large for one statement) the batch runs again
-        as every server database runs it: in a transaction that locks the meta row first."""
-        async with self._session("unlocked") as session:
-            unlocked = cast(_UnlockedSession, session)
-            write_set = await run_async(
-                write_steps(_UNLOCKED_STATEMENTS, read_set, self._checked(evaluate)), unlocked
-            )
+        """One round trip in the steady state: a batch whose read set `_cache` answers is evaluated
+        on it and written by one statement that writes only if nothing changed since. Otherwise two:
+        the meta row and the read set read in autocommit, then every row in one statement that locks
+        the meta row and writes only if no write committed since it was read (`_UnlockedSession`).
+        Otherwise (another process wrote meanwhile, or the batch is too large for one statement) the
+        batch runs again as every server database runs it: in a transaction that locks the meta row
+        first. Every commit records what it read and wrote in `_cache`."""
+        checked = self._checked(evaluate)
+        seen: list[Snapshot] = []
+
+        def capture(snapshot: Snapshot) -> WriteSet | None:
+            seen[:] = [snapshot]
+            return checked(snapshot)
+
+        cache, epoch = self._cache, self._epoch
+        cached = cache.snapshot(read_set, epoch, leases=True)
+        if cached is not None:
+            snapshot, unknown = cached
+            write_set = capture(snapshot)
+            if write_set is not None:
+                args = _apply_args(write_rows(write_set, snapshot.compact_revision))
+                if args is not None:
+                    async with self._connection() as conn:
+                        xmin = await conn.fetchval(_APPLY_UNMOVED, cache.version, unknown, *args)
+                    if xmin is not None:
+                        cache.record(xmin, epoch, read_set, snapshot, write_set, chained=True)
+                        return write_set
+            # Nothing to write (a failed compare is answered from a read, never from memory), too
+            # large for one statement, or another write came between: the ordinary way.
+        async with self._connection() as conn:
+            unlocked = _UnlockedSession(conn, list(read_set.keys))
+            write_set = await run_async(write_steps(_UNLOCKED_STATEMENTS, read_set, capture), unlocked)
         if not unlocked.moved:
+            if write_set is not None:
+                chained = unlocked.read_xmin == cache.version
+                cache.record(unlocked.xmin, epoch, read_set, seen[0], write_set, chained=chained)
             return write_set
-        return await super().write(read_set, evaluate)
+        async with self._session("write") as session:
+            write_set = await run_async(write_steps(self.statements, read_set, capture), session)
+        if write_set is not None:
+            cache.record(cast(_PgSession, session).xmin, epoch, read_set, seen[0], write_set, chained=False)
+        return write_set
 
     # -- maintenance ---------------------------------------------------------------------------
 

@@ -1,0 +1,128 @@
+"""What a server backend knows of its database as of its own last commit: enough to evaluate the next
+write batch without reading, and to send it in one round trip that writes only if nothing changed
+since (docs/architecture.md, "Several processes on one database").
+
+The cache holds the `kv_current` and `leases` rows this process read or wrote under an unbroken chain
+of its own commits, each as of the `version` its last commit left the meta row at (PostgreSQL: the
+row's `xmin`; MySQL: its revision and compaction revision). A batch whose read set it answers is
+evaluated on it; the dialect then writes only if the meta row is still at `version` (no other write
+committed since: every write updates the meta row) and the keys the cache did not know are absent. When
+that guard fails, the dialect drops the cache and runs the batch the ordinary way, which starts a new
+chain. Entries are dropped oldest first beyond a bound; dropping one never costs correctness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from kinepy.backends.base import ReadSet, Snapshot, WriteSet
+from kinepy.types import KeyValue, Lease
+
+MAX_KEYS = 10_000
+MAX_VALUE_BYTES = 32 * 1024 * 1024
+
+
+class WriteCache:
+    """Rows as of `version`, for `snapshot`; `record` after each commit of this process."""
+
+    __slots__ = ("_bytes", "_compact", "_leases", "_max_keys", "_revision", "_rows", "epoch", "version")
+
+    def __init__(self, max_keys: int = MAX_KEYS) -> None:
+        self.version: Hashable | None = None
+        """The meta row's version the rows are as of (None: the cache knows nothing)."""
+        self.epoch = 0
+        """The connection epoch it was built in: a new connection (a failover, a restore) drops it."""
+        self._revision = 0
+        self._compact = 0
+        self._rows: dict[bytes, KeyValue | None] = {}  # None: the key has no current row
+        self._leases: dict[int, Lease | None] = {}
+        self._bytes = 0
+        self._max_keys = max_keys
+
+    def clear(self) -> None:
+        self.version = None
+        self._rows.clear()
+        self._leases.clear()
+        self._bytes = 0
+
+    def snapshot(self, read_set: ReadSet, epoch: int, *, leases: bool) -> tuple[Snapshot, list[bytes]] | None:
+        """`read_set` as of `version`, and the keys it takes to be absent without knowing (the
+        write must check them); None when the cache cannot answer it (ranges, a lease's keys,
+        history, a lease it does not hold or, without `leases`, any lease)."""
+        if (
+            self.version is None
+            or epoch != self.epoch
+            or read_set.ranges
+            or read_set.lease_keys
+            or read_set.historic
+            or (read_set.leases and not leases)
+        ):
+            return None
+        found: dict[int, Lease] = {}
+        for lease_id in read_set.leases:
+            if lease_id not in self._leases:
+                return None
+            lease = self._leases[lease_id]
+            if lease is not None:
+                found[lease_id] = lease
+        rows: dict[bytes, KeyValue] = {}
+        unknown: list[bytes] = []
+        cached = self._rows
+        for key in read_set.keys:
+            if key in cached:
+                kv = cached[key]
+                if kv is not None:
+                    rows[key] = kv
+            else:
+                unknown.append(key)
+        return Snapshot(self._revision, self._compact, rows, found, {}), unknown
+
+    def record(
+        self,
+        version: Hashable | None,
+        epoch: int,
+        read_set: ReadSet,
+        snapshot: Snapshot,
+        write_set: WriteSet,
+        *,
+        chained: bool,
+    ) -> None:
+        """`write_set`, evaluated on `snapshot` (of `read_set`), committed with nothing committed
+        between the snapshot and it, leaving the meta row at `version` (None: unknown, which empties
+        the cache). `chained`: the snapshot was as of the cache's own `version` (else what the
+        cache held is stale and goes)."""
+        if not chained or version is None or epoch != self.epoch or self.version is None:
+            self.clear()
+        if version is None:
+            return
+        self.version, self.epoch = version, epoch
+        self._revision = write_set.revision
+        compact = write_set.compact_revision
+        self._compact = snapshot.compact_revision if compact is None else compact
+        for kv in snapshot.rows.values():
+            self._put(kv.key, kv)
+        for key in read_set.keys:
+            if key not in snapshot.rows:
+                self._put(key, None)
+        for lease_id in read_set.leases:
+            self._leases[lease_id] = snapshot.leases.get(lease_id)
+        for key, row in write_set.current.items():
+            self._put(key, row)
+        self._leases.update(write_set.leases)
+        while len(self._leases) > self._max_keys:
+            del self._leases[next(iter(self._leases))]
+        rows = self._rows
+        while len(rows) > self._max_keys or self._bytes > MAX_VALUE_BYTES:
+            self._forget(next(iter(rows)))
+
+    def _put(self, key: bytes, kv: KeyValue | None) -> None:
+        if key in self._rows:
+            self._forget(key)  # re-inserted last: the oldest entries go first
+        self._rows[key] = kv
+        if kv is not None:
+            self._bytes += len(kv.value)
+
+    def _forget(self, key: bytes) -> None:
+        old = self._rows.pop(key)
+        if old is not None:
+            self._bytes -= len(old.value)
