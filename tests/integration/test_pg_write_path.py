@@ -1,13 +1,12 @@
 """PostgreSQL's write path: a batch is read in autocommit and written in one statement that writes only
 if no other write committed since the read; when one did, the batch runs again in the transaction that
-locks the meta row first. In the steady state a batch is evaluated on what this process last read and
-wrote (its write cache) and written by one statement that checks the same. Other writers here are real
-ones: psql, committing between the read and the write (from inside `evaluate`, which runs between
-them), and a second backend (another kinepy process) on the same database."""
+locks the meta row first. Another writer here is a real one: psql, committing between the read and the
+write (from inside `evaluate`, which runs between them). The write cache's steady state (one statement
+per batch): test_write_cache.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -37,17 +36,6 @@ async def database(postgres_server: DatabaseServer) -> AsyncIterator[tuple[Postg
     yield backend, name
     await backend.aclose()
     postgres_server.drop_database(name)
-
-
-@pytest.fixture
-async def other(
-    database: tuple[PostgresBackend, str], postgres_server: DatabaseServer
-) -> AsyncIterator[PostgresBackend]:
-    """A second kinepy backend on the same database."""
-    backend = _backend(postgres_server, database[1])
-    await backend.start()
-    yield backend
-    await backend.aclose()
 
 
 def _put(snapshot: Snapshot, key: bytes) -> WriteSet:
@@ -106,73 +94,3 @@ async def test_a_batch_that_writes_nothing_changes_nothing(database: tuple[Postg
     backend, _ = database
     assert await backend.write(ReadSet(keys={b"k"}), lambda snapshot: None) is None
     assert await backend.revisions() == (1, -1)
-
-
-def _versions(seen: list[tuple[int, int]], key: bytes) -> Callable[[Snapshot], WriteSet]:
-    def evaluate(snapshot: Snapshot) -> WriteSet:
-        old = snapshot.rows.get(key)
-        seen.append((snapshot.revision, old.version if old else 0))
-        return _put(snapshot, key)
-
-    return evaluate
-
-
-async def _current(backend: PostgresBackend, key: bytes) -> list[tuple[int, int, bytes]]:
-    rows = await backend.read_range(RangeQuery(KeyRange(key, key + b"\0")))
-    return [(kv.mod_revision, kv.version, kv.value) for kv in rows.kvs]
-
-
-async def test_the_steady_state_batch_is_evaluated_on_the_cache_and_checked(
-    database: tuple[PostgresBackend, str], other: PostgresBackend
-) -> None:
-    backend, _ = database
-    seen: list[tuple[int, int]] = []
-    await backend.write(ReadSet(keys={b"k"}), _versions(seen, b"k"))  # k at 2, read: 1 evaluation
-    await backend.write(ReadSet(keys={b"k"}), _versions(seen, b"k"))  # k at 3, from the cache: 1
-    assert seen == [(1, 0), (2, 1)]
-    # Another kinepy process writes k between two batches of this one.
-    await other.write(ReadSet(keys={b"k"}), _versions([], b"k"))  # k at 4, version 3
-    seen.clear()
-    written = await backend.write(ReadSet(keys={b"k"}), _versions(seen, b"k"))
-    # Evaluated first on the cache (revision 3: stale), whose write the check refused; then again on
-    # what the other process committed. Nothing of the first evaluation was written.
-    assert seen == [(3, 2), (4, 3)]
-    assert written is not None and written.revision == 5
-    assert await _current(backend, b"k") == [(5, 4, b"v5")]
-    history = await backend.read_range(RangeQuery(KeyRange(b"k", b"k\0"), revision=4))
-    assert [(kv.mod_revision, kv.version) for kv in history.kvs] == [(4, 3)]
-    # The chain goes on from the batch that read: the next one is evaluated on the cache, once.
-    seen.clear()
-    await backend.write(ReadSet(keys={b"k"}), _versions(seen, b"k"))
-    assert seen == [(5, 4)]
-    assert await _current(other, b"k") == [(6, 5, b"v6")]
-
-
-async def test_a_key_the_cache_does_not_know_is_checked_absent(
-    database: tuple[PostgresBackend, str], other: PostgresBackend
-) -> None:
-    backend, _ = database
-    await other.write(ReadSet(keys={b"k"}), _versions([], b"k"))  # k at 2, by the other process
-    await backend.write(ReadSet(keys={b"x"}), _versions([], b"x"))  # x at 3: this process's chain starts
-    seen: list[tuple[int, int]] = []
-    written = await backend.write(ReadSet(keys={b"k"}), _versions(seen, b"k"))
-    # The cache took k to be absent; the write found it present and wrote nothing; read, k is at 2.
-    assert seen == [(3, 0), (3, 1)]
-    assert written is not None and written.revision == 4
-    assert await _current(backend, b"k") == [(4, 2, b"v4")]
-
-
-async def test_a_failed_compare_is_answered_from_a_read(
-    database: tuple[PostgresBackend, str], other: PostgresBackend
-) -> None:
-    backend, _ = database
-    await backend.write(ReadSet(keys={b"k"}), _versions([], b"k"))  # k at 2
-    await other.write(ReadSet(keys={b"k"}), _versions([], b"k"))  # k at 3
-    seen: list[tuple[int, int]] = []
-
-    def compare(snapshot: Snapshot) -> None:
-        old = snapshot.rows.get(b"k")
-        seen.append((snapshot.revision, old.version if old else 0))
-
-    assert await backend.write(ReadSet(keys={b"k"}), compare) is None
-    assert seen == [(2, 1), (3, 2)]  # the cache's answer is never the reply: the read's is

@@ -29,12 +29,23 @@ import math
 import re
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiomysql
 
-from kinepy.backends.sql.core import AsyncSession, Row, WriteRows, apply_requests
+from kinepy.backends.base import Evaluate, ReadSet, Snapshot, WriteSet
+from kinepy.backends.sql import statements as sql
+from kinepy.backends.sql.core import (
+    AsyncSession,
+    Row,
+    WriteRows,
+    apply_requests,
+    run_async,
+    write_rows,
+    write_steps,
+)
 from kinepy.backends.sql.dialect import (
     ATTEMPT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -56,6 +67,7 @@ from kinepy.backends.sql.replication import (
     read_replication,
 )
 from kinepy.backends.sql.statements import Table
+from kinepy.backends.sql.write_cache import WriteCache
 from kinepy.errors import BackendConflict, BackendError, BackendUnavailable, ConfigError
 from kinepy.specs import MySQLSpec
 
@@ -242,27 +254,91 @@ def render(statement: str, args: Sequence[Any]) -> str:
     return pyformat(statement) % tuple(literal(arg) for arg in args)
 
 
+SELECT_META_FOR_WRITE = sql.SELECT_META + " FOR UPDATE"
+_START_WRITE = ["SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "START TRANSACTION"]
+_ANY_CURRENT_IN_KEYS = "EXISTS (SELECT 1 FROM kv_current WHERE key {in})"
+
+
+def _insert_if_unmoved(table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> str:
+    """`rows` inserted (or, with `upsert`, replaced) only if `@kinepy_unmoved` is 1."""
+    verb = "REPLACE" if upsert else "INSERT"
+    selects = " UNION ALL ".join(
+        "SELECT " + ",".join([literal(value) for value in row]) + " FROM DUAL WHERE @kinepy_unmoved = 1"
+        for row in rows
+    )
+    return quote_key(f"{verb} INTO {table.name} ({', '.join(table.columns)}) ") + selects
+
+
 class _MySession(AsyncSession):
-    __slots__ = ("_conn", "_cur", "_max_statement", "_one_query")
+    __slots__ = (
+        "_conn",
+        "_cur",
+        "_key_rows",
+        "_keys",
+        "_max_statement",
+        "_one_query",
+        "_prefix",
+        "committed",
+    )
 
     def __init__(self, conn: Any, cur: Any, max_statement: int, *, one_query: bool = False) -> None:
         self._conn = conn
         self._cur = cur
         self._max_statement = max_statement
-        self._one_query = one_query  # `apply` may send a write set's statements as one query
+        self._one_query = one_query  # statements may go together as one multi-statement query
+        self._prefix: list[str] = []  # statements sent with the next one (`defer`)
+        self._keys: list[bytes] | None = None
+        self._key_rows: list[Row] | None = None
+        self.committed = False
+        """`apply` committed the transaction (with its rows, in the same query)."""
+
+    def defer(self, texts: list[str]) -> None:
+        """Send `texts` (statements without a result, such as `START TRANSACTION`) together with the
+        next statement instead of one round trip each."""
+        self._prefix += texts
+
+    def prefetch(self, keys: list[bytes]) -> None:
+        """Read the current rows of `keys` together with the meta row that a write transaction reads
+        first (`SELECT_META_FOR_WRITE`), in the same query."""
+        self._keys = keys
+
+    async def _query(self, text: str) -> int:
+        """Run `text` (after any deferred statements, in one round trip); the rows it changed."""
+        if not self._prefix:
+            return int(await self._cur.execute(text))
+        prefix, self._prefix = self._prefix, []
+        await self._cur.execute(";".join([*prefix, text]))
+        for _ in prefix:
+            await self._cur.nextset()
+        return int(self._cur.rowcount)
 
     async def fetch(self, statement: str, args: Sequence[Any] = ()) -> list[Row]:
-        await self._cur.execute(render(statement, args))
+        await self._query(render(statement, args))
         return list(await self._cur.fetchall())
 
+    async def fetchone(self, statement: str, args: Sequence[Any] = ()) -> Row | None:
+        keys, self._keys = self._keys, None
+        if statement != SELECT_META_FOR_WRITE or not keys or not self._one_query:
+            return await super().fetchone(statement, args)
+        texts = self._in_texts(sql.SELECT_CURRENT_IN_KEYS, keys)
+        await self._query(";".join([statement, *texts]))
+        meta = list(await self._cur.fetchall())
+        self._key_rows = []
+        while await self._cur.nextset():
+            self._key_rows += await self._cur.fetchall()
+        return meta[0] if meta else None
+
     async def execute(self, statement: str, args: Sequence[Any] = ()) -> int:
-        return int(await self._cur.execute(render(statement, args)))
+        return await self._query(render(statement, args))
 
     @staticmethod
     def _in(statement: str, count: int) -> str:
         return statement.replace("{in}", f"IN ({','.join('?' * count)})")
 
     async def fetch_in(self, statement: str, values: Sequence[Any], kind: str) -> list[Row]:
+        if statement == sql.SELECT_CURRENT_IN_KEYS and self._key_rows is not None:
+            read, self._key_rows = self._key_rows, None  # read with the meta row
+            return read
         rows: list[Row] = []
         for chunk in chunks(values, IN_CHUNK):
             rows.extend(await self.fetch(self._in(statement, len(chunk)), chunk))
@@ -271,19 +347,28 @@ class _MySession(AsyncSession):
     async def execute_in(self, statement: str, values: Sequence[Any], kind: str) -> int:
         changed = 0
         for text in self._in_texts(statement, values):
-            changed += int(await self._cur.execute(text))
+            changed += await self._query(text)
         return changed
 
     async def insert(self, table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> None:
         for text in self._insert_texts(table, rows, upsert):
-            await self._cur.execute(text)
+            await self._query(text)
 
     async def apply(self, rows: WriteRows) -> None:
-        """Every statement of `rows` in one round trip (a multi-statement query), unless together
-        they exceed the largest statement the server takes, or the server is a node of a cluster
-        (Galera, Group Replication): there, one statement at a time, as before. (On Galera with
-        every node written, batches sent as one query committed duplicate revisions after
-        conflicts, in tests/integration/test_galera.py; why is not known yet.)"""
+        """Every statement of `rows` and the COMMIT in one round trip (a multi-statement query),
+        unless together they exceed the largest statement the server takes, or the server is a node
+        of a cluster (Galera, Group Replication): there, one statement at a time, as before. (On
+        Galera with every node written, batches sent as one query committed duplicate revisions
+        after conflicts, in tests/integration/test_galera.py; why is not known yet.)"""
+        texts = self._apply_texts(rows)
+        if not self._one_query or sum(len(text) + 1 for text in texts) > self._max_statement:
+            for text in texts:
+                await self._query(text)
+            return
+        await self.run_all([*texts, "COMMIT"])
+        self.committed = True
+
+    def _apply_texts(self, rows: WriteRows) -> list[str]:
         texts: list[str] = []
         for method, args in apply_requests(rows):
             if method == "insert":
@@ -292,16 +377,37 @@ class _MySession(AsyncSession):
                 texts += self._in_texts(args[0], args[1])
             else:
                 texts.append(render(*args))
-        if not self._one_query or sum(len(text) + 1 for text in texts) > self._max_statement:
-            for text in texts:
-                await self._cur.execute(text)
-            return
-        await self.run_all(texts)
+        return texts
+
+    async def apply_unmoved(self, rows: WriteRows, meta: tuple[int, int], absent: list[bytes]) -> bool:
+        """Write `rows` and commit, in one round trip, only if the meta row is still at `meta`
+        (revision, compaction revision) and none of `absent` has a current row; whether it wrote.
+        `rows` must change the meta row (a new revision or compaction revision): the guard is an
+        UPDATE of it, whose count of changed rows says whether it matched."""
+        guard = render(sql.UPDATE_META + " AND revision = ? AND compact_revision = ?", (*rows.meta, *meta))
+        if absent:
+            guard += " AND NOT " + render(self._in(_ANY_CURRENT_IN_KEYS, len(absent)), absent)
+        texts = [*_START_WRITE, guard, "SET @kinepy_unmoved = ROW_COUNT()"]
+        for method, args in apply_requests(rows):
+            if method == "insert":
+                texts.append(_insert_if_unmoved(*args))
+            elif method == "execute_in":
+                texts.append(render(self._in(args[0], len(args[1])), args[1]) + " AND @kinepy_unmoved = 1")
+        texts.append("COMMIT")
+        if sum(len(text) + 1 for text in texts) > self._max_statement:
+            return False
+        await self._cur.execute(";".join(texts))
+        await self._cur.nextset()  # START TRANSACTION
+        await self._cur.nextset()  # the guard
+        wrote = int(self._cur.rowcount) == 1
+        while await self._cur.nextset():
+            pass
+        return wrote
 
     async def run_all(self, texts: list[str]) -> None:
         """`texts` as one multi-statement query (aiomysql always connects with CLIENT.MULTI_STATEMENTS):
         one round trip; an error in any of them is raised."""
-        await self._cur.execute(";".join(texts))
+        await self._query(";".join(texts))
         while await self._cur.nextset():
             pass
 
@@ -378,6 +484,9 @@ class MySQLBackend(ServerBackend):
         self._told_no_addresses = False
         self._route_known = False
         self._writer_failed = False
+        self._cache = WriteCache()
+        self._epoch = 0  # connections opened: the cache holds only within one epoch
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -654,16 +763,23 @@ class MySQLBackend(ServerBackend):
             raise
 
     @contextlib.asynccontextmanager
-    async def _pool_session(self, pool: aiomysql.Pool, kind: str) -> AsyncIterator[AsyncSession]:
+    async def _pool_session(self, pool: aiomysql.Pool, kind: str) -> AsyncIterator[_MySession]:
         with self._errors():
             async with pool.acquire() as conn, conn.cursor() as cur:
-                session = _MySession(conn, cur, self._max_statement, one_query=not self.replication.engine)
+                if conn not in self._connections:
+                    self._connections.add(conn)
+                    self._epoch += 1  # perhaps another server (a failover): `_cache` may not hold there
+                one_query = not self.replication.engine
+                session = _MySession(conn, cur, self._max_statement, one_query=one_query)
                 if kind == "none":
                     yield session
                     return
                 if kind == "write":
-                    await cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    await cur.execute("START TRANSACTION")
+                    if one_query:
+                        session.defer(_START_WRITE)  # sent with the transaction's first statement
+                    else:
+                        for text in _START_WRITE:
+                            await cur.execute(text)
                 else:
                     await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 try:
@@ -673,7 +789,51 @@ class MySQLBackend(ServerBackend):
                     with contextlib.suppress(Exception):
                         await conn.rollback()
                     raise
-                await conn.commit()
+                if not session.committed:
+                    await conn.commit()
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
+        """On a single server, one round trip in the steady state: a batch whose read set `_cache`
+        answers (keys only) is evaluated on it and written, with its COMMIT, by one multi-statement
+        query that writes only if the meta row is where this process's last commit left it and the
+        keys the cache does not know are absent (`_MySession.apply_unmoved`). Otherwise two: the
+        transaction's start, the meta row locked and the read set's keys in one query, then the rows
+        and the COMMIT in another. On Galera and Group Replication, as every server database runs a
+        batch, statement by statement."""
+        if self.replication.engine:
+            return await super().write(read_set, evaluate)
+        checked = self._checked(evaluate)
+        seen: list[Snapshot] = []
+
+        def capture(snapshot: Snapshot) -> WriteSet | None:
+            seen[:] = [snapshot]
+            return checked(snapshot)
+
+        cache, epoch = self._cache, self._epoch
+        cached = cache.snapshot(read_set, epoch, leases=False)
+        if cached is not None:
+            snapshot, unknown = cached
+            meta = (snapshot.revision, snapshot.compact_revision)
+            write_set = capture(snapshot)
+            if write_set is not None:
+                rows = write_rows(write_set, snapshot.compact_revision)
+                if rows.meta != meta:
+                    async with self._session("none") as session:
+                        wrote = await cast(_MySession, session).apply_unmoved(rows, meta, unknown)
+                    if wrote:
+                        cache.record(rows.meta, epoch, read_set, snapshot, write_set, chained=True)
+                        return write_set
+            # Nothing to write (a failed compare is answered from a read, never from memory), too
+            # large for one query, or another write came between: the ordinary way.
+        async with self._session("write") as session:
+            cast(_MySession, session).prefetch(list(read_set.keys))
+            write_set = await run_async(write_steps(self.statements, read_set, capture), session)
+        if write_set is not None:
+            version = write_rows(write_set, seen[0].compact_revision).meta
+            cache.record(version, epoch, read_set, seen[0], write_set, chained=False)
+        return write_set
 
     # -- maintenance ---------------------------------------------------------------------------
 
