@@ -379,9 +379,10 @@ class _MySession(AsyncSession):
                 texts.append(render(*args))
         return texts
 
-    async def apply_unmoved(self, rows: WriteRows, meta: tuple[int, int], absent: list[bytes]) -> bool:
+    async def apply_unmoved(self, rows: WriteRows, meta: tuple[int, int], absent: list[bytes]) -> bool | None:
         """Write `rows` and commit, in one round trip, only if the meta row is still at `meta`
-        (revision, compaction revision) and none of `absent` has a current row; whether it wrote.
+        (revision, compaction revision) and none of `absent` has a current row; whether it wrote
+        (None: too large for one query, not sent).
         `rows` must change the meta row (a new revision or compaction revision): the guard is an
         UPDATE of it, whose count of changed rows says whether it matched."""
         guard = render(sql.UPDATE_META + " AND revision = ? AND compact_revision = ?", (*rows.meta, *meta))
@@ -395,7 +396,7 @@ class _MySession(AsyncSession):
                 texts.append(render(self._in(args[0], len(args[1])), args[1]) + " AND @kinepy_unmoved = 1")
         texts.append("COMMIT")
         if sum(len(text) + 1 for text in texts) > self._max_statement:
-            return False
+            return None
         await self._cur.execute(";".join(texts))
         await self._cur.nextset()  # START TRANSACTION
         await self._cur.nextset()  # the guard
@@ -825,14 +826,18 @@ class MySQLBackend(ServerBackend):
                     if wrote:
                         cache.record(rows.meta, epoch, read_set, snapshot, write_set, chained=True)
                         return write_set
+                    if wrote is not None:
+                        cache.invalidate()
             # Nothing to write (a failed compare is answered from a read, never from memory), too
             # large for one query, or another write came between: the ordinary way.
         async with self._session("write") as session:
             cast(_MySession, session).prefetch(list(read_set.keys))
             write_set = await run_async(write_steps(self.statements, read_set, capture), session)
         if write_set is not None:
-            version = write_rows(write_set, seen[0].compact_revision).meta
-            cache.record(version, epoch, read_set, seen[0], write_set, chained=False)
+            # Read under the meta row's lock: still at the cache's version means nobody else wrote.
+            read, version = seen[0], write_rows(write_set, seen[0].compact_revision).meta
+            chained = (read.revision, read.compact_revision) == cache.version
+            cache.record(version, epoch, read_set, read, write_set, chained=chained)
         return write_set
 
     # -- maintenance ---------------------------------------------------------------------------

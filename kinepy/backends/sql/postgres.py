@@ -532,6 +532,7 @@ class PostgresBackend(ServerBackend):
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if pid not in self._own_pids:
             self._changed.set()
+            self._cache.invalidate()  # stale: the next batch reads instead of failing its guard
 
     async def wait_for_change(self, max_wait: float) -> None:
         """Return when another process committed (NOTIFY from the meta trigger) or after `max_wait` s."""
@@ -629,6 +630,7 @@ class PostgresBackend(ServerBackend):
                     if xmin is not None:
                         cache.record(xmin, epoch, read_set, snapshot, write_set, chained=True)
                         return write_set
+                    cache.invalidate()
             # Nothing to write (a failed compare is answered from a read, never from memory), too
             # large for one statement, or another write came between: the ordinary way.
         async with self._connection() as conn:

@@ -7,8 +7,10 @@ of its own commits, each as of the `version` its last commit left the meta row a
 row's `xmin`; MySQL: its revision and compaction revision). A batch whose read set it answers is
 evaluated on it; the dialect then writes only if the meta row is still at `version` (no other write
 committed since: every write updates the meta row) and the keys the cache did not know are absent. When
-that guard fails, the dialect drops the cache and runs the batch the ordinary way, which starts a new
-chain. Entries are dropped oldest first beyond a bound; dropping one never costs correctness.
+that guard fails, the dialect drops the cache (`invalidate`) and runs the batch the ordinary way, which
+starts a new chain. While other processes write too, the cache stands back (`contended`) until a batch
+that reads finds that nobody else wrote since this process's last commit: a guard that fails costs a
+round trip. Entries are dropped oldest first beyond a bound; dropping one never costs correctness.
 """
 
 from __future__ import annotations
@@ -25,13 +27,25 @@ MAX_VALUE_BYTES = 32 * 1024 * 1024
 class WriteCache:
     """Rows as of `version`, for `snapshot`; `record` after each commit of this process."""
 
-    __slots__ = ("_bytes", "_compact", "_leases", "_max_keys", "_revision", "_rows", "epoch", "version")
+    __slots__ = (
+        "_bytes",
+        "_compact",
+        "_leases",
+        "_max_keys",
+        "_revision",
+        "_rows",
+        "contended",
+        "epoch",
+        "version",
+    )
 
     def __init__(self, max_keys: int = MAX_KEYS) -> None:
         self.version: Hashable | None = None
         """The meta row's version the rows are as of (None: the cache knows nothing)."""
         self.epoch = 0
         """The connection epoch it was built in: a new connection (a failover, a restore) drops it."""
+        self.contended = False
+        """Another process wrote since this one's last commit: batches read until one finds otherwise."""
         self._revision = 0
         self._compact = 0
         self._rows: dict[bytes, KeyValue | None] = {}  # None: the key has no current row
@@ -40,10 +54,15 @@ class WriteCache:
         self._max_keys = max_keys
 
     def clear(self) -> None:
-        self.version = None
+        """Forget every row (the version stays: `record` compares a batch's read with it)."""
         self._rows.clear()
         self._leases.clear()
         self._bytes = 0
+
+    def invalidate(self) -> None:
+        """Another process wrote (a guard failed, or it said so): forget every row and stand back."""
+        self.clear()
+        self.contended = True
 
     def snapshot(self, read_set: ReadSet, epoch: int, *, leases: bool) -> tuple[Snapshot, list[bytes]] | None:
         """`read_set` as of `version`, and the keys it takes to be absent without knowing (the
@@ -51,6 +70,7 @@ class WriteCache:
         history, a lease it does not hold or, without `leases`, any lease)."""
         if (
             self.version is None
+            or self.contended
             or epoch != self.epoch
             or read_set.ranges
             or read_set.lease_keys
@@ -89,13 +109,17 @@ class WriteCache:
     ) -> None:
         """`write_set`, evaluated on `snapshot` (of `read_set`), committed with nothing committed
         between the snapshot and it, leaving the meta row at `version` (None: unknown, which empties
-        the cache). `chained`: the snapshot was as of the cache's own `version` (else what the
-        cache held is stale and goes)."""
-        if not chained or version is None or epoch != self.epoch or self.version is None:
+        the cache). `chained`: the snapshot was as of the cache's own `version`, so nobody else wrote
+        since this process's last commit (else what the cache held is stale and goes, and the
+        cache stands back: `contended`, unless it knew nothing)."""
+        known = self.version is not None and epoch == self.epoch
+        chained = chained and known
+        if not chained or version is None:
             self.clear()
+        self.contended = known and not chained
+        self.version, self.epoch = version, epoch
         if version is None:
             return
-        self.version, self.epoch = version, epoch
         self._revision = write_set.revision
         compact = write_set.compact_revision
         self._compact = snapshot.compact_revision if compact is None else compact

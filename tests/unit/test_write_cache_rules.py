@@ -1,0 +1,69 @@
+"""The write cache of the server backends (backends/sql/write_cache.py): what it answers, and when it
+stands back. Its use against real databases: tests/integration/test_write_cache.py."""
+
+from __future__ import annotations
+
+from kinepy.backends.base import ReadSet, Snapshot, WriteSet
+from kinepy.backends.sql.write_cache import WriteCache
+from kinepy.types import KeyRange, KeyValue, Lease
+
+
+def _kv(key: bytes, revision: int, value: bytes = b"v") -> KeyValue:
+    return KeyValue(key, revision, revision, 1, value, 0)
+
+
+def _recorded(cache: WriteCache, version: int = 7, *, chained: bool = False) -> None:
+    """A commit at revision 3 that read a (present), b (absent), lease 5 (present) and wrote c."""
+    read_set = ReadSet(keys={b"a", b"b"}, leases={5})
+    snapshot = Snapshot(2, -1, {b"a": _kv(b"a", 2)}, {5: Lease(5, 10, 100.0)}, {})
+    cache.record(version, 0, read_set, snapshot, WriteSet(3, current={b"c": _kv(b"c", 3)}), chained=chained)
+
+
+def test_it_answers_the_keys_and_leases_it_knows_and_names_the_keys_it_takes_to_be_absent() -> None:
+    cache = WriteCache()
+    _recorded(cache)
+    answer = cache.snapshot(ReadSet(keys={b"a", b"b", b"c", b"d"}, leases={5}), 0, leases=True)
+    assert answer is not None
+    snapshot, unknown = answer
+    assert (snapshot.revision, snapshot.compact_revision) == (3, -1)
+    assert snapshot.rows == {b"a": _kv(b"a", 2), b"c": _kv(b"c", 3)}
+    assert snapshot.leases == {5: Lease(5, 10, 100.0)}
+    assert unknown == [b"d"]
+
+
+def test_it_does_not_answer_what_it_cannot_know() -> None:
+    cache = WriteCache()
+    assert cache.snapshot(ReadSet(keys={b"a"}), 0, leases=True) is None  # nothing recorded yet
+    _recorded(cache)
+    assert cache.snapshot(ReadSet(ranges=[KeyRange(b"a", b"z")]), 0, leases=True) is None
+    assert cache.snapshot(ReadSet(lease_keys={5}), 0, leases=True) is None
+    assert cache.snapshot(ReadSet(historic=[(KeyRange(b"a", None), 2)]), 0, leases=True) is None
+    assert cache.snapshot(ReadSet(leases={6}), 0, leases=True) is None  # a lease it never read
+    assert cache.snapshot(ReadSet(leases={5}), 0, leases=False) is None  # MySQL caches no lease
+    assert cache.snapshot(ReadSet(keys={b"a"}), 1, leases=True) is None  # a new connection since
+
+
+def test_another_writer_makes_it_stand_back_until_a_read_finds_nobody_else_wrote() -> None:
+    cache = WriteCache()
+    _recorded(cache, 7)
+    cache.invalidate()  # a guard failed
+    assert cache.snapshot(ReadSet(keys={b"c"}), 0, leases=True) is None
+    _recorded(cache, 9, chained=False)  # the batch that read found another version than 7
+    assert cache.contended
+    assert cache.snapshot(ReadSet(keys={b"c"}), 0, leases=True) is None
+    _recorded(cache, 11, chained=True)  # the next one found 9: nobody else wrote
+    assert not cache.contended
+    assert cache.snapshot(ReadSet(keys={b"c"}), 0, leases=True) is not None
+
+
+def test_it_keeps_at_most_its_bound_dropping_the_oldest() -> None:
+    cache = WriteCache(max_keys=3)
+    for number in range(5):
+        key = b"k%d" % number
+        snapshot = Snapshot(number, -1, {}, {}, {})
+        write_set = WriteSet(number + 1, current={key: _kv(key, number + 1)})
+        cache.record(number, 0, ReadSet(keys={key}), snapshot, write_set, chained=True)
+    answer = cache.snapshot(ReadSet(keys={b"k2", b"k3", b"k4"}), 0, leases=True)
+    assert answer is not None and answer[1] == []
+    answer = cache.snapshot(ReadSet(keys={b"k1"}), 0, leases=True)
+    assert answer is not None and answer[1] == [b"k1"]  # dropped: no longer known
