@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import aiomysql
 
-from kinepy.backends.base import Evaluate, ReadSet, Snapshot, WriteSet
+from kinepy.backends.base import Evaluate, ReadSet, WriteSet
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import (
     AsyncSession,
@@ -67,7 +67,7 @@ from kinepy.backends.sql.replication import (
     read_replication,
 )
 from kinepy.backends.sql.statements import Table
-from kinepy.backends.sql.write_cache import WriteCache
+from kinepy.backends.sql.write_cache import Remembered, WriteCache
 from kinepy.errors import BackendConflict, BackendError, BackendUnavailable, ConfigError
 from kinepy.specs import MySQLSpec
 
@@ -805,13 +805,7 @@ class MySQLBackend(ServerBackend):
         batch, statement by statement."""
         if self.replication.engine:
             return await super().write(read_set, evaluate)
-        checked = self._checked(evaluate)
-        seen: list[Snapshot] = []
-
-        def capture(snapshot: Snapshot) -> WriteSet | None:
-            seen[:] = [snapshot]
-            return checked(snapshot)
-
+        capture = Remembered(self._checked(evaluate))
         cache, epoch = self._cache, self._epoch
         cached = cache.snapshot(read_set, epoch, leases=False)
         if cached is not None:
@@ -835,7 +829,9 @@ class MySQLBackend(ServerBackend):
             write_set = await run_async(write_steps(self.statements, read_set, capture), session)
         if write_set is not None:
             # Read under the meta row's lock: still at the cache's version means nobody else wrote.
-            read, version = seen[0], write_rows(write_set, seen[0].compact_revision).meta
+            read = capture.seen
+            assert read is not None  # evaluated, as it returned a write set
+            version = write_rows(write_set, read.compact_revision).meta
             chained = (read.revision, read.compact_revision) == cache.version
             cache.record(version, epoch, read_set, read, write_set, chained=chained)
         return write_set

@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 
 import asyncpg
 
-from kinepy.backends.base import Evaluate, ReadSet, Snapshot, WriteSet
+from kinepy.backends.base import Evaluate, ReadSet, WriteSet
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import AsyncSession, Row, WriteRows, run_async, write_rows, write_steps
 from kinepy.backends.sql.dialect import (
@@ -46,7 +46,7 @@ from kinepy.backends.sql.dialect import (
     unresolvable,
 )
 from kinepy.backends.sql.statements import Table, on_conflict_update
-from kinepy.backends.sql.write_cache import WriteCache
+from kinepy.backends.sql.write_cache import Remembered, WriteCache
 from kinepy.errors import BackendError, BackendUnavailable
 from kinepy.specs import PostgresSpec, bracket_host
 
@@ -610,13 +610,7 @@ class PostgresBackend(ServerBackend):
         Otherwise (another process wrote meanwhile, or the batch is too large for one statement) the
         batch runs again as every server database runs it: in a transaction that locks the meta row
         first. Every commit records what it read and wrote in `_cache`."""
-        checked = self._checked(evaluate)
-        seen: list[Snapshot] = []
-
-        def capture(snapshot: Snapshot) -> WriteSet | None:
-            seen[:] = [snapshot]
-            return checked(snapshot)
-
+        capture = Remembered(self._checked(evaluate))
         cache, epoch = self._cache, self._epoch
         cached = cache.snapshot(read_set, epoch, leases=True)
         if cached is not None:
@@ -636,15 +630,18 @@ class PostgresBackend(ServerBackend):
         async with self._connection() as conn:
             unlocked = _UnlockedSession(conn, list(read_set.keys))
             write_set = await run_async(write_steps(_UNLOCKED_STATEMENTS, read_set, capture), unlocked)
+        read = capture.seen
         if not unlocked.moved:
-            if write_set is not None:
+            if write_set is not None and read is not None:
                 chained = unlocked.read_xmin == cache.version
-                cache.record(unlocked.xmin, epoch, read_set, seen[0], write_set, chained=chained)
+                cache.record(unlocked.xmin, epoch, read_set, read, write_set, chained=chained)
             return write_set
         async with self._session("write") as session:
             write_set = await run_async(write_steps(self.statements, read_set, capture), session)
-        if write_set is not None:
-            cache.record(cast(_PgSession, session).xmin, epoch, read_set, seen[0], write_set, chained=False)
+        read = capture.seen
+        if write_set is not None and read is not None:
+            xmin = cast(_PgSession, session).xmin
+            cache.record(xmin, epoch, read_set, read, write_set, chained=False)
         return write_set
 
     # -- maintenance ---------------------------------------------------------------------------

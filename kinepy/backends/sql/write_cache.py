@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from kinepy.backends.base import ReadSet, Snapshot, WriteSet
+from kinepy.backends.base import Evaluate, ReadSet, Snapshot, WriteSet
 from kinepy.types import KeyValue, Lease
 
 MAX_KEYS = 10_000
@@ -150,3 +150,17 @@ class WriteCache:
         old = self._rows.pop(key)
         if old is not None:
             self._bytes -= len(old.value)
+
+
+class Remembered:
+    """`evaluate`, remembering the snapshot it was last called on (`seen`), to `record` it."""
+
+    __slots__ = ("_evaluate", "seen")
+
+    def __init__(self, evaluate: Evaluate) -> None:
+        self._evaluate = evaluate
+        self.seen: Snapshot | None = None
+
+    def __call__(self, snapshot: Snapshot) -> WriteSet | None:
+        self.seen = snapshot
+        return self._evaluate(snapshot)
