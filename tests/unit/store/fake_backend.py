@@ -3,7 +3,8 @@ compaction, kept honestly by the Protocol's contracts (kinepy/backends/base.py),
 
 Writes serialise on one lock, as a database's meta-row lock does, so several stores on one
 `FakeBackend(shared=True)` behave like several kinepy processes on one database. Tests steer it
-through `hold_writes()` (a write waits until `release_writes()`), `outcomes` and `writes`.
+through `hold_writes()` (a write waits until `release_writes()`), `outcomes` and `writes`, and sees a
+follower parked in `wait_for_change` (`change_awaited`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class FakeBackend:
         self.write_waiting = asyncio.Event()
         """Set while a write waits for `release_writes`."""
         self._changed = asyncio.Condition()
+        self.change_awaited = asyncio.Event()
+        """Set while a `wait_for_change` waits: the follower (of one store on the backend) is parked."""
 
     # -- test controls ---------------------------------------------------------------------------
 
@@ -84,11 +87,16 @@ class FakeBackend:
         return self.revision, self.compact_revision
 
     async def wait_for_change(self, max_wait: float) -> None:
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that races
-        # with its timeout, and the follower's task would then never end (seen with a 10 ms poll).
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the inner result when its task
+        # is cancelled just as the inner wait ends (a commit woke it), so the cancellation is lost and the
+        # follower's task never ends: a full-suite run hung so in Store.aclose (test_follower.py).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait), self._changed:
-                await self._changed.wait()
+                self.change_awaited.set()
+                try:
+                    await self._changed.wait()
+                finally:
+                    self.change_awaited.clear()
 
     async def read_range(self, query: RangeQuery) -> RangeRows:
         revision = query.revision
