@@ -22,7 +22,6 @@ however many processes expire it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -33,7 +32,7 @@ from typing import cast
 
 from kinepy import errors
 from kinepy.backends.base import Backend
-from kinepy.store import txn
+from kinepy.store import tasks, txn
 from kinepy.store.writer import Writer
 from kinepy.types import Lease
 
@@ -101,11 +100,7 @@ class LeaseManager:
             self._tasks.append(asyncio.create_task(self._flush_loop(), name="kinepy-lease-flush"))
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.cancel(*self._tasks)
         self._tasks = []
 
     async def _promote(self) -> None:

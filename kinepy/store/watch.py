@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from kinepy.backends.base import Backend
 from kinepy.config import DEFAULT_WATCH_STREAM_BUFFER_BYTES, DEFAULT_WATCH_WINDOW_BYTES
 from kinepy.errors import WATCH_DUPLICATE_ID, WATCH_RANGE_EMPTY, CompactedError, StoppedError
+from kinepy.store import tasks
 from kinepy.store.history import read_history
 from kinepy.store.keys import is_empty
 from kinepy.types import Event, EventType, KeyRange
@@ -322,13 +323,7 @@ class WatchHub:
         ]
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await tasks.cancel(*self._tasks)
         self._tasks = []
 
     async def _progress_loop(self) -> None:

@@ -16,6 +16,7 @@ import asyncio
 
 from fake_backend import FakeBackend
 
+from kinepy.store import tasks
 from kinepy.store.store import Store, StoreSettings
 from kinepy.types import PutRequest
 
@@ -34,3 +35,31 @@ async def test_closing_as_a_commit_wakes_the_follower_ends_it() -> None:
         async with asyncio.timeout(5):
             await store.aclose()
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("kinepy-")]
+
+
+async def test_a_close_bounded_by_a_timeout_times_out_when_a_task_does_not_end() -> None:
+    """`tasks.cancel` passes a cancellation of its caller on to the caller. It awaited the task, which
+    handed the cancellation to the task: one that ignores it kept the caller waiting, timeout or not, and
+    one that it ended raised CancelledError, which was taken for the task's and swallowed, so the close
+    went on and its timeout said nothing (the bound of the test above would have passed the hang)."""
+    started, cancelled, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:  # ignores cancellation until released, as a task with a bug
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+
+    task = asyncio.create_task(stubborn())
+    await started.wait()
+    try:
+        closing = asyncio.create_task(tasks.cancel(task))
+        await cancelled.wait()
+        closing.cancel()  # the caller's own cancellation (what a timeout around the close does)
+        await asyncio.wait([closing], timeout=5)  # awaiting `closing` would hand the cancellation on
+        assert closing.cancelled()
+    finally:
+        release.set()
+        await task
