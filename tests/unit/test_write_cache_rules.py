@@ -4,7 +4,7 @@ stands back. Its use against real databases: tests/integration/test_write_cache.
 from __future__ import annotations
 
 from kinepy.backends.base import ReadSet, Snapshot, WriteSet
-from kinepy.backends.sql.write_cache import WriteCache
+from kinepy.backends.sql.write_cache import GUESS_PAUSE, WriteCache
 from kinepy.types import KeyRange, KeyValue, Lease
 
 
@@ -46,7 +46,7 @@ def test_it_does_not_answer_what_it_cannot_know() -> None:
 def test_another_writer_makes_it_stand_back_until_a_read_finds_nobody_else_wrote() -> None:
     cache = WriteCache()
     _recorded(cache, 7)
-    cache.invalidate()  # a guard failed
+    cache.failed()  # a guard failed
     assert cache.snapshot(ReadSet(keys={b"c"}), 0, leases=True) is None
     _recorded(cache, 9, chained=False)  # the batch that read found another version than 7
     assert cache.contended
@@ -54,6 +54,31 @@ def test_another_writer_makes_it_stand_back_until_a_read_finds_nobody_else_wrote
     _recorded(cache, 11, chained=True)  # the next one found 9: nobody else wrote
     assert not cache.contended
     assert cache.snapshot(ReadSet(keys={b"c"}), 0, leases=True) is not None
+
+
+def test_a_key_wrongly_taken_to_be_absent_pauses_the_guessing_not_the_cache() -> None:
+    cache = WriteCache()
+    _recorded(cache, 7)
+    assert cache.snapshot(ReadSet(keys={b"d"}), 0, leases=True) is not None  # d taken to be absent
+    cache.failed()  # it was there
+    _recorded(cache, 9, chained=True)  # the batch that read found 7: nobody else wrote
+    assert not cache.contended
+    assert cache.snapshot(ReadSet(keys={b"a"}), 0, leases=True) is not None  # what it knew, it knows
+    assert cache.snapshot(ReadSet(keys={b"a", b"e"}), 0, leases=True) is None  # e: read, for a while
+    for _ in range(GUESS_PAUSE):
+        cache.snapshot(ReadSet(keys={b"a"}), 0, leases=True)
+    assert cache.snapshot(ReadSet(keys={b"e"}), 0, leases=True) is not None
+
+
+def test_another_processes_notification_forgets_everything() -> None:
+    cache = WriteCache()
+    _recorded(cache, 7)
+    cache.invalidate()
+    assert cache.snapshot(ReadSet(keys={b"a"}), 0, leases=True) is None
+    _recorded(cache, 9, chained=True)  # a new chain from the batch that read
+    assert not cache.contended
+    answer = cache.snapshot(ReadSet(keys={b"a", b"c"}), 0, leases=True)
+    assert answer is not None and answer[1] == []
 
 
 def test_it_keeps_at_most_its_bound_dropping_the_oldest() -> None:

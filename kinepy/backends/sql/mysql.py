@@ -5,11 +5,12 @@ no case folding, so `a`, `A` and `a ` are three keys whatever the server's colla
 index entry to 3072 bytes; `kv_log (key, revision)` needs 8 of them for the revision, hence the key
 limit `MAX_KEY_BYTES` (kine allows 630 ASCII characters).
 
-A write batch is one READ COMMITTED transaction that starts with `SELECT … FROM meta … FOR UPDATE`:
-writers of every process queue on that row lock, so revisions commit in order, and READ COMMITTED
-reads after it see every earlier commit and take no gap locks (compaction deletes history while
-writers insert). Reads run in `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` at REPEATABLE
-READ, so the revision they report and the rows they return agree.
+A write batch is one READ COMMITTED transaction that starts with `SELECT … FROM meta … FOR UPDATE`
+(or, from the write cache, with the guarded `UPDATE meta`: `MySQLBackend.write`): writers of every
+process queue on that row lock, so revisions commit in order, and READ COMMITTED reads after it see
+every earlier commit and take no gap locks (compaction deletes history while writers insert). Reads
+run in `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` at REPEATABLE READ, so the revision
+they report and the rows they return agree.
 
 Every connection sets `sql_mode` to STRICT_ALL_TABLES (a too-long key is an error, never silently
 truncated, and backslash escapes work as pymysql assumes). Upserts are `REPLACE`: MySQL 8.0.20+
@@ -821,7 +822,7 @@ class MySQLBackend(ServerBackend):
                         cache.record(rows.meta, epoch, read_set, snapshot, write_set, chained=True)
                         return write_set
                     if wrote is not None:
-                        cache.invalidate()
+                        cache.failed()
             # Nothing to write (a failed compare is answered from a read, never from memory), too
             # large for one query, or another write came between: the ordinary way.
         async with self._session("write") as session:

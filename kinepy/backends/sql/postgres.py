@@ -1,9 +1,10 @@
 """PostgreSQL backend on asyncpg: a connection pool, set-based statements, row locks for ordering.
 
 Keys and values are `bytea`, so `ORDER BY key` and range conditions are bytewise whatever the
-database's collation. A write batch is one READ COMMITTED transaction that starts by locking the
-meta row (`SELECT … FOR UPDATE`): writers from any number of processes queue on that lock, so
-revisions commit in order, and every statement after it sees every earlier commit. Reads run in a
+database's collation. A write batch locks the meta row before it writes any other row (most often
+in one statement that writes only if nothing changed since what it was evaluated on; else in a READ
+COMMITTED transaction that starts with `SELECT … FOR UPDATE`: `PostgresBackend.write`): writers
+from any number of processes queue on that lock, so revisions commit in order. Reads run in a
 REPEATABLE READ READ ONLY transaction, so the revision they report and the rows they return agree.
 
 Other kinepy processes on the same database learn about commits from a trigger on the meta row
@@ -624,7 +625,7 @@ class PostgresBackend(ServerBackend):
                     if xmin is not None:
                         cache.record(xmin, epoch, read_set, snapshot, write_set, chained=True)
                         return write_set
-                    cache.invalidate()
+                    cache.failed()
             # Nothing to write (a failed compare is answered from a read, never from memory), too
             # large for one statement, or another write came between: the ordinary way.
         async with self._connection() as conn:

@@ -7,10 +7,13 @@ of its own commits, each as of the `version` its last commit left the meta row a
 row's `xmin`; MySQL: its revision and compaction revision). A batch whose read set it answers is
 evaluated on it; the dialect then writes only if the meta row is still at `version` (no other write
 committed since: every write updates the meta row) and the keys the cache did not know are absent. When
-that guard fails, the dialect drops the cache (`invalidate`) and runs the batch the ordinary way, which
-starts a new chain. While other processes write too, the cache stands back (`contended`) until a batch
-that reads finds that nobody else wrote since this process's last commit: a guard that fails costs a
-round trip. Entries are dropped oldest first beyond a bound; dropping one never costs correctness.
+that guard fails (`failed`), the dialect runs the batch the ordinary way: it reads, and if it finds
+that nobody else wrote since this process's last commit, a key taken to be absent was there, the
+cache goes on and stops taking unknown keys to be absent for a while (`GUESS_PAUSE` batches); else
+another process wrote, and the cache starts a new chain from that batch and stands back
+(`contended`) until a batch that reads finds that nobody else wrote since, as a guard that fails
+costs a round trip. Entries are dropped oldest first beyond a bound; dropping one never costs
+correctness.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from kinepy.types import KeyValue, Lease
 
 MAX_KEYS = 10_000
 MAX_VALUE_BYTES = 32 * 1024 * 1024
+GUESS_PAUSE = 64
 
 
 class WriteCache:
     """Rows as of `version`, for `snapshot`; `record` after each commit of this process."""
 
     __slots__ = (
+        "_batches",
         "_bytes",
         "_compact",
+        "_guess_from",
         "_leases",
         "_max_keys",
         "_revision",
@@ -52,6 +58,8 @@ class WriteCache:
         self._leases: dict[int, Lease | None] = {}
         self._bytes = 0
         self._max_keys = max_keys
+        self._batches = 0  # batches asked for (`snapshot`)
+        self._guess_from = 0  # the first batch that may take unknown keys to be absent again
 
     def clear(self) -> None:
         """Forget every row (the version stays: `record` compares a batch's read with it)."""
@@ -60,14 +68,20 @@ class WriteCache:
         self._bytes = 0
 
     def invalidate(self) -> None:
-        """Another process wrote (a guard failed, or it said so): forget every row and stand back."""
+        """Forget everything: another process wrote. The next batch reads and starts a new chain."""
         self.clear()
+        self.version = None
+
+    def failed(self) -> None:
+        """A write evaluated on the cache found the database elsewhere: stand back until a batch reads
+        (`record` then tells a write of another process from a key taken to be absent that was not)."""
         self.contended = True
 
     def snapshot(self, read_set: ReadSet, epoch: int, *, leases: bool) -> tuple[Snapshot, list[bytes]] | None:
         """`read_set` as of `version`, and the keys it takes to be absent without knowing (the
         write must check them); None when the cache cannot answer it (ranges, a lease's keys,
         history, a lease it does not hold or, without `leases`, any lease)."""
+        self._batches += 1
         if (
             self.version is None
             or self.contended
@@ -95,6 +109,8 @@ class WriteCache:
                     rows[key] = kv
             else:
                 unknown.append(key)
+        if unknown and self._batches < self._guess_from:
+            return None
         return Snapshot(self._revision, self._compact, rows, found, {}), unknown
 
     def record(
@@ -114,6 +130,8 @@ class WriteCache:
         cache stands back: `contended`, unless it knew nothing)."""
         known = self.version is not None and epoch == self.epoch
         chained = chained and known
+        if chained and self.contended:  # nobody else wrote: a key taken to be absent was there
+            self._guess_from = self._batches + GUESS_PAUSE
         if not chained or version is None:
             self.clear()
         self.contended = known and not chained
