@@ -535,6 +535,14 @@ class SQLiteBackend:
     max_key_bytes = 0  # SQLite indexes keys of any length
 
     async def revisions(self) -> tuple[int, int]:
+        if self._inline is not None:
+            # One row by its primary key, on the loop's own connection as a single-key Range is: the
+            # follower asks twice for every commit another worker makes (before and after reading it),
+            # and each hop to a reader thread and back is latency a watcher on this worker waits out.
+            try:
+                return meta_of(self._inline.conn.execute(sql.SELECT_META).fetchone())
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
         return await self._run(self._readers, self._revisions)
 
     def _revisions(self) -> tuple[int, int]:
