@@ -24,7 +24,7 @@ from kinepy.backends.base import Evaluate, ReadSet, Snapshot, WriteSet
 from kinepy.types import KeyValue, Lease
 
 MAX_KEYS = 10_000
-MAX_VALUE_BYTES = 32 * 1024 * 1024
+MAX_VALUE_BYTES = 16 * 1024 * 1024
 GUESS_PAUSE = 64
 
 
