@@ -437,6 +437,9 @@ class _MySession(AsyncSession):
     async def stream(
         self, statement: str, args: Sequence[Any], *, batch: int = 1000
     ) -> AsyncIterator[list[Row]]:
+        if self._prefix:  # the transaction starts before the rows are read, on its own cursor
+            prefix, self._prefix = self._prefix, []
+            await self.run_all(prefix)
         async with self._conn.cursor(aiomysql.SSCursor) as cursor:
             await cursor.execute(render(statement, args))
             while rows := await cursor.fetchmany(batch):
