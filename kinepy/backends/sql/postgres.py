@@ -612,7 +612,7 @@ class PostgresBackend(ServerBackend):
         batch runs again as every server database runs it: in a transaction that locks the meta row
         first. Every commit records what it read and wrote in `_cache`."""
         capture = Remembered(self._checked(evaluate))
-        cache, epoch = self._cache, self._epoch
+        cache, epoch, version = self._cache, self._epoch, self._cache.version
         cached = cache.snapshot(read_set, epoch, leases=True)
         if cached is not None:
             snapshot, unknown = cached
@@ -621,7 +621,7 @@ class PostgresBackend(ServerBackend):
                 args = _apply_args(write_rows(write_set, snapshot.compact_revision))
                 if args is not None:
                     async with self._connection() as conn:
-                        xmin = await conn.fetchval(_APPLY_UNMOVED, cache.version, unknown, *args)
+                        xmin = await conn.fetchval(_APPLY_UNMOVED, version, unknown, *args)
                     if xmin is not None:
                         cache.record(xmin, epoch, read_set, snapshot, write_set, chained=True)
                         return write_set
