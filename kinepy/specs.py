@@ -198,14 +198,15 @@ class BackendSettings:
     """PostgreSQL/MySQL: seconds after which an idle pooled connection is closed; 0 = never."""
 
     notify_read_fd: int = -1
-    """SQLite shared by several workers: readable when another worker committed (`WorkerRole`)."""
+    """Workers of one server on SQLite or MySQL: readable when another worker committed (`WorkerRole`)."""
 
     notify_write_fds: tuple[int, ...] = ()
-    """SQLite shared by several workers: the other workers' change pipes."""
+    """Workers of one server on SQLite or MySQL: the other workers' change pipes."""
 
     @property
-    def shared_sqlite(self) -> bool:
-        """Several workers serve one SQLite file: each follows the others' commits."""
+    def worker_pipes(self) -> bool:
+        """Several workers of one server share the database and tell each other of their commits
+        (SQLite and MySQL: neither has LISTEN/NOTIFY)."""
         return self.notify_read_fd >= 0
 
 

@@ -18,9 +18,7 @@ def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
             read_threads=settings.read_threads,
             create_directory=spec.create_directory,
             integrity_check=settings.sqlite_integrity_check,
-            changes=ChangePipes(settings.notify_read_fd, settings.notify_write_fds)
-            if settings.shared_sqlite
-            else None,
+            changes=_pipes(settings),
         )
     if isinstance(spec, PostgresSpec):
         from kinepy.backends.sql.postgres import PostgresBackend
@@ -40,7 +38,15 @@ def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
             pool_size=settings.max_connections,
             connect_timeout=settings.connect_timeout,
             idle_timeout=settings.max_idle_time,
+            changes=_pipes(settings),
         )
     if isinstance(spec, EtcdSpec):
         raise ConfigError(f"datastore {spec.describe()} is a real etcd: it is passed through, not opened")
     raise ConfigError(f"unsupported datastore {spec!r}")
+
+
+def _pipes(settings: BackendSettings) -> ChangePipes | None:
+    """The change pipes to the other workers of this server, when the supervisor made them."""
+    if not settings.worker_pipes:
+        return None
+    return ChangePipes(settings.notify_read_fd, settings.notify_write_fds)

@@ -147,6 +147,32 @@ def test_four_workers_stay_linearizable_with_leases_expiring_and_compaction(
     assert compactions and set(compactions) == {"0"}
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_a_commit_on_one_worker_reaches_a_watcher_on_another_without_waiting_for_the_poll(
+    make_kinepy_server: MakeKinepy, tmp_path: Path, backend: str
+) -> None:
+    # SQLite and MySQL have no LISTEN/NOTIFY: a worker tells the others of each commit (change
+    # pipes). With polling left to every 60 s, only that can bring the event within the 20 s.
+    sockets = tmp_path / "workers"
+    sockets.mkdir()
+    server = make_kinepy_server(
+        backend=backend,
+        workers=2,
+        extra_args=["--worker-socket-dir", str(sockets), "--datastore-poll-interval", "60"],
+    )
+    writer, watcher = _client(server, tmp_path, 0), _client(server, tmp_path, 1)
+    watch = Watch(watcher, rpc_pb2.WatchCreateRequest(key=b"wake"))
+    try:
+        watch.created()
+        revision = writer.put(b"wake", b"1")
+        _, response = watch.next(timeout=20)
+        assert [(e.kv.key, e.kv.mod_revision) for e in response.events] == [(b"wake", revision)]
+    finally:
+        watch.close()
+        writer.close()
+        watcher.close()
+
+
 def test_a_write_acknowledged_by_one_worker_is_read_by_every_other(
     make_kinepy_server: MakeKinepy, tmp_path: Path
 ) -> None:

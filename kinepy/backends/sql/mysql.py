@@ -37,6 +37,7 @@ from typing import Any, cast
 import aiomysql
 
 from kinepy.backends.base import Evaluate, ReadSet, WriteSet
+from kinepy.backends.changes import ChangePipes
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import (
     AsyncSession,
@@ -465,9 +466,12 @@ class MySQLBackend(ServerBackend):
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: float = 0.0,
+        changes: ChangePipes | None = None,
     ) -> None:
         super().__init__(spec, pool_size=pool_size, connect_timeout=connect_timeout)
         self.spec = spec
+        self._changes = changes
+        """The other workers of `kinepy --workers N`, told of each commit (MySQL has no LISTEN/NOTIFY)."""
         # aiomysql's pool_recycle closes a connection idle that long; never beyond _POOL_RECYCLE,
         # so that the server's wait_timeout does not close it first.
         self._recycle = min(idle_timeout, _POOL_RECYCLE) if idle_timeout > 0 else _POOL_RECYCLE
@@ -731,6 +735,8 @@ class MySQLBackend(ServerBackend):
                     await session.execute("SELECT RELEASE_LOCK(?)", (_SCHEMA_LOCK,))
 
     async def aclose(self) -> None:
+        if self._changes is not None:
+            self._changes.close()
         writes, self._writes = self._writes, None
         if writes is not None:
             writes.close()
@@ -799,7 +805,21 @@ class MySQLBackend(ServerBackend):
 
     # -- writes ----------------------------------------------------------------------------------
 
+    async def wait_for_change(self, max_wait: float) -> None:
+        """Woken by a commit of another worker of this server (`ChangePipes`); other kinepy
+        processes on the database are seen by polling, every `max_wait`."""
+        if self._changes is None:
+            await asyncio.sleep(max_wait)
+        else:
+            await self._changes.wait(max_wait)
+
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
+        write_set = await self._write_batch(read_set, evaluate)
+        if self._changes is not None and write_set is not None:
+            self._changes.notify()
+        return write_set
+
+    async def _write_batch(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
         """On a single server, one round trip in the steady state: a batch whose read set `_cache`
         answers (keys only) is evaluated on it and written, with its COMMIT, by one multi-statement
         query that writes only if the meta row is where this process's last commit left it and the
