@@ -92,3 +92,24 @@ def test_it_keeps_at_most_its_bound_dropping_the_oldest() -> None:
     assert answer is not None and answer[1] == []
     answer = cache.snapshot(ReadSet(keys={b"k1"}), 0, leases=True)
     assert answer is not None and answer[1] == [b"k1"]  # dropped: no longer known
+
+
+def test_deleting_in_the_order_of_creation_keeps_the_rows_not_yet_deleted() -> None:
+    # Kubernetes deletes a namespace's objects in the order it created them: the oldest first, which
+    # a bounded cache has dropped already. Their absence must not push out the rows still to delete.
+    cache = WriteCache(max_keys=3)
+    for number in range(5):  # k0 and k1 dropped, k2..k4 known
+        key = b"k%d" % number
+        snapshot = Snapshot(number, -1, {}, {}, {})
+        write_set = WriteSet(number + 1, current={key: _kv(key, number + 1)})
+        cache.record(number, 0, ReadSet(keys={key}), snapshot, write_set, chained=True)
+    for number, key in enumerate((b"k0", b"k1"), start=5):  # read (unknown), then deleted
+        snapshot = Snapshot(number, -1, {key: _kv(key, 1)}, {}, {})
+        cache.record(
+            number, 0, ReadSet(keys={key}), snapshot, WriteSet(number + 1, current={key: None}), chained=True
+        )
+    answer = cache.snapshot(ReadSet(keys={b"k0", b"k1", b"k2", b"k3", b"k4"}), 0, leases=True)
+    assert answer is not None
+    snapshot, unknown = answer
+    assert sorted(snapshot.rows) == [b"k2", b"k3", b"k4"]
+    assert unknown == []  # k0 and k1 known to be absent

@@ -13,7 +13,9 @@ cache goes on and stops taking unknown keys to be absent for a while (`GUESS_PAU
 another process wrote, and the cache starts a new chain from that batch and stands back
 (`contended`) until a batch that reads finds that nobody else wrote since, as a guard that fails
 costs a round trip. Entries are dropped oldest first beyond a bound; dropping one never costs
-correctness.
+correctness. Keys known to be absent are kept apart from the rows, under a bound of their own, so
+that deletions never push rows out: Kubernetes deletes a namespace's objects in the order they were
+created, and each deletion's absence, filed among the rows, evicted the next object to be deleted.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class WriteCache:
     """Rows as of `version`, for `snapshot`; `record` after each commit of this process."""
 
     __slots__ = (
+        "_absent",
         "_batches",
         "_bytes",
         "_compact",
@@ -54,7 +57,8 @@ class WriteCache:
         """Another process wrote since this one's last commit: batches read until one finds otherwise."""
         self._revision = 0
         self._compact = 0
-        self._rows: dict[bytes, KeyValue | None] = {}  # None: the key has no current row
+        self._rows: dict[bytes, KeyValue] = {}  # oldest first
+        self._absent: dict[bytes, None] = {}  # keys with no current row, oldest first
         self._leases: dict[int, Lease | None] = {}
         self._bytes = 0
         self._max_keys = max_keys
@@ -64,6 +68,7 @@ class WriteCache:
     def clear(self) -> None:
         """Forget every row (the version stays: `record` compares a batch's read with it)."""
         self._rows.clear()
+        self._absent.clear()
         self._leases.clear()
         self._bytes = 0
 
@@ -101,13 +106,12 @@ class WriteCache:
                 found[lease_id] = lease
         rows: dict[bytes, KeyValue] = {}
         unknown: list[bytes] = []
-        cached = self._rows
+        cached, absent = self._rows, self._absent
         for key in read_set.keys:
-            if key in cached:
-                kv = cached[key]
-                if kv is not None:
-                    rows[key] = kv
-            else:
+            kv = cached.get(key)
+            if kv is not None:
+                rows[key] = kv
+            elif key not in absent:
                 unknown.append(key)
         if unknown and self._batches < self._guess_from:
             return None
@@ -153,21 +157,25 @@ class WriteCache:
         self._leases.update(write_set.leases)
         while len(self._leases) > self._max_keys:
             del self._leases[next(iter(self._leases))]
-        rows = self._rows
+        rows, absent = self._rows, self._absent
         while len(rows) > self._max_keys or self._bytes > MAX_VALUE_BYTES:
             self._forget(next(iter(rows)))
+        while len(absent) > self._max_keys:
+            del absent[next(iter(absent))]
 
     def _put(self, key: bytes, kv: KeyValue | None) -> None:
+        """`kv` as the current row of `key` (None: it has none), last in its order of age."""
         if key in self._rows:
-            self._forget(key)  # re-inserted last: the oldest entries go first
-        self._rows[key] = kv
-        if kv is not None:
+            self._forget(key)
+        self._absent.pop(key, None)
+        if kv is None:
+            self._absent[key] = None
+        else:
+            self._rows[key] = kv
             self._bytes += len(kv.value)
 
     def _forget(self, key: bytes) -> None:
-        old = self._rows.pop(key)
-        if old is not None:
-            self._bytes -= len(old.value)
+        self._bytes -= len(self._rows.pop(key).value)
 
 
 class Remembered:
