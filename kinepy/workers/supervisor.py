@@ -175,13 +175,12 @@ class Supervisor:
         )
 
     def _role(self, index: int) -> WorkerRole:
-        if not self._pipes:
-            return WorkerRole(index=index, count=len(self._workers), alarm_fd=self._alarm_fd)
+        pipes = self._pipes  # none on PostgreSQL
         return WorkerRole(
             index=index,
             count=len(self._workers),
-            notify_read_fd=self._pipes[index][0],
-            notify_write_fds=tuple(w for i, (_, w) in enumerate(self._pipes) if i != index),
+            notify_read_fd=pipes[index][0] if pipes else -1,
+            notify_write_fds=tuple(w for i, (_, w) in enumerate(pipes) if i != index),
             alarm_fd=self._alarm_fd,
         )
 

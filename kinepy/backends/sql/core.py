@@ -332,6 +332,12 @@ class WriteRows:
     meta: tuple[int, int]  # (revision, compact_revision)
 
 
+def meta_after(write_set: WriteSet, compact: int) -> tuple[int, int]:
+    """(revision, compaction revision) of the meta row once `write_set` is written; `compact` is the
+    compaction revision it leaves unchanged (if it does)."""
+    return write_set.revision, compact if write_set.compact_revision is None else write_set.compact_revision
+
+
 def write_rows(write_set: WriteSet, compact: int) -> WriteRows:
     """`write_set`'s rows; `compact` is the compaction revision it leaves unchanged (if it does)."""
     upserts = []
@@ -347,7 +353,7 @@ def write_rows(write_set: WriteSet, compact: int) -> WriteRows:
         deletes,
         [(lease.id, lease.ttl, lease.expires_at) for lease in write_set.leases.values() if lease],
         [lease_id for lease_id, lease in write_set.leases.items() if lease is None],
-        (write_set.revision, compact if write_set.compact_revision is None else write_set.compact_revision),
+        meta_after(write_set, compact),
     )
 
 

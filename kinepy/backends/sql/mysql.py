@@ -44,6 +44,7 @@ from kinepy.backends.sql.core import (
     Row,
     WriteRows,
     apply_requests,
+    meta_after,
     run_async,
     write_rows,
     write_steps,
@@ -855,7 +856,7 @@ class MySQLBackend(ServerBackend):
             # Read under the meta row's lock: still at the cache's version means nobody else wrote.
             read = capture.seen
             assert read is not None  # evaluated, as it returned a write set
-            version = write_rows(write_set, read.compact_revision).meta
+            version = meta_after(write_set, read.compact_revision)
             chained = (read.revision, read.compact_revision) == cache.version
             cache.record(version, epoch, read_set, read, write_set, chained=chained)
         return write_set

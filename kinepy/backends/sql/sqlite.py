@@ -154,6 +154,11 @@ WRITE_LOCK_SUFFIX = "-writer.lock"
 """Beside the database when workers share it: the file whose flock(2) orders their write transactions."""
 
 
+def _meta(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(revision, compaction revision) from the meta row."""
+    return meta_of(conn.execute(sql.SELECT_META).fetchone())
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     """Roll back after a failed statement without hiding its error: SQLite may have rolled back
     already (a COMMIT that failed with SQLITE_FULL does), and a failing ROLLBACK is only logged."""
@@ -540,13 +545,13 @@ class SQLiteBackend:
             # follower asks twice for every commit another worker makes (before and after reading it),
             # and each hop to a reader thread and back is latency a watcher on this worker waits out.
             try:
-                return meta_of(self._inline.conn.execute(sql.SELECT_META).fetchone())
+                return _meta(self._inline.conn)
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
         return await self._run(self._readers, self._revisions)
 
     def _revisions(self) -> tuple[int, int]:
-        return meta_of(self._connect().execute(sql.SELECT_META).fetchone())
+        return _meta(self._connect())
 
     async def wait_for_change(self, max_wait: float) -> None:
         if self._changes is None:
@@ -561,7 +566,7 @@ class SQLiteBackend:
 
     def _status(self) -> BackendStatus:
         conn = self._connect()
-        current, compact = meta_of(conn.execute(sql.SELECT_META).fetchone())
+        current, compact = _meta(conn)
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
@@ -584,7 +589,7 @@ class SQLiteBackend:
         conn = self._connect()
         conn.execute("BEGIN")
         try:
-            current, compact = meta_of(conn.execute(sql.SELECT_META).fetchone())
+            current, compact = _meta(conn)
             upto = current if revision <= 0 else revision
             return hash_rows(conn.execute(sql.SELECT_LOG_FOR_HASH, (upto,)), 0), compact
         finally:

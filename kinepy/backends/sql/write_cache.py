@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from kinepy.backends.base import Evaluate, ReadSet, Snapshot, WriteSet
+from kinepy.backends.sql.core import meta_after
 from kinepy.types import KeyValue, Lease
 
 MAX_KEYS = 10_000
@@ -142,9 +143,7 @@ class WriteCache:
         self.version, self.epoch = version, epoch
         if version is None:
             return
-        self._revision = write_set.revision
-        compact = write_set.compact_revision
-        self._compact = snapshot.compact_revision if compact is None else compact
+        self._revision, self._compact = meta_after(write_set, snapshot.compact_revision)
         for kv in snapshot.rows.values():
             self._put(kv.key, kv)
         for key in read_set.keys:
