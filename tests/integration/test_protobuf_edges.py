@@ -147,8 +147,16 @@ def test_malformed_message_ends_the_stream_as_etcd_ends_it(
     channels: tuple[conftest.EtcdServer, conftest.KinepyServer], case: str
 ) -> None:
     method, messages = STREAM_CASES[case]
-    etcd, kinepy = (asyncio.run(stream(server.endpoint, method, messages)) for server in channels)
-    assert etcd[0] != "OK"  # the stream was ended, not left open until the deadline
+    reference, server = channels
+    for _ in range(3):
+        # etcd 3.4.23 now and then leaves a watch stream open after a malformed message (1 in ~300
+        # streams here, not even the created response sent: its recvLoop/sendLoop race); that is not
+        # the answer to compare with, so ask it again.
+        etcd = asyncio.run(stream(reference.endpoint, method, messages))
+        if etcd[0] != "DEADLINE_EXCEEDED":
+            break
+    kinepy = asyncio.run(stream(server.endpoint, method, messages))
+    assert etcd[0] not in ("OK", "DEADLINE_EXCEEDED")  # the stream was ended, not left open
     assert kinepy == etcd
 
 
