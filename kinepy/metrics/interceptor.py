@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from kinepy.interceptors import WrappedHandlers
 from kinepy.metrics.registry import Metrics
 
 Observe = Callable[[str, str, float | None], None]
@@ -39,8 +40,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        # Generated servicers hand out the same handler object for every call of a method: wrap once.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._handlers = WrappedHandlers(self._wrap)
 
     async def intercept_service(
         self,
@@ -52,15 +52,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             self._metrics.observe_request(method_label(details.method), "UNIMPLEMENTED", None)
             return None
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method_label(details.method))
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+        return self._handlers.get(details.method, handler)
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         observe = self._metrics.observe_request
+        method = method_label(path)
         codec = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,

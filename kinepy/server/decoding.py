@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf import message_factory
 
+from kinepy.interceptors import WrappedHandlers
 from kinepy.proto import rpc_pb2
 from kinepy.server.wire import Malformed, decoder
 
@@ -72,8 +73,7 @@ class DecodeLikeEtcd(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, max_receive_bytes: int) -> None:
         self._decoders = _decoders(max_receive_bytes)
-        # Generated servicers hand out the same handler object for every call of a method: wrap once.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._handlers = WrappedHandlers(lambda method, handler: _wrap(handler, self._decoders[method]))
 
     async def intercept_service(
         self,
@@ -86,12 +86,7 @@ class DecodeLikeEtcd(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler  # not an etcd method, or one that forwards raw bytes (passthrough)
         if handler.stream_unary is not None:
             return handler  # etcd has no client-streaming method with a single response
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap(handler, decode)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+        return self._handlers.get(details.method, handler)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, decode: Callable[[bytes], Any]) -> grpc.RpcMethodHandler:

@@ -1,4 +1,5 @@
-"""Imports point down (cli -> app -> server -> store -> backends; errors, types, config, specs are leaves).
+"""Imports point down (cli -> app -> server -> store -> backends; errors, types, config, specs and
+interceptors are leaves).
 
 Passthrough (a proxy to a real etcd) is a mode of its own beside the server, using neither it nor the
 store. Backends use nothing of kinepy but the leaves: they are opened from a spec and settings
@@ -51,7 +52,7 @@ FORBIDDEN = {
 ALLOWED = {
     "backends": ("kinepy.backends", "kinepy.errors", "kinepy.types", "kinepy.specs"),
 }
-LEAVES = ("errors.py", "types.py", "config.py", "specs.py")
+LEAVES = ("errors.py", "types.py", "config.py", "specs.py", "interceptors.py")
 
 
 def module_name(path: Path) -> str:
