@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import cast
 
 from kinepy.backends.base import Backend, BackendStatus
@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True, frozen=True)
 class StoreSettings:
-    """Everything that tunes the store's components (the `Config` fields of the same names)."""
+    """Everything that tunes the store's components: the `Config` fields of the same names, types and
+    defaults (a unit test holds them to it), copied by `of`."""
 
     max_txn_ops: int = 128
     write_batch_max: int = 1000
@@ -57,32 +58,18 @@ class StoreSettings:
     watch_window_bytes: int = DEFAULT_WATCH_WINDOW_BYTES
     watch_stream_buffer_events: int = 4096
     watch_stream_buffer_bytes: int = DEFAULT_WATCH_STREAM_BUFFER_BYTES
-    watch_progress_interval: float = 5.0
+    watch_progress_notify_interval: float = 5.0
     lease_expiry_interval: float = 0.5
     compact_interval: float = 0.0
     compact_interval_jitter: int = 10
     """Percent by which each automatic compaction interval varies, either way."""
     compact_retention: int = 1000
-    poll_interval: float = 0.1
+    datastore_poll_interval: float = 0.1
     """How long the follower of a shared database waits for a change before it looks anyway."""
 
     @classmethod
     def of(cls, config: Config) -> StoreSettings:
-        return cls(
-            max_txn_ops=config.max_txn_ops,
-            write_batch_max=config.write_batch_max,
-            compact_batch_rows=config.compact_batch_rows,
-            watch_window_events=config.watch_window_events,
-            watch_window_bytes=config.watch_window_bytes,
-            watch_stream_buffer_events=config.watch_stream_buffer_events,
-            watch_stream_buffer_bytes=config.watch_stream_buffer_bytes,
-            watch_progress_interval=config.watch_progress_notify_interval,
-            lease_expiry_interval=config.lease_expiry_interval,
-            compact_interval=config.compact_interval,
-            compact_interval_jitter=config.compact_interval_jitter,
-            compact_retention=config.compact_retention,
-            poll_interval=config.datastore_poll_interval,
-        )
+        return cls(**{item.name: getattr(config, item.name) for item in fields(cls)})
 
 
 @dataclass(slots=True, frozen=True)
@@ -173,10 +160,14 @@ class Store:
             window_bytes=settings.watch_window_bytes,
             max_buffered_events=settings.watch_stream_buffer_events,
             max_buffered_bytes=settings.watch_stream_buffer_bytes,
-            progress_interval=settings.watch_progress_interval,
+            progress_interval=settings.watch_progress_notify_interval,
         )
         self._follower = Follower(
-            self._backend, hub, poll_interval=settings.poll_interval, seen=self._seen, behind=self._behind
+            self._backend,
+            hub,
+            poll_interval=settings.datastore_poll_interval,
+            seen=self._seen,
+            behind=self._behind,
         )
         hub.start()
         self._writer.start()

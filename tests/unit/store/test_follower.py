@@ -23,7 +23,7 @@ from kinepy.types import PutRequest
 
 async def test_closing_as_a_commit_wakes_the_follower_ends_it() -> None:
     backend = FakeBackend(shared=True)
-    store = Store(backend, StoreSettings(poll_interval=3600))
+    store = Store(backend, StoreSettings(datastore_poll_interval=3600))
     await store.start()
     try:
         async with asyncio.timeout(5):

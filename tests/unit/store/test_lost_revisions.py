@@ -50,7 +50,7 @@ async def test_lost_revisions_are_skipped_compacted_and_every_watch_cancelled(
     shared: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = FakeBackend(shared=shared)
-    store = Store(backend, StoreSettings(poll_interval=0.01))
+    store = Store(backend, StoreSettings(datastore_poll_interval=0.01))
     await store.start()
     try:
         async for stream in _watching(store):
@@ -107,7 +107,7 @@ async def test_a_database_that_kept_everything_is_never_taken_for_one_that_lost(
     """The follower reads the revision while this process commits: a read that started before a
     commit and ends after it is not behind."""
     backend = SlowReads(shared=True)
-    store = Store(backend, StoreSettings(poll_interval=0.001))
+    store = Store(backend, StoreSettings(datastore_poll_interval=0.001))
     await store.start()
     try:
         # Bounded: a hang must fail with a trace, not stall CI. The one seen (a full-suite run of 2ac9055,

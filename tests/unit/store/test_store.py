@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -48,32 +49,29 @@ async def _next(stream: WatchStream, count: int = 1) -> list[WatchResponse]:
         return [await stream.next_response() for _ in range(count)]
 
 
-def test_settings_come_from_the_config_fields_of_the_same_names() -> None:
+def test_settings_are_config_fields_of_the_same_names_types_and_defaults() -> None:
+    # `StoreSettings.of` copies them by name, which mypy does not check: this does.
+    config = {item.name: item for item in dataclasses.fields(Config)}
+    for item in dataclasses.fields(StoreSettings):
+        assert item.name in config, item.name
+        assert (item.type, item.default) == (config[item.name].type, config[item.name].default), item.name
+
+
+def test_settings_come_from_the_config() -> None:
+    assert StoreSettings.of(Config()) == StoreSettings()
     config = Config(
         max_txn_ops=7,
-        write_batch_max=8,
-        compact_batch_rows=9,
-        watch_window_events=10,
-        watch_stream_buffer_events=11,
+        watch_window_bytes=1 << 20,
         watch_progress_notify_interval=1.5,
-        lease_expiry_interval=0.25,
-        compact_interval=60.0,
         compact_interval_jitter=20,
-        compact_retention=12,
         datastore_poll_interval=0.5,
     )
     assert StoreSettings.of(config) == StoreSettings(
         max_txn_ops=7,
-        write_batch_max=8,
-        compact_batch_rows=9,
-        watch_window_events=10,
-        watch_stream_buffer_events=11,
-        watch_progress_interval=1.5,
-        lease_expiry_interval=0.25,
-        compact_interval=60.0,
+        watch_window_bytes=1 << 20,
+        watch_progress_notify_interval=1.5,
         compact_interval_jitter=20,
-        compact_retention=12,
-        poll_interval=0.5,
+        datastore_poll_interval=0.5,
     )
 
 
@@ -272,8 +270,8 @@ def shared() -> FakeBackend:
 @pytest.fixture
 async def two_stores(shared: FakeBackend) -> AsyncIterator[tuple[Store, Store]]:
     stores = (
-        Store(shared, StoreSettings(poll_interval=0.01)),
-        Store(shared, StoreSettings(poll_interval=0.01)),
+        Store(shared, StoreSettings(datastore_poll_interval=0.01)),
+        Store(shared, StoreSettings(datastore_poll_interval=0.01)),
     )
     for store in stores:
         await store.start()
