@@ -30,19 +30,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 from kinepy.backends.base import BackendStatus, Evaluate, RangeRows, ReadSet, Snapshot, WriteSet
+from kinepy.backends.sql import core
 from kinepy.backends.sql import statements as sql
-from kinepy.backends.sql.core import (
-    AsyncSession,
-    compact_steps,
-    event_of,
-    hash_rows,
-    lease_of,
-    meta_of,
-    range_rows,
-    range_statement,
-    run_async,
-    write_steps,
-)
 from kinepy.errors import BackendConflict, BackendError, BackendUnavailable
 from kinepy.types import Event, KeyRange, Lease, RangeQuery
 
@@ -224,7 +213,7 @@ class ServerBackend(abc.ABC):
         """Transactions rolled back for a conflict with another node's commit (and run again)."""
 
     @abc.abstractmethod
-    def _session(self, kind: str) -> AbstractAsyncContextManager[AsyncSession]: ...
+    def _session(self, kind: str) -> AbstractAsyncContextManager[core.AsyncSession]: ...
 
     # -- errors: passwords never in an error or a log line ---------------------------------------
 
@@ -336,7 +325,7 @@ class ServerBackend(abc.ABC):
 
     # -- schema --------------------------------------------------------------------------------
 
-    async def _init_meta(self, session: AsyncSession) -> None:
+    async def _init_meta(self, session: core.AsyncSession) -> None:
         """Create the meta row, or check the schema version of an existing one (in the schema lock)."""
         row = await session.fetchone(sql.SELECT_META_IDS)
         if row is None:
@@ -360,7 +349,7 @@ class ServerBackend(abc.ABC):
 
     async def revisions(self) -> tuple[int, int]:
         async with self._session("none") as session:
-            return meta_of(await session.fetchone(sql.SELECT_META))
+            return core.meta_of(await session.fetchone(sql.SELECT_META))
 
     async def wait_for_change(self, max_wait: float) -> None:
         """Polling: sleep `max_wait` (PostgreSQL overrides this with LISTEN/NOTIFY)."""
@@ -369,30 +358,31 @@ class ServerBackend(abc.ABC):
     async def read_range(self, query: RangeQuery) -> RangeRows:
         """One statement, one round trip: the meta row joined to the rows (and the count), so the
         revisions and the rows come from one snapshot without a transaction around them."""
-        stmt, args = range_statement(self.statements, query)
+        stmt, args = core.range_statement(self.statements, query)
         async with self._session("none") as session:
             rows = await session.fetch(stmt, args)
-        return range_rows(query, rows)
+        return core.range_rows(query, rows)
 
     async def read_events(
         self, key_range: KeyRange, *, after: int, upto: int, prev_kv: bool, limit: int = 0
     ) -> list[Event]:
         stmt, args = sql.select_events(key_range, after, upto, prev_kv=prev_kv, limit=limit)
         async with self._session("none") as session:
-            return [event_of(row) for row in await session.fetch(stmt, args)]
+            return [core.event_of(row) for row in await session.fetch(stmt, args)]
 
     async def load_leases(self) -> list[Lease]:
         async with self._session("none") as session:
-            return [lease_of(row) for row in await session.fetch(sql.SELECT_LEASES)]
+            return [core.lease_of(row) for row in await session.fetch(sql.SELECT_LEASES)]
 
     async def get_lease(self, lease_id: int) -> Lease | None:
         async with self._session("none") as session:
             row = await session.fetchone(sql.SELECT_LEASE, (lease_id,))
-        return None if row is None else lease_of(row)
+        return None if row is None else core.lease_of(row)
 
     async def expired_leases(self, now: float, limit: int) -> list[Lease]:
         async with self._session("none") as session:
-            return [lease_of(row) for row in await session.fetch(sql.SELECT_EXPIRED_LEASES, (now, limit))]
+            rows = await session.fetch(sql.SELECT_EXPIRED_LEASES, (now, limit))
+        return [core.lease_of(row) for row in rows]
 
     async def lease_keys(self, lease_id: int) -> list[bytes]:
         async with self._session("none") as session:
@@ -416,7 +406,7 @@ class ServerBackend(abc.ABC):
 
         async def attempt() -> WriteSet | None:
             async with self._session("write") as session:
-                return await run_async(write_steps(self.statements, read_set, checked), session)
+                return await core.run_async(core.write_steps(self.statements, read_set, checked), session)
 
         # Nothing of a batch is answered before it commits: a batch that conflicted runs again whole,
         # `evaluate` against the new snapshot.
@@ -434,7 +424,7 @@ class ServerBackend(abc.ABC):
 
     # -- compaction and maintenance ------------------------------------------------------------
 
-    async def _lock_compaction(self, session: AsyncSession) -> None:
+    async def _lock_compaction(self, session: core.AsyncSession) -> None:
         """Hold the database-wide compaction lock until `session`'s transaction ends (MySQL, whose
         lock belongs to a connection, takes it around `compact_batch` instead)."""
         return None
@@ -449,27 +439,27 @@ class ServerBackend(abc.ABC):
         async def attempt() -> tuple[int, int]:
             async with self._session("write") as session:
                 await self._lock_compaction(session)
-                steps = compact_steps(self.statements, compact_revision, after, upto, max_rows)
-                return await run_async(steps, session)
+                steps = core.compact_steps(self.statements, compact_revision, after, upto, max_rows)
+                return await core.run_async(steps, session)
 
         return await self._retrying_conflicts("a compaction batch", attempt)
 
     async def hash_kv(self, revision: int) -> tuple[int, int]:
         async with self._session("read") as session:
-            current, compact = meta_of(await session.fetchone(sql.SELECT_META))
+            current, compact = core.meta_of(await session.fetchone(sql.SELECT_META))
             upto = current if revision <= 0 else revision
             crc = 0
             async for rows in session.stream(sql.SELECT_LOG_FOR_HASH, (upto,)):
-                crc = hash_rows(rows, crc)
+                crc = core.hash_rows(rows, crc)
             return crc, compact
 
     @abc.abstractmethod
-    async def _sizes(self, session: AsyncSession) -> tuple[int, int]:
+    async def _sizes(self, session: core.AsyncSession) -> tuple[int, int]:
         """(size on disk, size in use) of kinepy's tables, in bytes."""
 
     async def status(self) -> BackendStatus:
         async with self._session("none") as session:
-            current, compact = meta_of(await session.fetchone(sql.SELECT_META))
+            current, compact = core.meta_of(await session.fetchone(sql.SELECT_META))
             size, in_use = await self._sizes(session)
         return BackendStatus(current, compact, size, in_use)
 
