@@ -4,6 +4,7 @@ costs in and around the store.
     python -m benchmarks.lean put --kind postgres|mariadb [--puts 1000] [--rounds 2]
     python -m benchmarks.lean read [--keys 10000] [--calls 20000] [--rounds 5]
     python -m benchmarks.lean range [--seconds 5] [--in-flight 16] [--floor]
+    python -m benchmarks.lean kube [--kind postgres|mariadb] [--objects 10000] [--url URL --db-pid PID]
 
 `put` starts its own database server, counts the statements (each one round trip) one put sends
 (asyncpg's query logger; on MySQL, aiomysql's `Cursor.execute` and `commit`), then times sequential
@@ -13,18 +14,24 @@ puts through the store. `read` times `read_range` of one key (through `TimedBack
 with a canned one-key reply) and keeps `--in-flight` single-key Ranges in flight from a grpc.aio
 client here; it reports calls/s and the server's CPU per call from /proc (which other processes on a
 busy machine inflate less than they inflate latency).
+`kube` sends, in process, what kube-apiserver sends the store for each object of the Kubernetes
+workload (benchmarks/kube.py): a create (a txn: compare mod_revision = 0, put), then, in creation
+order, a deletion (a txn: compare mod_revision, delete with prev_kv) and the get that follows it;
+it reports kinepy's and the database server's CPU per operation (the server's own, or `--url` with
+the `--db-pid` of its postmaster).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -39,7 +46,19 @@ from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from kinepy.specs import BackendSettings
 from kinepy.store.store import Store
 from kinepy.testing.databases import free_port, start_database_server
-from kinepy.types import KeyRange, KeyValue, PutRequest, RangeQuery, RangeRequest
+from kinepy.types import (
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRangeRequest,
+    KeyRange,
+    KeyValue,
+    PutRequest,
+    RangeQuery,
+    RangeRequest,
+    RequestOp,
+    TxnRequest,
+)
 
 KEY = b"/registry/k/0500"
 
@@ -83,12 +102,21 @@ def _forget_writes(backend: Backend) -> None:
         cache.invalidate()
 
 
-async def _puts(url: str, kind: str, puts: int, rounds: int) -> None:
+@contextlib.asynccontextmanager
+async def _store_on(url: str) -> AsyncIterator[tuple[Store, Backend]]:
+    """A started store on the backend of `url`, closed on leaving."""
     backend = create_backend(backend_spec(Config(datastore_endpoint=url)), BackendSettings())
     await backend.start()
     store = Store(backend)
     await store.start()
     try:
+        yield store, backend
+    finally:
+        await _close(store, backend)
+
+
+async def _puts(url: str, kind: str, puts: int, rounds: int) -> None:
+    async with _store_on(url) as (store, backend):
         await store.put(PutRequest(key=b"/warm", value=b"x"))
         statements: list[str] = []
         _count_statements(backend, kind, statements)
@@ -120,8 +148,6 @@ async def _puts(url: str, kind: str, puts: int, rounds: int) -> None:
                 f"p99 {1e3 * latencies[int(len(latencies) * 0.99)]:.2f} ms, "
                 f"kinepy CPU {1e6 * cpu / puts:.0f} µs/put"
             )
-    finally:
-        await _close(store, backend)
 
 
 def put(args: argparse.Namespace) -> None:
@@ -271,6 +297,67 @@ def range_(args: argparse.Namespace) -> None:
         server.wait()
 
 
+# -- kube: what kube-apiserver sends per object -------------------------------------------------------
+
+
+def _server_cpu(pid: int) -> float:
+    from benchmarks.targets import tree_cpu_seconds
+
+    return tree_cpu_seconds(pid)
+
+
+async def _kube_creates(store: Store, names: list[bytes], value: bytes) -> list[int]:
+    """kube-apiserver's create of each of `names`; the revisions they were created at."""
+    revisions = []
+    for key in names:
+        compare = [Compare(CompareResult.EQUAL, CompareTarget.MOD, key, operand=0)]
+        reply = await store.txn(TxnRequest(compare, [PutRequest(key, value)], [RangeRequest(key)]))
+        revisions.append(reply.revision)
+    return revisions
+
+
+async def _kube_deletions(store: Store, names: list[bytes], revisions: list[int]) -> None:
+    """kube-apiserver's deletion of each of `names` and the get that follows it."""
+    for key, revision in zip(names, revisions, strict=True):
+        compare = [Compare(CompareResult.EQUAL, CompareTarget.MOD, key, operand=revision)]
+        ops: list[RequestOp] = [DeleteRangeRequest(key, prev_kv=True)]
+        reply = await store.txn(TxnRequest(compare, ops, [RangeRequest(key)]))
+        assert reply.succeeded
+        await store.range(RangeRequest(key, limit=1))
+
+
+async def _kube_ops(url: str, db_pid: int, objects: int, rounds: int) -> None:
+    async with _store_on(url) as (store, _):
+        for number in range(rounds):
+            names = [b"/registry/configmaps/bench%d/cm-%06d" % (number, i) for i in range(objects)]
+            revisions: list[int] = []
+            for phase in ("create", "delete + get"):
+                cpu, db, started = time.process_time(), _server_cpu(db_pid), time.perf_counter()
+                if phase == "create":
+                    revisions = await _kube_creates(store, names, b"v" * 1200)
+                else:
+                    await _kube_deletions(store, names, revisions)
+                elapsed = time.perf_counter() - started
+                cpu, db = time.process_time() - cpu, _server_cpu(db_pid) - db
+                print(
+                    f"round {number} {phase}: {objects / elapsed:,.0f}/s, per object kinepy CPU "
+                    f"{1e6 * cpu / objects:.0f} µs, database CPU {1e6 * db / objects:.0f} µs "
+                    f"(load average {os.getloadavg()[0]:.1f})"
+                )
+
+
+def kube(args: argparse.Namespace) -> None:
+    if args.url:
+        asyncio.run(_kube_ops(args.url, args.db_pid, args.objects, args.rounds))
+        return
+    server = start_database_server(args.kind)
+    try:
+        assert server.proc is not None
+        asyncio.run(_kube_ops(server.url("kinepy_lean"), server.proc.pid, args.objects, args.rounds))
+    finally:
+        server.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lean", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +376,13 @@ def main() -> None:
     g.add_argument("--in-flight", type=int, default=16)
     g.add_argument("--floor", action="store_true", help="the canned-reply server instead of kinepy")
     g.set_defaults(run=range_)
+    k = commands.add_parser("kube", help="kube-apiserver's creates and deletions in process")
+    k.add_argument("--kind", choices=["postgres", "mariadb"], default="postgres")
+    k.add_argument("--objects", type=int, default=10_000)
+    k.add_argument("--rounds", type=int, default=1)
+    k.add_argument("--url", default="", help="a kinepy endpoint on a running server instead of a new one")
+    k.add_argument("--db-pid", type=int, default=0, help="with --url: the server's postmaster pid")
+    k.set_defaults(run=kube)
     f = commands.add_parser("floor-server", help=argparse.SUPPRESS)
     f.add_argument("address")
     f.set_defaults(run=lambda args: _floor(args.address))

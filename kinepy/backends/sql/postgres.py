@@ -206,9 +206,16 @@ def underlying(exc: BaseException) -> BaseException:
     return exc
 
 
-def _rows_cte(table: Table, upsert: bool, where: str = "") -> str:
+def _array(kind: str, *, opaque: bool = False) -> str:
+    """An array parameter of element type `kind`. `opaque`: read through a scalar subquery, so that
+    the planner sees no values even when it plans for the ones given (`_apply_statement`); the
+    cast keeps `= ANY(…)` from reading it as `= ANY (subquery)`."""
+    return f"(SELECT ?::{kind}[])::{kind}[]" if opaque else f"?::{kind}[]"
+
+
+def _rows_cte(table: Table, upsert: bool, where: str = "", *, opaque: bool = False) -> str:
     """Whole columns as arrays: one statement, one round trip, one plan, whatever the batch size."""
-    arrays = ", ".join(f"?::{kind}[]" for kind in table.kinds)
+    arrays = ", ".join(_array(kind, opaque=opaque) for kind in table.kinds)
     statement = f"INSERT INTO {table.name} ({', '.join(table.columns)}) SELECT * FROM unnest({arrays}){where}"
     return statement + on_conflict_update(table) if upsert else statement
 
@@ -233,21 +240,31 @@ def _apply_statement(*, unmoved: bool) -> str:
 
     Passing the xmin guard means that no write committed between the commit that left the row at
     that `xmin` and this statement's lock, so the statement's snapshot (taken at its start, after
-    that commit) holds exactly that state, and the absence check reads it."""
+    that commit) holds exactly that state, and the absence check reads it.
+
+    The absence check is a first key in key order, not `NOT EXISTS`: asyncpg prepares the statement
+    once per connection and PostgreSQL soon settles on a generic plan, made from what the tables
+    held then. On a new database (kv_current never analysed yet) an EXISTS of `key = ANY(…)` is
+    planned as a sequential scan that expects a match early, and that plan stays while the table
+    grows (until autovacuum analyses it): every write then scanned all of kv_current. A first key
+    in key order is read from the primary key's index whatever the table holds
+    (tests/integration/test_pg_plans.py)."""
+    keys, ids = _array("bytea", opaque=True), _array("bigint", opaque=True)
     lock = (
         "m AS (SELECT id FROM meta WHERE id = 1 AND xmin = ?::xid "
-        "AND NOT EXISTS (SELECT FROM kv_current WHERE key = ANY(?::bytea[])) FOR UPDATE), "
+        f"AND (SELECT key FROM kv_current WHERE key = ANY({keys}) ORDER BY key LIMIT 1) IS NULL "
+        "FOR UPDATE), "
         if unmoved
         else ""
     )
     guard = " WHERE EXISTS (SELECT FROM m)" if unmoved else ""
     both = " AND EXISTS (SELECT FROM m)" if unmoved else ""
     return numbered(
-        f"WITH {lock}log AS ({_rows_cte(sql.KV_LOG, False, guard)}), "
-        f"cur AS ({_rows_cte(sql.KV_CURRENT, True, guard)}), "
-        f"gone AS (DELETE FROM kv_current WHERE key = ANY(?::bytea[]){both}), "
-        f"lease AS ({_rows_cte(sql.LEASES, True, guard)}), "
-        f"lease_gone AS (DELETE FROM leases WHERE id = ANY(?::bigint[]){both}) "
+        f"WITH {lock}log AS ({_rows_cte(sql.KV_LOG, False, guard, opaque=True)}), "
+        f"cur AS ({_rows_cte(sql.KV_CURRENT, True, guard, opaque=True)}), "
+        f"gone AS (DELETE FROM kv_current WHERE key = ANY({keys}){both}), "
+        f"lease AS ({_rows_cte(sql.LEASES, True, guard, opaque=True)}), "
+        f"lease_gone AS (DELETE FROM leases WHERE id = ANY({ids}){both}) "
         f"{sql.UPDATE_META}{both} RETURNING xmin"
     )
 
