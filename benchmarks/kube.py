@@ -274,9 +274,8 @@ class Phases:
         cpu0, db0 = tree_cpu_seconds(t.pid), tree_cpu_seconds(t.db_pid) if t.db_pid else 0.0
         api0, client0 = tree_cpu_seconds(self.plane.apiserver_pid), time.process_time()
         objects, seconds, latencies = run()
-        server_cpu = (
-            tree_cpu_seconds(t.pid) - cpu0 + ((tree_cpu_seconds(t.db_pid) - db0) if t.db_pid else 0.0)
-        )
+        database_cpu = (tree_cpu_seconds(t.db_pid) - db0) if t.db_pid else 0.0
+        server_cpu = tree_cpu_seconds(t.pid) - cpu0 + database_cpu
         row = {
             "workload": phase,
             "target": t.name,
@@ -299,6 +298,7 @@ class Phases:
             "extra": {
                 "phase_seconds": seconds,
                 "apiserver_cpu_s": tree_cpu_seconds(self.plane.apiserver_pid) - api0,
+                "database_cpu_s": database_cpu,
             },
         }
         log(report.one_line(row))

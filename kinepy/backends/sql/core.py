@@ -221,7 +221,8 @@ def range_statement(statements: Statements, query: RangeQuery) -> tuple[str, lis
     key, create_revision, mod_revision, version, lease, value[, count]`, one row per key (one row of
     NULL columns when none), *unordered* (sorting a page in Python is cheaper than MariaDB's
     temporary table for an outer ORDER BY). With `count_only`: `meta.revision,
-    meta.compact_revision, count`. One statement reads one snapshot: no transaction is needed.
+    meta.compact_revision, count`. One statement reads one snapshot: no transaction is needed. A
+    single key is read without its limit and count (`_statement_limit`): two primary-key lookups.
 
     The count comes along when a limit may cut the rows short (and `count` asks for it). A read
     at a revision uses the history query even when that revision turns out to be the current one
@@ -232,9 +233,10 @@ def range_statement(statements: Statements, query: RangeQuery) -> tuple[str, lis
     when few keys changed since the revision, the usual case: 118 ms against 58 ms for a 500-key
     page of 100k keys on PostgreSQL, as every value goes through the window aggregate.)
     """
-    key_range, revision, limit = query.key_range, query.revision, query.limit
+    key_range, revision = query.key_range, query.revision
+    limit = _statement_limit(query)
     meta = "SELECT m.revision, m.compact_revision"
-    counted = query.count_only or (limit > 0 and query.count)
+    counted = _counted(query)
     if counted:
         if revision > 0:
             count_stmt, count_args = statements.count_at_revision(key_range, revision)
@@ -255,6 +257,23 @@ def range_statement(statements: Statements, query: RangeQuery) -> tuple[str, lis
     return f"{select} FROM meta m LEFT JOIN ({rows_stmt}) d ON 1 = 1 WHERE m.id = 1", args
 
 
+def _one_key(key_range: KeyRange) -> bool:
+    return key_range.end is not None and key_range.end == key_range.start + b"\x00"
+
+
+def _statement_limit(query: RangeQuery) -> int:
+    """The LIMIT of `range_statement`'s rows: none for a single key, which has at most one row (a
+    LIMIT there made MariaDB copy the row into a temporary table on every Get of Kubernetes, whose
+    client asks for one key with `limit=1`)."""
+    return 0 if _one_key(query.key_range) else query.limit
+
+
+def _counted(query: RangeQuery) -> bool:
+    """Whether `range_statement` reads a count: for `count_only`, or when its limit may cut the rows
+    short and the caller does not know the count."""
+    return query.count_only or (query.count and _statement_limit(query) > 0)
+
+
 def _by_key(kv: KeyValue) -> bytes:
     return kv.key
 
@@ -269,7 +288,7 @@ def range_rows(query: RangeQuery, rows: Sequence[Row]) -> RangeRows:
         return RangeRows(current, compact, [], int(rows[0][2]))
     kvs = [kv_of(row[2:8]) for row in rows if row[2] is not None]
     kvs.sort(key=_by_key)
-    if query.count and 0 < query.limit <= len(kvs):
+    if _counted(query) and query.limit <= len(kvs):
         return RangeRows(current, compact, kvs, int(rows[0][8]))
     return RangeRows(current, compact, kvs, len(kvs))
 
