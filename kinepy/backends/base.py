@@ -63,6 +63,20 @@ class WriteSet:
     compact_revision: int | None = None
     # Final state per touched lease: a Lease to insert or update, or None to delete.
     leases: dict[int, Lease | None] = field(default_factory=dict)
+    # Not written: what other processes following the database are told of the commit (`Commit`).
+    base_revision: int = 0  # the revision the batch started from
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(slots=True, frozen=True)
+class Commit:
+    """A commit another process told of (`Backend.wait_for_change`): revisions `(after, revision]`
+    with their events, in order. `events` None: told without them (too large, or a compaction
+    among them), so the follower reads the log instead."""
+
+    after: int
+    revision: int
+    events: list[Event] | None
 
 
 @dataclass(slots=True)
@@ -122,8 +136,11 @@ class Backend(Protocol):
     async def revisions(self) -> tuple[int, int]:
         """The current and the compaction revision, cheaply."""
 
-    async def wait_for_change(self, max_wait: float) -> None:
-        """Return when another process may have committed, or after `max_wait` seconds at most."""
+    async def wait_for_change(self, max_wait: float) -> list[Commit]:
+        """Return when another process may have committed, or after `max_wait` seconds at most: the
+        commits other processes told of since the last call, in the order told (maybe none, when
+        woken otherwise; the caller then reads `revisions`). Told commits are a hint that saves a
+        read, never the only way to learn of one: a process may be told too late, or not at all."""
 
     async def read_range(self, query: RangeQuery) -> RangeRows:
         """Serve `query` (see `RangeQuery`).

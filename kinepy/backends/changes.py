@@ -1,23 +1,91 @@
-"""`ChangePipes`: workers on one SQLite file tell each other of their commits.
+"""`ChangePipes`: workers on one SQLite file (or one MySQL server) tell each other of their commits.
 
 SQLite has no LISTEN/NOTIFY. Every worker of `kinepy --workers N` gets, from the supervisor, the read end
 of a pipe of its own and the write ends of the others' pipes (the supervisor keeps every end open, so a
-restarted worker finds its pipe again). After each commit a worker writes one byte to every other
-worker's pipe; a worker's follower waits for its pipe to become readable, drains it, and reads the new
-revisions from the database. A full pipe (its worker is dead or busy) already says "something changed":
-the write is skipped. The byte only wakes the follower early; the follower also looks every poll
-interval, so a lost byte costs latency, never an event.
+restarted worker finds its pipe again). After each commit a worker writes one message to every other
+worker's pipe: the commit's revisions and, when they fit, its events (`Commit`), so that the other
+worker publishes them to its watchers without reading them back from the database. A message is one
+`write` of at most `PIPE_BUF` bytes, which the kernel never splits nor interleaves with another
+writer's; a commit whose events do not fit, or that compacts, is told without them (read the log).
+
+A full pipe (its worker is dead or busy) drops the message: the next one then starts past the
+follower's revision and it reads the gap from the log, and the follower also looks every poll interval,
+so a lost message costs latency, never an event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import marshal
 import os
+import select
+import struct
+
+from kinepy.backends.base import Commit, WriteSet
+from kinepy.types import Event, EventType, KeyValue
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("<H")
+MESSAGE_MAX = select.PIPE_BUF
+"""Bytes of one message, its length included: what a pipe writes at once, never interleaved."""
+_BODY_MAX = MESSAGE_MAX - _LENGTH.size
+_EVENT_OVERHEAD = 64
+"""Bytes an event takes in a message besides its keys and values (an upper bound)."""
+_LOOK = _LENGTH.pack(0)
+"""A commit told without its revisions: read them from the database."""
+_PENDING_MAX = 1024
+"""Messages kept for the follower at most; beyond, they are dropped for one look at the database."""
+_READ_BYTES = 1 << 16  # what a pipe holds unless resized; a message cut at the end waits for its rest
+_MARSHAL_VERSION = 4
+
+
+def encode(write_set: WriteSet) -> bytes:
+    """The message telling of `write_set`'s commit: with its events when they fit (and it does not
+    compact), else a look."""
+    events = write_set.events
+    if not events or write_set.compact_revision is not None:
+        return _LOOK
+    size = 0
+    for event in events:
+        kv, prev = event.kv, event.prev_kv
+        size += _EVENT_OVERHEAD + len(kv.key) + len(kv.value)
+        if prev is not None:
+            size += _EVENT_OVERHEAD + len(prev.key) + len(prev.value)
+    if size > _BODY_MAX:
+        return _LOOK
+    body = marshal.dumps(
+        (
+            write_set.base_revision,
+            write_set.revision,
+            [(e.type.value, tuple(e.kv), None if e.prev_kv is None else tuple(e.prev_kv)) for e in events],
+        ),
+        _MARSHAL_VERSION,
+    )
+    if len(body) > _BODY_MAX:  # the estimate is a bound; kept for safety
+        return _LOOK
+    return _LENGTH.pack(len(body)) + body
+
+
+def _decode(body: bytes) -> Commit:
+    after, revision, events = marshal.loads(body)
+    return Commit(
+        int(after),
+        int(revision),
+        [
+            Event(EventType(kind), KeyValue(*kv), None if prev is None else KeyValue(*prev))
+            for kind, kv, prev in events
+        ],
+    )
+
+
+_LOOK_COMMIT = Commit(0, 0, None)
 
 
 class ChangePipes:
-    """Tell the other workers of a commit (`notify`), wait to be told of theirs (`wait`)."""
+    """Tell the other workers of a commit (`announce`), wait to be told of theirs (`wait`)."""
 
     def __init__(self, read_fd: int, write_fds: tuple[int, ...]) -> None:
         self._read_fd = read_fd
@@ -25,29 +93,62 @@ class ChangePipes:
         for fd in (read_fd, *write_fds):
             os.set_blocking(fd, False)
         self._changed: asyncio.Event | None = None
+        self._told: list[Commit] = []
+        self._unread = b""
 
-    def notify(self) -> None:
-        """One byte to every other worker: never blocks."""
+    def announce(self, write_set: WriteSet) -> None:
+        """Tell every other worker of a commit: never blocks; safe on any thread."""
+        message = encode(write_set)
         for fd in self._write_fds:
-            # Full: a wake-up is pending already. Another error: that pipe is gone; its worker polls.
+            # Full: that worker is busy or dead; it reads the log. Another error: that pipe is gone; its
+            # worker polls.
             with contextlib.suppress(OSError):
-                os.write(fd, b"\x01")
+                os.write(fd, message)
 
-    async def wait(self, max_wait: float) -> None:
-        """Return when another worker committed since the last call, or after `max_wait` seconds."""
+    async def wait(self, max_wait: float) -> list[Commit]:
+        """The commits told since the last call (waiting up to `max_wait` seconds for one)."""
         changed = self._changed
         if changed is None:
             changed = self._changed = asyncio.Event()
             asyncio.get_running_loop().add_reader(self._read_fd, self._readable)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max_wait):
-                await changed.wait()
+        if not changed.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max_wait):
+                    await changed.wait()
         changed.clear()
+        told, self._told = self._told, []
+        return told
 
     def _readable(self) -> None:
+        data = self._unread
         with contextlib.suppress(BlockingIOError):
-            while os.read(self._read_fd, 4096):
-                pass
+            while True:
+                chunk = os.read(self._read_fd, _READ_BYTES)
+                data += chunk
+                if len(chunk) < _READ_BYTES:  # the pipe is empty: spare the read that would say so
+                    break
+        told = self._told
+        start = 0
+        while start + _LENGTH.size <= len(data):
+            (length,) = _LENGTH.unpack_from(data, start)
+            end = start + _LENGTH.size + length
+            if length > _BODY_MAX:
+                end = len(data)  # not a message of ours: drop what was read, look at the database
+                told.append(_LOOK_COMMIT)
+            elif end > len(data):
+                break
+            elif length == 0:
+                told.append(_LOOK_COMMIT)
+            else:
+                try:
+                    told.append(_decode(data[start + _LENGTH.size : end]))
+                except Exception as exc:  # another worker's Python (an upgrade mid-run): look instead
+                    log.debug("an unreadable change message: %s", exc)
+                    told.append(_LOOK_COMMIT)
+            start = end
+        self._unread = data[start:]
+        if len(told) > _PENDING_MAX:  # the follower is far behind: it reads the log anyway
+            told[:] = [_LOOK_COMMIT]
         if self._changed is not None:
             self._changed.set()
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 from kinepy.backends.base import (
     Backend,
     BackendStatus,
+    Commit,
     Evaluate,
     RangeRows,
     ReadSet,
@@ -79,8 +80,8 @@ class TimedBackend:
     async def aclose(self) -> None:
         await self._backend.aclose()
 
-    async def wait_for_change(self, max_wait: float) -> None:
-        await self._backend.wait_for_change(max_wait)
+    async def wait_for_change(self, max_wait: float) -> list[Commit]:
+        return await self._backend.wait_for_change(max_wait)
 
     async def revisions(self) -> tuple[int, int]:
         return await self._timed("revisions", self._backend.revisions())

@@ -6,6 +6,11 @@ committed revisions in between: they are read from the log first, so watchers ne
 before N. The follow loop (started only on a shared database) publishes other processes' commits soon
 after they happen while this one is idle, woken by the backend's `wait_for_change`, and reports the
 revisions it reads (the store's revision, other processes' compactions).
+
+A commit told with its events (another worker's, `Commit`) that starts right at the hub's revision is
+published as told, without reading the database; anything else (a gap, a commit told without its events,
+one at or below the hub's revision) is read from the database as before, and so is the database at least
+every poll interval, so what a told commit does not say (a compaction, lost revisions) is seen as soon.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from kinepy.backends.base import Backend
+from kinepy.backends.base import Backend, Commit
 from kinepy.store import tasks
 from kinepy.store.history import read_history
 from kinepy.store.watch import CATCH_UP_MAX_REVISIONS, WatchHub
@@ -80,12 +85,34 @@ class Follower:
             hub.publish(end, events)
         return True
 
+    async def _publish_told(self, told: list[Commit]) -> bool:
+        """Publish commits told with their events, in order, while each starts at the hub's revision;
+        False at the first that does not (the rest are then read from the database)."""
+        hub = self._hub
+        async with self._lock:
+            for commit in told:
+                if commit.events is None or commit.after != hub.revision:
+                    return False
+                hub.publish(commit.revision, commit.events)
+        self._seen(hub.revision, hub.compact_revision)
+        return True
+
     async def _follow(self) -> None:
         hub = self._hub
         failing_since = 0.0
+        looked = time.monotonic()
         while True:
             try:
-                await self._backend.wait_for_change(self._poll_interval)
+                told = await self._backend.wait_for_change(self._poll_interval)
+                # Told commits first, whether or not a look is due: a look reads the log (a thread hop
+                # on SQLite), which the events it would read should not wait for.
+                if (
+                    told
+                    and await self._publish_told(told)
+                    and time.monotonic() - looked < self._poll_interval
+                ):
+                    continue
+                looked = time.monotonic()
                 published = hub.revision  # committed before the read: the read must see it
                 revision, compact_revision = await self._backend.revisions()
             except Exception as exc:

@@ -376,6 +376,8 @@ class BatchState:
             current=self.touched,
             compact_revision=self.new_compact_revision,
             leases=self.touched_leases,
+            base_revision=self.snapshot.revision,
+            events=self.events,
         )
 
 

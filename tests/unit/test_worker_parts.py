@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import Metric
 
-from kinepy.backends.changes import ChangePipes
+from kinepy.backends.base import Commit, WriteSet
+from kinepy.backends.changes import MESSAGE_MAX, ChangePipes, encode
 from kinepy.config import Config, WorkerRole
 from kinepy.listen import parse_listen_address
+from kinepy.types import Event, EventType, KeyValue
 from kinepy.workers import control
 from kinepy.workers.aggregate import merge
 from kinepy.workers.supervisor import listen_address_on
@@ -49,32 +53,86 @@ def test_merge_of_nothing_is_nothing() -> None:
     assert merge([]) == []
 
 
-async def test_change_pipes_wake_the_other_worker_and_coalesce() -> None:
+def _commit(after: int, *events: Event, compacts: bool = False) -> WriteSet:
+    return WriteSet(
+        revision=after + len(events),
+        base_revision=after,
+        events=list(events),
+        compact_revision=after if compacts else None,
+    )
+
+
+_PUT = Event(
+    EventType.PUT, KeyValue(b"k", 2, 3, 2, b"new", lease=7), KeyValue(b"k", 2, 2, 1, b"old", lease=7)
+)
+_DELETE = Event(EventType.DELETE, KeyValue(b"gone", 0, 4, 0, b""))
+
+
+@contextlib.contextmanager
+def _pipe_pair() -> Iterator[tuple[ChangePipes, ChangePipes, int]]:
+    """Worker 0's pipes, worker 1's, and the write end of worker 1's pipe."""
     first, second = os.pipe(), os.pipe()
+    zero = ChangePipes(first[0], (second[1],))
+    one = ChangePipes(second[0], (first[1],))
     try:
-        zero = ChangePipes(first[0], (second[1],))
-        one = ChangePipes(second[0], (first[1],))
-        waiting = asyncio.create_task(one.wait(30))
-        await asyncio.sleep(0)
-        for _ in range(3):
-            zero.notify()
-        await asyncio.wait_for(waiting, 5)  # woken well before the 30 s
-        started = time.monotonic()
-        await one.wait(0.05)  # the three bytes were one wake-up: this waits the whole time
-        assert time.monotonic() - started >= 0.04
+        yield zero, one, second[1]
+    finally:
         zero.close()
         one.close()
-    finally:
         for fd in (*first, *second):
             os.close(fd)
 
 
-def test_notify_never_blocks_on_a_full_pipe() -> None:
+async def test_change_pipes_tell_the_other_worker_each_commit_with_its_events_in_one_wake_up() -> None:
+    with _pipe_pair() as (zero, one, _):
+        waiting = asyncio.create_task(one.wait(30))
+        await asyncio.sleep(0)
+        zero.announce(_commit(2, _PUT))
+        zero.announce(_commit(3, _DELETE))
+        zero.announce(_commit(4))  # nothing a watcher sees: a look
+        told = await asyncio.wait_for(waiting, 5)  # woken well before the 30 s, once for all three
+        assert told == [Commit(2, 3, [_PUT]), Commit(3, 4, [_DELETE]), Commit(0, 0, None)]
+        started = time.monotonic()
+        assert await one.wait(0.05) == []  # nothing more: this waits the whole time
+        assert time.monotonic() - started >= 0.04
+
+
+async def test_a_commit_whose_events_do_not_fit_or_that_compacts_is_told_without_them() -> None:
+    big = Event(EventType.PUT, KeyValue(b"big", 2, 3, 1, b"x" * MESSAGE_MAX))
+    many = [Event(EventType.PUT, KeyValue(b"key%d" % i, 3 + i, 3 + i, 1, b"v" * 30)) for i in range(100)]
+    with _pipe_pair() as (zero, one, _):
+        zero.announce(_commit(2, big))
+        zero.announce(_commit(2, *many))
+        zero.announce(_commit(2, _PUT, compacts=True))
+        zero.announce(_commit(2, *many[:10]))
+        told = await one.wait(5)
+    assert told == [Commit(0, 0, None)] * 3 + [Commit(2, 12, many[:10])]
+
+
+async def test_what_is_not_a_message_is_a_look_and_the_messages_after_it_still_arrive() -> None:
+    with _pipe_pair() as (zero, one, to_one):
+        os.write(to_one, b"\xff\xff not a message")
+        assert await one.wait(5) == [Commit(0, 0, None)]
+        os.write(to_one, b"\x05\x00junk!")  # a length, then five bytes marshal cannot read
+        zero.announce(_commit(2, _PUT))
+        assert await one.wait(5) == [Commit(0, 0, None), Commit(2, 3, [_PUT])]
+
+
+async def test_a_message_read_in_two_parts_arrives_whole() -> None:
+    message = encode(_commit(2, _PUT))
+    with _pipe_pair() as (_, one, to_one):
+        os.write(to_one, message[:9])
+        assert await one.wait(5) == []
+        os.write(to_one, message[9:])
+        assert await one.wait(5) == [Commit(2, 3, [_PUT])]
+
+
+def test_announce_never_blocks_on_a_full_pipe() -> None:
     read_fd, write_fd = os.pipe()
     try:
         pipes = ChangePipes(read_fd, (write_fd,))
-        for _ in range(100_000):  # far more than a pipe holds (64 KiB)
-            pipes.notify()
+        for _ in range(10_000):  # far more than a pipe holds (64 KiB)
+            pipes.announce(_commit(2, _PUT))
     finally:
         os.close(read_fd)
         os.close(write_fd)

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
-from kinepy.backends.base import BackendStatus, Evaluate, RangeRows, ReadSet, Snapshot, WriteSet
+from kinepy.backends.base import BackendStatus, Commit, Evaluate, RangeRows, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql import core
 from kinepy.backends.sql import statements as sql
 from kinepy.errors import BackendConflict, BackendError, BackendUnavailable
@@ -351,9 +351,10 @@ class ServerBackend(abc.ABC):
         async with self._session("none") as session:
             return core.meta_of(await session.fetchone(sql.SELECT_META))
 
-    async def wait_for_change(self, max_wait: float) -> None:
+    async def wait_for_change(self, max_wait: float) -> list[Commit]:
         """Polling: sleep `max_wait` (PostgreSQL overrides this with LISTEN/NOTIFY)."""
         await asyncio.sleep(max_wait)
+        return []
 
     async def read_range(self, query: RangeQuery) -> RangeRows:
         """One statement, one round trip: the meta row joined to the rows (and the count), so the

@@ -36,7 +36,7 @@ from typing import Any, cast
 
 import aiomysql
 
-from kinepy.backends.base import Evaluate, ReadSet, WriteSet
+from kinepy.backends.base import Commit, Evaluate, ReadSet, WriteSet
 from kinepy.backends.changes import ChangePipes
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import (
@@ -806,18 +806,18 @@ class MySQLBackend(ServerBackend):
 
     # -- writes ----------------------------------------------------------------------------------
 
-    async def wait_for_change(self, max_wait: float) -> None:
-        """Woken by a commit of another worker of this server (`ChangePipes`); other kinepy
+    async def wait_for_change(self, max_wait: float) -> list[Commit]:
+        """Told of a commit of another worker of this server (`ChangePipes`); other kinepy
         processes on the database are seen by polling, every `max_wait`."""
         if self._changes is None:
             await asyncio.sleep(max_wait)
-        else:
-            await self._changes.wait(max_wait)
+            return []
+        return await self._changes.wait(max_wait)
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
         write_set = await self._write_batch(read_set, evaluate)
         if self._changes is not None and write_set is not None:
-            self._changes.notify()
+            self._changes.announce(write_set)
         return write_set
 
     async def _write_batch(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:

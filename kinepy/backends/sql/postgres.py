@@ -31,7 +31,7 @@ from urllib.parse import urlencode
 
 import asyncpg
 
-from kinepy.backends.base import Evaluate, ReadSet, WriteSet
+from kinepy.backends.base import Commit, Evaluate, ReadSet, WriteSet
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import AsyncSession, Row, WriteRows, run_async, write_rows, write_steps
 from kinepy.backends.sql.dialect import (
@@ -552,8 +552,9 @@ class PostgresBackend(ServerBackend):
             self._changed.set()
             self._cache.invalidate()  # stale: the next batch reads instead of failing its guard
 
-    async def wait_for_change(self, max_wait: float) -> None:
-        """Return when another process committed (NOTIFY from the meta trigger) or after `max_wait` s."""
+    async def wait_for_change(self, max_wait: float) -> list[Commit]:
+        """Return when another process committed (NOTIFY from the meta trigger) or after `max_wait` s;
+        a NOTIFY carries no events: the caller reads them."""
         listener = self._listener
         if listener is None or listener.is_closed():
             self._listener = None
@@ -565,18 +566,19 @@ class PostgresBackend(ServerBackend):
                     self._listen_failed = True
                     log.warning("%s; following other processes by polling", self._error(exc, "LISTEN failed"))
                 await asyncio.sleep(max_wait)
-                return
+                return []
             if self._listen_failed:
                 self._listen_failed = False
                 log.info("PostgreSQL LISTEN works again")
             self._listener = listener
-            return  # notifications may have been missed meanwhile: let the caller look now
+            return []  # notifications may have been missed meanwhile: let the caller look now
         try:
             async with asyncio.timeout(max_wait):
                 await self._changed.wait()
         except TimeoutError:
             pass
         self._changed.clear()
+        return []
 
     async def aclose(self) -> None:
         listener, self._listener = self._listener, None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from kinepy.backends.base import (
     BackendStatus,
+    Commit,
     Evaluate,
     LogRow,
     RangeRows,
@@ -86,7 +87,7 @@ class FakeBackend:
     async def revisions(self) -> tuple[int, int]:
         return self.revision, self.compact_revision
 
-    async def wait_for_change(self, max_wait: float) -> None:
+    async def wait_for_change(self, max_wait: float) -> list[Commit]:
         # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the inner result when its task
         # is cancelled just as the inner wait ends (a commit woke it), so the cancellation is lost and the
         # follower's task never ends: a full-suite run hung so in Store.aclose (test_follower.py).
@@ -97,6 +98,7 @@ class FakeBackend:
                     await self._changed.wait()
                 finally:
                     self.change_awaited.clear()
+        return []  # told nothing: the follower reads the revisions and the log
 
     async def read_range(self, query: RangeQuery) -> RangeRows:
         revision = query.revision
