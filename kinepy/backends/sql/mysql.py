@@ -5,12 +5,14 @@ no case folding, so `a`, `A` and `a ` are three keys whatever the server's colla
 index entry to 3072 bytes; `kv_log (key, revision)` needs 8 of them for the revision, hence the key
 limit `MAX_KEY_BYTES` (kine allows 630 ASCII characters).
 
-A write batch is one READ COMMITTED transaction that starts with `SELECT … FROM meta … FOR UPDATE`
-(or, from the write cache, with the guarded `UPDATE meta`: `MySQLBackend.write`): writers of every
-process queue on that row lock, so revisions commit in order, and READ COMMITTED reads after it see
-every earlier commit and take no gap locks (compaction deletes history while writers insert). Reads
-run in `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` at REPEATABLE READ, so the revision
-they report and the rows they return agree.
+A write batch is one READ COMMITTED transaction (the connections' default) that starts with
+`SELECT … FROM meta … FOR UPDATE` (or, from the write cache, with the guarded `UPDATE meta`:
+`MySQLBackend.write`): writers of every process queue on that row lock, so revisions commit in
+order, and READ COMMITTED reads after it see every earlier commit and take no gap locks (compaction
+deletes history while writers insert). A read
+of several statements runs in `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` at REPEATABLE
+READ (asked for per transaction), so the revision it reports and the rows it returns agree; a read of
+one statement (a Range) sees one snapshot at either level.
 
 Every connection sets `sql_mode` to STRICT_ALL_TABLES (a too-long key is an error, never silently
 truncated, and backslash escapes work as pymysql assumes). Upserts are `REPLACE`: MySQL 8.0.20+
@@ -258,7 +260,12 @@ def render(statement: str, args: Sequence[Any]) -> str:
 
 
 SELECT_META_FOR_WRITE = sql.SELECT_META + " FOR UPDATE"
-_START_WRITE = ["SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "START TRANSACTION"]
+# Connections are READ COMMITTED by default (the pool's init command), so a write transaction starts with
+# START TRANSACTION alone; a read transaction asks for REPEATABLE READ, whose consistent snapshot it needs.
+_START_WRITE = ["START TRANSACTION"]
+_START_READ = (
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
+)
 _ANY_CURRENT_IN_KEYS = "EXISTS (SELECT 1 FROM kv_current WHERE key {in})"
 
 
@@ -400,9 +407,9 @@ class _MySession(AsyncSession):
         texts.append("COMMIT")
         if sum(len(text) + 1 for text in texts) > self._max_statement:
             return None
-        await self._cur.execute(";".join(texts))
-        await self._cur.nextset()  # START TRANSACTION
-        await self._cur.nextset()  # the guard
+        await self._cur.execute(";".join(texts))  # the first statement's result
+        for _ in _START_WRITE:
+            await self._cur.nextset()  # up to the guard's
         wrote = int(self._cur.rowcount) == 1
         while await self._cur.nextset():
             pass
@@ -580,7 +587,7 @@ class MySQLBackend(ServerBackend):
         self.server_version = str(version)
         self._max_statement = max(64 * 1024, min(int(max_packet) - 64 * 1024, _MAX_STATEMENT_BYTES))
         self.replication = replication
-        init = f"SET SESSION sql_mode = '{_SQL_MODE}', SESSION {variable} = 'REPEATABLE-READ'"
+        init = f"SET SESSION sql_mode = '{_SQL_MODE}', SESSION {variable} = 'READ-COMMITTED'"
         return f"{init}, {replication.session}" if replication.session else init
 
     async def _detect_replication(self, cur: Any) -> Replication:
@@ -793,7 +800,8 @@ class MySQLBackend(ServerBackend):
                         for text in _START_WRITE:
                             await cur.execute(text)
                 else:
-                    await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    await cur.execute(_START_READ)  # one round trip: the isolation, then the snapshot
+                    await cur.nextset()
                 try:
                     yield session
                 except BaseException:
