@@ -207,6 +207,7 @@ class WatchStream:
             await self._ready.wait()
         resp = self._queue.popleft()
         if resp.events:
+            resp = self._with_queued_behind(resp)
             self.buffered_events -= len(resp.events)
             self.buffered_bytes -= resp.buffered_bytes
             if (
@@ -215,6 +216,34 @@ class WatchStream:
             ):
                 self.hub.wake()
         return resp
+
+    def _with_queued_behind(self, resp: WatchResponse) -> WatchResponse:
+        """`resp` with the event responses queued right behind it for the same watcher: a stream that
+        fell behind (a slow client, a busy event loop) catches up in fewer, larger messages, as from the
+        log, instead of falling further behind at one message per revision. Whole revisions, at most
+        CATCH_UP_MAX_REVISIONS responses and CATCH_UP_MAX_BYTES; nothing overtakes a response of
+        another kind (a progress notification stays behind the events it covers)."""
+        queue = self._queue
+        if not queue or queue[0].watch_id != resp.watch_id or not queue[0].events:
+            return resp
+        events = list(resp.events)
+        size = resp.buffered_bytes
+        last = resp
+        merged = 1
+        while queue and merged < CATCH_UP_MAX_REVISIONS:
+            behind = queue[0]
+            if (
+                behind.watch_id != resp.watch_id
+                or not behind.events
+                or size + behind.buffered_bytes > CATCH_UP_MAX_BYTES
+            ):
+                break
+            queue.popleft()
+            events += behind.events
+            size += behind.buffered_bytes
+            last = behind
+            merged += 1
+        return dataclasses.replace(resp, revision=last.revision, events=events, buffered_bytes=size)
 
     def end(self) -> None:
         """The server is stopping: send what is queued, then end the stream (`next_response`)."""

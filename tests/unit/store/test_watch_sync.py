@@ -235,9 +235,9 @@ async def test_a_demoted_watcher_overtaken_by_compaction_is_cancelled(store_with
         await _puts(store, BUFFER + 4)  # revisions 2..9; demoted from revision BUFFER + 2
         assert not stream.watchers[0].synced
         await store.compact(BUFFER + 4)
-        responses = await _next(stream, BUFFER + 1)
-        assert [r.events[0].kv.mod_revision for r in responses[:BUFFER]] == list(range(2, BUFFER + 2))
-        assert responses[BUFFER].canceled and responses[BUFFER].compact_revision == BUFFER + 4
+        assert await _revisions_until(stream, BUFFER + 1) == list(range(2, BUFFER + 2))  # what was queued
+        [cancelled] = await _next(stream)
+        assert cancelled.canceled and cancelled.compact_revision == BUFFER + 4
 
 
 async def test_a_negative_start_revision_is_refused(store: Store) -> None:
@@ -307,3 +307,37 @@ async def test_a_catch_up_response_stays_under_the_byte_cap(
             assert seen == list(range(2, 22))
     finally:
         await store.aclose()
+
+
+async def test_revisions_queued_for_one_watcher_go_out_in_one_response(store: Store) -> None:
+    """A stream that fell behind catches up in one message, not one per revision."""
+    with store.open_watch() as stream:
+        stream.create(b"k", b"")
+        await _next(stream)
+        await _puts(store, 3)  # revisions 2..4, queued while nobody reads the stream
+        [resp] = await _next(stream)
+        assert [e.kv.mod_revision for e in resp.events] == [2, 3, 4] and resp.revision == 4
+        assert (stream.buffered_events, stream.buffered_bytes) == (0, 0)
+
+
+async def test_a_queued_progress_notification_or_another_watcher_is_not_overtaken(store: Store) -> None:
+    with store.open_watch() as stream:
+        stream.create(b"k", b"")
+        stream.create(b"k", b"", watch_id=1)
+        await _next(stream, 2)
+        await _puts(store, 1)  # revision 2, for watcher 0 then watcher 1
+        stream.request_progress()
+        await _puts(store, 1)  # 3
+        sent = [(r.watch_id, [e.kv.mod_revision for e in r.events]) for r in await _next(stream, 5)]
+        assert sorted(sent[:2]) == [(0, [2]), (1, [2])]  # the watchers in the hub's order
+        assert sent[2] == (PROGRESS_WATCH_ID, [])
+        assert sorted(sent[3:]) == [(0, [3]), (1, [3])]
+
+
+async def test_revisions_queued_beyond_the_catch_up_bytes_go_out_in_more_responses(store: Store) -> None:
+    with store.open_watch() as stream:
+        stream.create(b"k", b"")
+        await _next(stream)
+        for _ in range(2):  # each more than half of a catch-up response
+            await store.put(PutRequest(b"k", b"v" * (CATCH_UP_MAX_BYTES // 2 + 1)))
+        assert [len(r.events) for r in await _next(stream, 2)] == [1, 1]
