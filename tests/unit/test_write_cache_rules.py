@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kinepy.backends.base import ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql.write_cache import GUESS_PAUSE, WriteCache
-from kinepy.types import KeyRange, KeyValue, Lease
+from kinepy.types import Event, EventType, KeyRange, KeyValue, Lease
 
 
 def _kv(key: bytes, revision: int, value: bytes = b"v") -> KeyValue:
@@ -113,3 +113,23 @@ def test_deleting_in_the_order_of_creation_keeps_the_rows_not_yet_deleted() -> N
     snapshot, unknown = answer
     assert sorted(snapshot.rows) == [b"k2", b"k3", b"k4"]
     assert unknown == []  # k0 and k1 known to be absent
+
+
+def test_it_follows_a_commit_told_with_its_events_from_its_own_version_only() -> None:
+    cache = WriteCache()
+    _recorded(cache, 7)
+    cache.failed()  # a guard failed: the other process's commit had not been told yet
+    put, deleted = (
+        Event(EventType.PUT, _kv(b"d", 4)),
+        Event(EventType.DELETE, KeyValue(b"a", 0, 4, 0, b"", 0)),
+    )
+    assert not cache.follow(6, 8, 4, [put])  # from another version: not this cache's database
+    assert (cache.version, cache.contended) == (7, True)
+    assert cache.follow(7, 8, 4, [put, deleted])
+    assert (cache.version, cache.contended) == (8, False)
+    answer = cache.snapshot(ReadSet(keys={b"a", b"c", b"d"}), 0, leases=False)
+    assert answer is not None
+    snapshot, unknown = answer
+    assert (snapshot.revision, snapshot.rows, unknown) == (4, {b"c": _kv(b"c", 3), b"d": _kv(b"d", 4)}, [])
+    assert not cache.follow(7, 9, 5, [put])  # told twice, or out of order
+    assert (cache.version, cache.contended) == (8, False)

@@ -820,7 +820,21 @@ class MySQLBackend(ServerBackend):
         if self._changes is None:
             await asyncio.sleep(max_wait)
             return []
-        return await self._changes.wait(max_wait)
+        told = await self._changes.wait(max_wait)
+        self._follow(told)
+        return told
+
+    def _follow(self, told: list[Commit]) -> None:
+        """The write cache goes on past the other workers' commits told with their events (a told
+        commit never compacts: the compaction revision stays), so that workers taking turns keep
+        writing in one round trip instead of each batch finding the database moved and reading."""
+        cache = self._cache
+        for commit in told:
+            version = cache.version
+            if commit.events is None or not isinstance(version, tuple):
+                continue
+            compact = version[1]
+            cache.follow((commit.after, compact), (commit.revision, compact), commit.revision, commit.events)
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
         write_set = await self._write_batch(read_set, evaluate)

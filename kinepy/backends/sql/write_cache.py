@@ -12,10 +12,12 @@ that nobody else wrote since this process's last commit, a key taken to be absen
 cache goes on and stops taking unknown keys to be absent for a while (`GUESS_PAUSE` batches); else
 another process wrote, and the cache starts a new chain from that batch and stands back
 (`contended`) until a batch that reads finds that nobody else wrote since, as a guard that fails
-costs a round trip. Entries are dropped oldest first beyond a bound; dropping one never costs
-correctness. Keys known to be absent are kept apart from the rows, under a bound of their own, so
-that deletions never push rows out: Kubernetes deletes a namespace's objects in the order they were
-created, and each deletion's absence, filed among the rows, evicted the next object to be deleted.
+costs a round trip. Another process's commit told with its events (MySQL's workers: `follow`) moves the
+cache on past it when it starts at the cache's version. Entries are dropped oldest first beyond a
+bound; dropping one never costs correctness. Keys known to be absent are kept apart from the rows,
+under a bound of their own, so that deletions never push rows out: Kubernetes deletes a namespace's
+objects in the order they were created, and each deletion's absence, filed among the rows, evicted the
+next object to be deleted.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Hashable
 
 from kinepy.backends.base import Evaluate, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql.core import meta_after
-from kinepy.types import KeyValue, Lease
+from kinepy.types import Event, EventType, KeyValue, Lease
 
 MAX_KEYS = 10_000
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -82,6 +84,23 @@ class WriteCache:
         """A write evaluated on the cache found the database elsewhere: stand back until a batch reads
         (`record` then tells a write of another process from a key taken to be absent that was not)."""
         self.contended = True
+
+    def follow(self, before: Hashable, after: Hashable, revision: int, events: list[Event]) -> bool:
+        """Another process's commit, told with its `events`, that moved the meta row from `before` to
+        `after` (revision `revision`): if the cache is as of `before`, it goes on as of `after`, holding
+        the rows the events leave, and stops standing back (nobody else wrote). Whether it followed; a
+        commit it cannot follow (told too late, or out of order) leaves it for the next batch's check
+        to find the database elsewhere, as before."""
+        if self.version is None or self.version != before:
+            return False
+        for event in events:
+            kv = event.kv
+            self._put(kv.key, kv if event.type is EventType.PUT else None)
+        self._revision = revision
+        self.version = after
+        self.contended = False
+        self._bound()
+        return True
 
     def snapshot(self, read_set: ReadSet, epoch: int, *, leases: bool) -> tuple[Snapshot, list[bytes]] | None:
         """`read_set` as of `version`, and the keys it takes to be absent without knowing (the
@@ -156,6 +175,10 @@ class WriteCache:
         self._leases.update(write_set.leases)
         while len(self._leases) > self._max_keys:
             del self._leases[next(iter(self._leases))]
+        self._bound()
+
+    def _bound(self) -> None:
+        """Drop the oldest entries beyond the bounds."""
         rows, absent = self._rows, self._absent
         while len(rows) > self._max_keys or self._bytes > MAX_VALUE_BYTES:
             self._forget(next(iter(rows)))
