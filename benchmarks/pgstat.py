@@ -5,9 +5,12 @@
 
 Runs `benchmarks kube` (same phases, same options) with the run's PostgreSQL restarted once with
 ``shared_preload_libraries=pg_stat_statements`` (``track=all``, so statements a trigger runs count too,
-and ``track_io_timing``). Around each phase it resets the statistics and then prints, per statement:
-calls, total and mean execution time, rows, shared blocks hit / read / dirtied and WAL bytes; with the
-database's commits, the tables' row counts (inserted, updated, HOT-updated, deleted) and WAL written.
+``track_planning``, and ``track_io_timing``). Around each phase it resets the statistics and then
+prints, per statement: calls, plans made and their mean time, total and mean execution time, shared
+blocks hit and dirtied, WAL bytes; with the database's commits, WAL written, the tables' size, live
+and dead rows after the phase and their row counters (which PostgreSQL reports with a delay).
+`--explain-ms` also loads auto_explain: the plan, times and buffers of every statement slower than
+that go to `--explain-log`.
 pg_stat_statements adds its own cost to every statement: compare the counts and the shares, and take
 CPU per operation from `benchmarks kube` without it.
 """
@@ -26,7 +29,8 @@ if TYPE_CHECKING:
     from kinepy.testing.databases import DatabaseServer
 
 _STATEMENTS = """
-SELECT calls, round(total_exec_time::numeric, 1), round(mean_exec_time::numeric * 1000, 1), rows,
+SELECT calls, plans, round(mean_plan_time::numeric * 1000, 1), round(total_exec_time::numeric, 1),
+       round(mean_exec_time::numeric * 1000, 1), rows,
        shared_blks_hit, shared_blks_read, shared_blks_dirtied, wal_bytes, toplevel,
        regexp_replace(left(query, 400), '\\s+', ' ', 'g')
 FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat%'
@@ -34,6 +38,8 @@ ORDER BY total_exec_time DESC LIMIT {top}
 """
 _COLUMNS = (
     "calls",
+    "plans",
+    "plan_us",
     "total_ms",
     "mean_us",
     "rows",
@@ -134,12 +140,23 @@ def _print(entry: dict[str, Any]) -> None:
     for name, values in entry["tables_ins_upd_hot_del_seq_idx"].items():
         per_object = [round(v / ops, 2) for v in values]
         out.write(f"  {name}: ins/upd/hot/del/seq_scan/idx_scan per object {per_object}\n")
-    header = ("calls/obj", "total ms", "mean us", "hit/call", "dirt/call", "wal B/call")
+    header = (
+        "calls/obj",
+        "plans/obj",
+        "plan us",
+        "total ms",
+        "mean us",
+        "hit/call",
+        "dirt/call",
+        "wal B/call",
+    )
     out.write(" ".join(f"{h:>10}" for h in header) + "  query\n")
     for s in entry["statements"]:
         calls = int(s["calls"]) or 1
         figures = (
             calls / ops,
+            int(s["plans"]) / ops,
+            float(s["plan_us"]),
             float(s["total_ms"]),
             float(s["mean_us"]),
             int(s["hit"]) / calls,
@@ -158,7 +175,7 @@ def _with_statistics(server: DatabaseServer, explain_ms: float) -> None:
     server.sql("ALTER SYSTEM SET track_io_timing = on")
     server.stop()
     server.start()
-    settings = {"pg_stat_statements.track": "'all'"}
+    settings = {"pg_stat_statements.track": "'all'", "pg_stat_statements.track_planning": "on"}
     if explain_ms:
         settings |= {
             "auto_explain.log_min_duration": f"'{explain_ms}ms'",
