@@ -97,8 +97,13 @@ class ChangePipes:
         self._unread = b""
 
     def announce(self, write_set: WriteSet) -> None:
-        """Tell every other worker of a commit: never blocks; safe on any thread."""
-        message = encode(write_set)
+        """Tell every other worker of a commit: never blocks, never raises (the commit is done); safe on
+        any thread."""
+        try:
+            message = encode(write_set)
+        except Exception as exc:  # what marshal cannot write: the others read the commit from the log
+            log.warning("telling the other workers of revision %d failed: %s", write_set.revision, exc)
+            message = _LOOK
         for fd in self._write_fds:
             # Full: that worker is busy or dead; it reads the log. Another error: that pipe is gone; its
             # worker polls.

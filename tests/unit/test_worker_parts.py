@@ -151,3 +151,10 @@ def test_the_port_worker_zero_bound_replaces_port_zero() -> None:
     assert listen_address_on(parse_listen_address("127.0.0.1:0"), 2379) == "127.0.0.1:2379"
     assert listen_address_on(parse_listen_address(":0"), 2379) == ":2379"
     assert listen_address_on(parse_listen_address("[::1]:0"), 2379) == "[::1]:2379"
+
+
+async def test_a_commit_that_cannot_be_encoded_is_told_without_its_events() -> None:
+    odd = Event(EventType.PUT, KeyValue(b"k", 2, 2, 1, object()))  # type: ignore[arg-type]
+    with _pipe_pair() as (zero, one, _):
+        zero.announce(_commit(1, odd))
+        assert await one.wait(5) == [Commit(0, 0, None)]
