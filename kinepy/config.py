@@ -207,10 +207,10 @@ class WorkerRole:
     count: int
 
     notify_read_fd: int = -1
-    """SQLite and MySQL: this worker's end of its change pipe, readable when another worker committed."""
+    """SQL databases: this worker's end of its change pipe, readable when another worker committed."""
 
     notify_write_fds: tuple[int, ...] = ()
-    """SQLite and MySQL: the other workers' change pipes, each told of this worker's commits."""
+    """SQL databases: the other workers' change pipes, each told of this worker's commits."""
 
     alarm_fd: int = -1
     """The alarm table every worker shares (`kinepy.store.alarms.SharedAlarmTable`)."""

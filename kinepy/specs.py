@@ -198,15 +198,15 @@ class BackendSettings:
     """PostgreSQL/MySQL: seconds after which an idle pooled connection is closed; 0 = never."""
 
     notify_read_fd: int = -1
-    """Workers of one server on SQLite or MySQL: readable when another worker committed (`WorkerRole`)."""
+    """Workers of one server on a SQL database: readable when another worker committed (`WorkerRole`)."""
 
     notify_write_fds: tuple[int, ...] = ()
-    """Workers of one server on SQLite or MySQL: the other workers' change pipes."""
+    """Workers of one server on a SQL database: the other workers' change pipes."""
 
     @property
     def worker_pipes(self) -> bool:
-        """Several workers of one server share the database and tell each other of their commits
-        (SQLite and MySQL: neither has LISTEN/NOTIFY)."""
+        """Several workers of one server share the database and tell each other of their commits, with
+        their events (SQLite and MySQL have no LISTEN/NOTIFY; PostgreSQL's carries no events)."""
         return self.notify_read_fd >= 0
 
 

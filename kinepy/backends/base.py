@@ -72,11 +72,13 @@ class WriteSet:
 class Commit:
     """A commit another process told of (`Backend.wait_for_change`): revisions `(after, revision]`
     with their events, in order. `events` None: told without them (too large, or a compaction
-    among them), so the follower reads the log instead."""
+    among them), so the follower reads the log instead. `origin`: what the committing backend added
+    about it (PostgreSQL: its connection's server pid and the meta row's `xmin` before and after)."""
 
     after: int
     revision: int
     events: list[Event] | None
+    origin: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)

@@ -1,12 +1,14 @@
-"""`ChangePipes`: workers on one SQLite file (or one MySQL server) tell each other of their commits.
+"""`ChangePipes`: workers on one SQLite file (or one MySQL or PostgreSQL server) tell each other of their
+commits.
 
-SQLite has no LISTEN/NOTIFY. Every worker of `kinepy --workers N` gets, from the supervisor, the read end
-of a pipe of its own and the write ends of the others' pipes (the supervisor keeps every end open, so a
-restarted worker finds its pipe again). After each commit a worker writes one message to every other
-worker's pipe: the commit's revisions and, when they fit, its events (`Commit`), so that the other
-worker publishes them to its watchers without reading them back from the database. A message is one
-`write` of at most `PIPE_BUF` bytes, which the kernel never splits nor interleaves with another
-writer's; a commit whose events do not fit, or that compacts, is told without them (read the log).
+SQLite and MySQL have no LISTEN/NOTIFY, and PostgreSQL's carries no events. Every worker of `kinepy
+--workers N` gets, from the supervisor, the read end of a pipe of its own and the write ends of the
+others' pipes (the supervisor keeps every end open, so a restarted worker finds its pipe again). After
+each commit a worker writes one message to every other worker's pipe: the commit's revisions and, when
+they fit, its events (`Commit`), so that the other worker publishes them to its watchers without reading
+them back from the database. A message is one `write` of at most `PIPE_BUF` bytes, which the kernel
+never splits nor interleaves with another writer's; a commit whose events do not fit, or that compacts,
+is told without them (read the log).
 
 A full pipe (its worker is dead or busy) drops the message: the next one then starts past the
 follower's revision and it reads the gap from the log, and the follower also looks every poll interval,
@@ -42,9 +44,9 @@ _READ_BYTES = 1 << 16  # what a pipe holds unless resized; a message cut at the 
 _MARSHAL_VERSION = 4
 
 
-def encode(write_set: WriteSet) -> bytes:
-    """The message telling of `write_set`'s commit: with its events when they fit (and it does not
-    compact), else a look."""
+def encode(write_set: WriteSet, origin: tuple[int, ...] = ()) -> bytes:
+    """The message telling of `write_set`'s commit: with its events (and `origin`, `Commit.origin`)
+    when they fit (and it does not compact), else a look."""
     events = write_set.events
     if not events or write_set.compact_revision is not None:
         return _LOOK
@@ -61,6 +63,7 @@ def encode(write_set: WriteSet) -> bytes:
             write_set.base_revision,
             write_set.revision,
             [(e.type.value, tuple(e.kv), None if e.prev_kv is None else tuple(e.prev_kv)) for e in events],
+            origin,
         ),
         _MARSHAL_VERSION,
     )
@@ -70,7 +73,7 @@ def encode(write_set: WriteSet) -> bytes:
 
 
 def _decode(body: bytes) -> Commit:
-    after, revision, events = marshal.loads(body)
+    after, revision, events, origin = marshal.loads(body)
     return Commit(
         int(after),
         int(revision),
@@ -78,6 +81,7 @@ def _decode(body: bytes) -> Commit:
             Event(EventType(kind), KeyValue(*kv), None if prev is None else KeyValue(*prev))
             for kind, kv, prev in events
         ],
+        tuple(int(value) for value in origin),
     )
 
 
@@ -96,11 +100,11 @@ class ChangePipes:
         self._told: list[Commit] = []
         self._unread = b""
 
-    def announce(self, write_set: WriteSet) -> None:
+    def announce(self, write_set: WriteSet, origin: tuple[int, ...] = ()) -> None:
         """Tell every other worker of a commit: never blocks, never raises (the commit is done); safe on
         any thread."""
         try:
-            message = encode(write_set)
+            message = encode(write_set, origin)
         except Exception as exc:  # what marshal cannot write: the others read the commit from the log
             log.warning("telling the other workers of revision %d failed: %s", write_set.revision, exc)
             message = _LOOK
@@ -123,6 +127,13 @@ class ChangePipes:
         changed.clear()
         told, self._told = self._told, []
         return told
+
+    def look(self) -> None:
+        """Have the waiter look at the database (a commit seen otherwise: PostgreSQL's NOTIFY of another
+        kinepy process's)."""
+        self._told.append(_LOOK_COMMIT)
+        if self._changed is not None:
+            self._changed.set()
 
     def _readable(self) -> None:
         data = self._unread

@@ -25,7 +25,9 @@ def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
     if isinstance(spec, PostgresSpec):
         from kinepy.backends.sql.postgres import PostgresBackend
 
-        return PostgresBackend(spec, synchronous_commit=settings.synchronous, **_pool(settings))
+        return PostgresBackend(
+            spec, synchronous_commit=settings.synchronous, changes=_pipes(settings), **_pool(settings)
+        )
     if isinstance(spec, MySQLSpec):
         from kinepy.backends.sql.mysql import MySQLBackend
 

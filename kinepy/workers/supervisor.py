@@ -37,7 +37,7 @@ from kinepy.errors import ConfigError, KinepyError, ListenError
 from kinepy.listen import ListenAddress, check_listen_address, parse_listen_address
 from kinepy.metrics.listener import MetricsListener, parse_metrics_address
 from kinepy.runtime import event_loop_runner, notify_systemd
-from kinepy.specs import MySQLSpec, SQLiteSpec, bracket_host
+from kinepy.specs import MySQLSpec, PostgresSpec, SQLiteSpec, bracket_host
 from kinepy.tlsfiles import metrics_tls
 from kinepy.workers import control
 from kinepy.workers.aggregate import merge
@@ -105,7 +105,7 @@ class Supervisor:
             check_listen_address(ListenAddress(host, port))
             registry = CollectorRegistry()
             registry.register(_WorkersCollector(self))
-        if isinstance(spec, SQLiteSpec | MySQLSpec):  # PostgreSQL's LISTEN/NOTIFY reaches every worker
+        if isinstance(spec, SQLiteSpec | MySQLSpec | PostgresSpec):
             self._pipes = [os.pipe() for _ in self._workers]
         self._alarm_fd = os.memfd_create("kinepy-alarms")  # each worker sizes and maps it
         self._loop = loop = asyncio.get_running_loop()
@@ -175,7 +175,7 @@ class Supervisor:
         )
 
     def _role(self, index: int) -> WorkerRole:
-        pipes = self._pipes  # none on PostgreSQL
+        pipes = self._pipes  # none on a real etcd
         return WorkerRole(
             index=index,
             count=len(self._workers),

@@ -102,7 +102,14 @@ def test_watchers_on_every_worker_see_every_event_once_in_order(
     assert len(histories[0]) == 8 * (16 + 4 * 2)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mysql)])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite",
+        pytest.param("mariadb", marks=pytest.mark.mysql),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
 def test_four_workers_stay_linearizable_with_leases_expiring_and_compaction(
     make_kinepy_server: MakeKinepy, tmp_path: Path, backend: str
 ) -> None:
@@ -110,7 +117,8 @@ def test_four_workers_stay_linearizable_with_leases_expiring_and_compaction(
     instances on a cluster (tests/integration/histories.py): watchers on every worker agree, nothing
     acknowledged is lost, reads match the history at their revision, revisions respect real time.
     Leases expire meanwhile (each key deleted once) and worker 0 compacts every second. On MariaDB the
-    workers' write caches follow each other's commits as told (mysql.py)."""
+    workers' write caches follow each other's commits as told (mysql.py); on PostgreSQL too (postgres.py),
+    and each passes over the NOTIFYs of the others' commits."""
     flags = ["--compact-interval", "1s", "--compact-retention", "200"]
     server = _workers(make_kinepy_server, tmp_path, 4, *flags, backend=backend)
     clients = [_client(server, tmp_path, i) for i in range(4)]
@@ -153,12 +161,12 @@ def test_four_workers_stay_linearizable_with_leases_expiring_and_compaction(
     assert compactions and set(compactions) == {"0"}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb", "postgres"])
 def test_a_commit_on_one_worker_reaches_a_watcher_on_another_without_waiting_for_the_poll(
     make_kinepy_server: MakeKinepy, tmp_path: Path, backend: str
 ) -> None:
-    # SQLite and MySQL have no LISTEN/NOTIFY: a worker tells the others of each commit (change
-    # pipes). With polling left to every 60 s, only that can bring the event within the 20 s.
+    # A worker tells the others of each commit (change pipes; PostgreSQL's NOTIFY of another worker's
+    # commit is passed over). With polling left to every 60 s, only that can bring the event within 20 s.
     sockets = tmp_path / "workers"
     sockets.mkdir()
     server = make_kinepy_server(

@@ -3,22 +3,27 @@ last read and wrote (its write cache) and written by one statement (one query on
 if no other write committed since this process's last one and the keys the cache did not know are
 absent. Another kinepy process writing between two batches makes that check fail, and the batch runs
 again the ordinary way, evaluated on what it reads. The other process here is a second backend on the
-same database."""
+same database. Workers of one kinepy on PostgreSQL keep their caches chained through the commits they
+tell each other of, and pass over each other's NOTIFYs."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
+import asyncpg
 import pytest
 
-from kinepy.backends.base import Backend, LogRow, ReadSet, Snapshot, WriteSet
+from kinepy.backends.base import Backend, Commit, LogRow, ReadSet, Snapshot, WriteSet
 from kinepy.backends.factory import create_backend
+from kinepy.backends.sql.postgres import PostgresBackend
 from kinepy.config import Config
 from kinepy.endpoint import backend_spec
 from kinepy.specs import BackendSettings
 from kinepy.testing.databases import DatabaseServer
-from kinepy.types import KeyRange, KeyValue, RangeQuery
+from kinepy.types import Event, EventType, KeyRange, KeyValue, RangeQuery
 
 Pair = tuple[Backend, Backend]
 
@@ -53,7 +58,9 @@ def _put(seen: list[tuple[int, int]], key: bytes) -> Callable[[Snapshot], WriteS
         version = old.version + 1 if old else 1
         create = old.create_revision if old else revision
         kv = KeyValue(key, create, revision, version, b"v%d" % revision, 0)
-        return WriteSet(revision, [LogRow(revision, 0, key, create, version, 0, kv.value, False)], {key: kv})
+        log = [LogRow(revision, 0, key, create, version, 0, kv.value, False)]
+        events = [Event(EventType.PUT, kv)]
+        return WriteSet(revision, log, {key: kv}, base_revision=snapshot.revision, events=events)
 
     return evaluate
 
@@ -135,3 +142,91 @@ async def test_concurrent_increments_through_two_processes_lose_nothing(pair: Pa
     await asyncio.gather(*(run(backend) for backend in pair))
     [kv] = (await pair[0].read_range(RangeQuery(KeyRange(b"n", b"n\0")))).kvs
     assert (kv.value, kv.version, kv.mod_revision) == (b"100", 100, 101)
+
+
+Workers = tuple[PostgresBackend, PostgresBackend, PostgresBackend]
+
+
+@pytest.fixture
+async def pg_workers(postgres_server: DatabaseServer) -> AsyncIterator[Workers]:
+    """Two backends as two workers of one kinepy (each tells the other of its commits through real
+    pipes), and a third as another kinepy process on the same database."""
+    name = postgres_server.create_database()
+    spec = backend_spec(Config(datastore_endpoint=postgres_server.url(name)))
+    first, second = os.pipe(), os.pipe()
+    settings = [
+        BackendSettings(notify_read_fd=first[0], notify_write_fds=(second[1],)),
+        BackendSettings(notify_read_fd=second[0], notify_write_fds=(first[1],)),
+        BackendSettings(),
+    ]
+    backends = [cast(PostgresBackend, create_backend(spec, each)) for each in settings]
+    for backend in backends:
+        await backend.start()
+        await backend.wait_for_change(0.0)  # LISTENing from now on
+    yield backends[0], backends[1], backends[2]
+    for backend in backends:
+        await backend.aclose()
+    for fd in (*first, *second):
+        os.close(fd)
+    postgres_server.drop_database(name)
+
+
+def _watch_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the backends send from now on (they still run: the driver is only watched)."""
+    sent: list[str] = []
+    for name in ("fetch", "fetchrow", "fetchval", "execute"):
+        method = getattr(asyncpg.Connection, name)
+
+        async def watched(self: Any, query: str, *args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            sent.append(query)
+            return await _method(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(asyncpg.Connection, name, watched)
+    return sent
+
+
+async def _told(backend: PostgresBackend, revision: int) -> list[Commit]:
+    """What `backend` is told until the commit of `revision` with its events, then every NOTIFY sent
+    before now handled: PostgreSQL sends a listener the notifications of commits before a query's end."""
+    told: list[Commit] = []
+    while not any(commit.revision == revision and commit.events for commit in told):
+        told += await backend.wait_for_change(10.0)
+    await backend._listener.execute("SELECT 1")
+    await asyncio.sleep(0)  # the NOTIFY's callback, scheduled before the query's answer
+    return told + await backend.wait_for_change(0.0)
+
+
+@pytest.mark.postgres
+async def test_postgres_workers_taking_turns_write_in_one_statement_each(
+    pg_workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker's write cache follows the other's commits as told, and the other's NOTIFY neither
+    wakes it nor drops its cache: a batch after the other's commit is one guarded statement, evaluated
+    once on the right rows. A commit of another kinepy process still wakes it, to read, and drops it."""
+    this, other, stranger = pg_workers
+    # Each starts its cache by reading and learns the other's connection from what it is told (its
+    # first NOTIFY may come first: then it reads).
+    for turn in range(4):
+        writer, follower = (this, other) if turn % 2 == 0 else (other, this)
+        written = await writer.write(ReadSet(keys={b"k"}), _put([], b"k"))
+        assert written is not None
+        await _told(follower, written.revision)
+    sent = _watch_statements(monkeypatch)
+    for turn in range(6):
+        writer, follower = (this, other) if turn % 2 == 0 else (other, this)
+        seen: list[tuple[int, int]] = []
+        before = len(sent)
+        written = await writer.write(ReadSet(keys={b"k"}), _put(seen, b"k"))
+        assert len(sent) == before + 1  # no failed check, no read
+        assert written is not None and seen == [(written.revision - 1, written.revision - 2)]
+        told = await _told(follower, written.revision)
+        assert [(c.after, c.revision) for c in told] == [(written.revision - 1, written.revision)]
+    assert await _current(this, b"k") == [(11, 10, b"v11")]
+    await stranger.write(ReadSet(keys={b"k"}), _put([], b"k"))  # k at 12, NOTIFY only
+    told = await this.wait_for_change(10.0)
+    assert [(c.revision, c.events) for c in told] == [(0, None)]  # look at the database
+    seen = []
+    before = len(sent)
+    written = await this.write(ReadSet(keys={b"k"}), _put(seen, b"k"))
+    assert written is not None and written.revision == 13 and seen == [(12, 11)]
+    assert len(sent) > before + 1  # read, not guessed

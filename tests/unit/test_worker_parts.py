@@ -97,6 +97,17 @@ async def test_change_pipes_tell_the_other_worker_each_commit_with_its_events_in
         assert time.monotonic() - started >= 0.04
 
 
+async def test_what_the_backend_adds_is_told_with_the_events_and_a_look_wakes_the_waiter() -> None:
+    with _pipe_pair() as (zero, one, _):
+        zero.announce(_commit(2, _PUT), (4242, 700, 701))  # PostgreSQL: pid, xmin before and after
+        one.look()  # a NOTIFY of another kinepy process's commit
+        told = await asyncio.wait_for(one.wait(30), 5)
+        assert sorted(told, key=lambda commit: commit.revision) == [
+            Commit(0, 0, None),
+            Commit(2, 3, [_PUT], (4242, 700, 701)),
+        ]
+
+
 async def test_a_commit_whose_events_do_not_fit_or_that_compacts_is_told_without_them() -> None:
     big = Event(EventType.PUT, KeyValue(b"big", 2, 3, 1, b"x" * MESSAGE_MAX))
     many = [Event(EventType.PUT, KeyValue(b"key%d" % i, 3 + i, 3 + i, 1, b"v" * 30)) for i in range(100)]

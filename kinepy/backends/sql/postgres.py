@@ -8,7 +8,9 @@ from any number of processes queue on that lock, so revisions commit in order. R
 REPEATABLE READ READ ONLY transaction, so the revision they report and the rows they return agree.
 
 Other kinepy processes on the same database learn about commits from a trigger on the meta row
-that NOTIFYs `kinepy_commit`; `wait_for_change` LISTENs on a connection of its own.
+that NOTIFYs `kinepy_commit`; `wait_for_change` LISTENs on a connection of its own. The workers of one
+`kinepy --workers N` also tell each other of each commit with its events (`ChangePipes`), so that they
+neither read back a commit told (its NOTIFY is passed over) nor lose their write caches to it.
 
 asyncpg prepares each statement once per connection and reuses it. Bulk writes send whole columns as
 arrays (`INSERT … SELECT * FROM unnest($1::bigint[], …)`): one statement, one round trip, one plan,
@@ -32,6 +34,7 @@ from urllib.parse import urlencode
 import asyncpg
 
 from kinepy.backends.base import Commit, Evaluate, ReadSet, WriteSet
+from kinepy.backends.changes import ChangePipes
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import AsyncSession, Row, WriteRows, run_async, write_rows, write_steps
 from kinepy.backends.sql.dialect import (
@@ -302,6 +305,11 @@ class _PgSession(AsyncSession):
         self.xmin: int | None = None
         """The meta row's `xmin` after `apply` wrote it in one statement (None: not known)."""
 
+    @property
+    def pid(self) -> int:
+        """The server process of the connection (while it is held)."""
+        return self._conn.get_server_pid()  # type: ignore[no-any-return]
+
     async def fetch(self, statement: str, args: Sequence[Any] = ()) -> list[Row]:
         return await self._conn.fetch(numbered(statement), *args)  # type: ignore[no-any-return]
 
@@ -408,9 +416,15 @@ class PostgresBackend(ServerBackend):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         synchronous_commit: bool = True,
         idle_timeout: float = 0.0,
+        changes: ChangePipes | None = None,
     ) -> None:
         super().__init__(spec, pool_size=pool_size, connect_timeout=connect_timeout)
         self.spec = spec
+        self._changes = changes
+        """The other workers of `kinepy --workers N`, told of each commit with its events."""
+        self._sibling_pids: set[int] = set()
+        """Server processes of the other workers' pools (learnt from what they tell): their commits come
+        through `_changes`, so their NOTIFYs are passed over."""
         self._idle_timeout = idle_timeout  # asyncpg: 0 keeps idle connections open
         options = dict(spec.options)
         self._addresses = addresses(spec, options.pop("host", None), options.pop("port", None))
@@ -548,13 +562,18 @@ class PostgresBackend(ServerBackend):
     # -- other processes' commits ----------------------------------------------------------------
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        if pid not in self._own_pids:
+        if pid in self._own_pids or pid in self._sibling_pids:
+            return  # this process's commit, or another worker's, told through `_changes` (or, lost, polled)
+        self._cache.invalidate()  # stale: the next batch reads instead of failing its guard
+        if self._changes is not None:
+            self._changes.look()
+        else:
             self._changed.set()
-            self._cache.invalidate()  # stale: the next batch reads instead of failing its guard
 
     async def wait_for_change(self, max_wait: float) -> list[Commit]:
-        """Return when another process committed (NOTIFY from the meta trigger) or after `max_wait` s;
-        a NOTIFY carries no events: the caller reads them."""
+        """Return when another process committed (NOTIFY from the meta trigger), another worker told of
+        a commit (`ChangePipes`), or after `max_wait` s; a NOTIFY carries no events: the caller reads
+        them."""
         listener = self._listener
         if listener is None or listener.is_closed():
             self._listener = None
@@ -565,13 +584,19 @@ class PostgresBackend(ServerBackend):
                 if not self._listen_failed:  # once per outage, not every `max_wait`
                     self._listen_failed = True
                     log.warning("%s; following other processes by polling", self._error(exc, "LISTEN failed"))
-                await asyncio.sleep(max_wait)
-                return []
-            if self._listen_failed:
-                self._listen_failed = False
-                log.info("PostgreSQL LISTEN works again")
-            self._listener = listener
-            return []  # notifications may have been missed meanwhile: let the caller look now
+                if self._changes is None:
+                    await asyncio.sleep(max_wait)
+                    return []
+            else:
+                if self._listen_failed:
+                    self._listen_failed = False
+                    log.info("PostgreSQL LISTEN works again")
+                self._listener = listener
+                return []  # notifications may have been missed meanwhile: let the caller look now
+        if self._changes is not None:  # the other workers still tell of theirs while LISTEN fails
+            told = await self._changes.wait(max_wait)
+            self._follow(told)
+            return told
         try:
             async with asyncio.timeout(max_wait):
                 await self._changed.wait()
@@ -580,7 +605,27 @@ class PostgresBackend(ServerBackend):
         self._changed.clear()
         return []
 
+    def _follow(self, told: list[Commit]) -> None:
+        """Learn the other workers' connections, and move the write cache on past their commits told
+        with their events (from the meta row's `xmin` it is as of), so that workers taking turns keep
+        writing in one round trip. A commit it cannot follow and has not seen leaves it stale: it is
+        dropped, as for a NOTIFY, and the next batch reads instead of failing its guard first."""
+        cache = self._cache
+        for commit in told:
+            origin = commit.origin
+            if origin:
+                self._sibling_pids.add(origin[0])
+            if commit.events is None:
+                cache.invalidate()  # a compaction, a lease's renewal, a large batch, another process's
+                continue
+            followed = len(origin) == 3 and origin[2] != 0
+            followed = followed and cache.follow(origin[1], origin[2], commit.revision, commit.events)
+            if not followed and commit.revision > cache.revision:
+                cache.invalidate()
+
     async def aclose(self) -> None:
+        if self._changes is not None:
+            self._changes.close()
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(Exception):
@@ -623,7 +668,20 @@ class PostgresBackend(ServerBackend):
     # -- writes ----------------------------------------------------------------------------------
 
     async def write(self, read_set: ReadSet, evaluate: Evaluate) -> WriteSet | None:
-        """One round trip in the steady state: a batch whose read set `_cache` answers is evaluated
+        write_set, origin = await self._write_batch(read_set, evaluate)
+        if self._changes is not None and write_set is not None:
+            if write_set.leases:  # not told (events only): a cache that follows would hold them wrong
+                origin = (origin[0], 0, 0)
+            self._changes.announce(write_set, origin)
+        return write_set
+
+    async def _write_batch(
+        self, read_set: ReadSet, evaluate: Evaluate
+    ) -> tuple[WriteSet | None, tuple[int, int, int]]:
+        """And what the other workers are told of it (`Commit.origin`): the server pid of the connection
+        that wrote it and the meta row's `xmin` before and after it (0: not known).
+
+        One round trip in the steady state: a batch whose read set `_cache` answers is evaluated
         on it and written by one statement that writes only if nothing changed since. Otherwise two:
         the meta row and the read set read in autocommit, then every row in one statement that locks
         the meta row and writes only if no write committed since it was read (`_UnlockedSession`).
@@ -641,28 +699,32 @@ class PostgresBackend(ServerBackend):
                 if args is not None:
                     async with self._connection() as conn:
                         xmin = await conn.fetchval(_APPLY_UNMOVED, version, unknown, *args)
+                        pid = conn.get_server_pid()
                     if xmin is not None:
                         cache.record(xmin, epoch, read_set, snapshot, write_set, chained=True)
-                        return write_set
+                        return write_set, (pid, cast(int, version), int(xmin))
                     cache.failed()
             # Nothing to write (a failed compare is answered from a read, never from memory), too
             # large for one statement, or another write came between: the ordinary way.
         async with self._connection() as conn:
             unlocked = _UnlockedSession(conn, list(read_set.keys))
             write_set = await run_async(write_steps(_UNLOCKED_STATEMENTS, read_set, capture), unlocked)
+            pid = conn.get_server_pid()
         read = capture.seen
         if not unlocked.moved:
             if write_set is not None and read is not None:
                 chained = unlocked.read_xmin == cache.version
                 cache.record(unlocked.xmin, epoch, read_set, read, write_set, chained=chained)
-            return write_set
+            return write_set, (pid, unlocked.read_xmin or 0, unlocked.xmin or 0)
         async with self._session("write") as session:
             write_set = await run_async(write_steps(self.statements, read_set, capture), session)
+            pid = cast(_PgSession, session).pid
         read = capture.seen
+        xmin = cast(_PgSession, session).xmin
         if write_set is not None and read is not None:
-            xmin = cast(_PgSession, session).xmin
             cache.record(xmin, epoch, read_set, read, write_set, chained=False)
-        return write_set
+        # What the meta row was before is not known: the other workers' caches cannot follow this one.
+        return write_set, (pid, 0, 0)
 
     # -- maintenance ---------------------------------------------------------------------------
 

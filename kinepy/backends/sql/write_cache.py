@@ -68,6 +68,11 @@ class WriteCache:
         self._batches = 0  # batches asked for (`snapshot`)
         self._guess_from = 0  # the first batch that may take unknown keys to be absent again
 
+    @property
+    def revision(self) -> int:
+        """The store's revision the rows are as of (while `version` is not None)."""
+        return self._revision
+
     def clear(self) -> None:
         """Forget every row (the version stays: `record` compares a batch's read with it)."""
         self._rows.clear()
