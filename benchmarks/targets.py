@@ -14,7 +14,7 @@ serves gRPC) and ``db_pid`` (a database server whose CPU is part of the target's
                       (./db/state.db, WAL, synchronous=NORMAL), exactly as k3s runs it
     kine-postgres     kine on a fresh database of the same PostgreSQL server as kinepy-postgres
     kine-mariadb      kine on a fresh database of the same MariaDB server as kinepy-mariadb
-    kinepy-X-wN       kinepy on backend X with --workers N (kinepy-X alone: the default, one per CPU)
+    kinepy-X-wN       kinepy on backend X with --workers N (kinepy-X alone: the default, one per two CPUs)
 
 The PostgreSQL and MariaDB servers are the test suite's own (``kinepy/testing/databases.py``: temporary
 data directory, free port, fsync on), started once per run on first use and shared by kinepy and kine.
@@ -224,7 +224,7 @@ class Kinepy(OnDatabase):
 
     def prepare(self) -> None:
         super().prepare()
-        # systemd's readiness protocol: READY=1 comes once every worker serves (`--workers`, one per CPU
+        # systemd's readiness protocol: READY=1 comes once every worker serves (`--workers`, one per two CPUs
         # by default), not when the first one accepts connections.
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(self._notify_path()))

@@ -407,7 +407,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--workers",
         "auto",
         "serving processes behind the listen address, each with its own event loop (TCP only); "
-        "auto = one per CPU on TCP, 1 on a Unix socket or an in-memory database",
+        "auto = one per two CPUs on TCP, 1 on a Unix socket or an in-memory database",
         metavar="N",
     )
     parser.add_argument(

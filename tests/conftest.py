@@ -324,7 +324,7 @@ class KinepyServer(_Server):
     datastore_endpoint: str = ""
     """The database, if not the SQLite file ``db_path`` (a PostgreSQL or MySQL URL)."""
     workers: int = 1
-    """``--workers``: one serving process unless a test asks for more (the CLI's default is one per CPU)."""
+    """``--workers``: one serving process unless a test asks for more (the CLI's default: ``auto``)."""
 
     def start(self) -> None:
         argv = [

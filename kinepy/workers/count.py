@@ -29,12 +29,22 @@ def _why_one(listen_address: str, endpoint: str) -> str | None:
     return None
 
 
+def auto_workers(cpus: int) -> int:
+    """`auto`'s count on a machine of `cpus` CPUs: one per two CPUs, at least one.
+
+    The other half is for what shares the machine with kinepy: kube-apiserver beside it (k3s), the
+    database, the clients. Measured on 2 CPUs (docs/performance.md, "How many workers by default"):
+    one worker beat two in every write, watch and Kubernetes workload; two served 6-12 % more reads
+    and keep-alives."""
+    return max(1, cpus // 2)
+
+
 def worker_count(text: str, listen_address: str, endpoint: str) -> int:
-    """`--workers` (`auto` or a number) as a number: `auto` is one per CPU where several can serve,
+    """`--workers` (`auto` or a number) as a number: `auto` is `auto_workers` where several can serve,
     else 1. A number above 1 where only one can serve is a `ConfigError` saying why."""
     why_one = _why_one(listen_address, endpoint)
     if text.strip().lower() == AUTO:
-        return 1 if why_one else max(1, os.cpu_count() or 1)
+        return 1 if why_one else auto_workers(os.cpu_count() or 1)
     try:
         count = int(text)
     except ValueError:

@@ -17,13 +17,14 @@ from kinepy.cli import build_parser, main, parse, parse_config
 from kinepy.config import Config
 from kinepy.errors import ConfigError
 from kinepy.runtime import scrub, setup_logging
+from kinepy.workers.count import auto_workers
 
-CPUS = os.cpu_count() or 1
+AUTO_WORKERS = auto_workers(os.cpu_count() or 1)
 
 
 def cli_config(**fields: object) -> Config:
-    """`Config(**fields)` with the CLI's default of one worker per CPU (the library's is 1)."""
-    return Config(**{"workers": CPUS, **fields})  # type: ignore[arg-type]
+    """`Config(**fields)` with the CLI's default of `--workers auto` (the library's is 1)."""
+    return Config(**{"workers": AUTO_WORKERS, **fields})  # type: ignore[arg-type]
 
 
 ALL_FLAGS = [
@@ -157,12 +158,13 @@ def _changed(config: Config) -> dict[str, object]:
 
 
 def test_no_flags_no_environment_is_the_config_defaults() -> None:
-    # but one worker per CPU: the library's default is its own process
+    # but `--workers auto`: the library's default is its own process
     assert parse_config([], {}) == cli_config()
 
 
-def test_workers_auto_is_one_per_cpu_on_tcp_and_one_where_processes_cannot_share() -> None:
-    assert parse_config(["--workers", "auto"], {}).workers == CPUS
+def test_workers_auto_is_one_per_two_cpus_on_tcp_and_one_where_processes_cannot_share() -> None:
+    assert [auto_workers(cpus) for cpus in (1, 2, 3, 4, 8, 64)] == [1, 1, 1, 2, 4, 32]
+    assert parse_config(["--workers", "auto"], {}).workers == AUTO_WORKERS
     assert parse_config([], {"KINEPY_WORKERS": "3"}).workers == 3
     assert parse_config(["--listen-address", "unix:///tmp/k.sock"], {}).workers == 1
     assert parse_config(["--datastore-endpoint", "sqlite://:memory:"], {}).workers == 1

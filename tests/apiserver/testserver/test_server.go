@@ -274,7 +274,7 @@ func startKinepy(t testing.TB, cfg *embed.Config, host string) *kinepyServer {
 		env = append(env, "KINEPY_LOG_LEVEL=info")
 	}
 	if os.Getenv("KINEPY_WORKERS") == "" {
-		// One serving process, as every test fixture of kinepy's (the CLI's default is one per CPU);
+		// One serving process, as every test fixture of kinepy's (the CLI's default is --workers auto);
 		// set KINEPY_WORKERS to run Kubernetes' storage tests against several workers.
 		env = append(env, "KINEPY_WORKERS=1")
 	}
