@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import aiomysql
 import pytest
+from fresh_backends import fresh_backends
 
 from kinepy.backends.base import LogRow, ReadSet, Snapshot, WriteSet
 from kinepy.backends.factory import create_backend
@@ -28,15 +29,8 @@ pytestmark = pytest.mark.mysql
 @pytest.fixture
 async def pair(mariadb_server: DatabaseServer) -> AsyncIterator[tuple[MySQLBackend, MySQLBackend]]:
     """Two backends (two kinepy processes) on one fresh database."""
-    name = mariadb_server.create_database()
-    spec = backend_spec(Config(datastore_endpoint=mariadb_server.url(name)))
-    backends = [cast(MySQLBackend, create_backend(spec, BackendSettings())) for _ in range(2)]
-    for backend in backends:
-        await backend.start()
-    yield backends[0], backends[1]
-    for backend in backends:
-        await backend.aclose()
-    mariadb_server.drop_database(name)
+    async with fresh_backends(mariadb_server, 2) as (backends, _):
+        yield cast(MySQLBackend, backends[0]), cast(MySQLBackend, backends[1])
 
 
 def _watch_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:

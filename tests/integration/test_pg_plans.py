@@ -13,14 +13,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from fresh_backends import fresh_backends
 
 from kinepy.backends.base import LogRow, ReadSet, Snapshot, WriteSet
-from kinepy.backends.factory import create_backend
 from kinepy.backends.sql import postgres
 from kinepy.backends.sql.postgres import PostgresBackend
-from kinepy.config import Config
-from kinepy.endpoint import backend_spec
-from kinepy.specs import BackendSettings
 from kinepy.testing.databases import DatabaseServer
 from kinepy.types import KeyValue
 
@@ -29,14 +26,9 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 async def backend(postgres_server: DatabaseServer) -> AsyncIterator[PostgresBackend]:
-    name = postgres_server.create_database()
-    spec = backend_spec(Config(datastore_endpoint=postgres_server.url(name)))
-    backend = create_backend(spec, BackendSettings())
-    assert isinstance(backend, PostgresBackend)
-    await backend.start()
-    yield backend
-    await backend.aclose()
-    postgres_server.drop_database(name)
+    async with fresh_backends(postgres_server) as ([backend], _):
+        assert isinstance(backend, PostgresBackend)
+        yield backend
 
 
 def _connections(backend: PostgresBackend) -> list[asyncpg.Connection]:

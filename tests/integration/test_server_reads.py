@@ -7,14 +7,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from fresh_backends import fresh_backends
 
 from kinepy.backends.base import Backend, Evaluate, LogRow, ReadSet, Snapshot, WriteSet
-from kinepy.backends.factory import create_backend
 from kinepy.backends.sql import core, mysql
 from kinepy.backends.sql.mysql import MySQLBackend
-from kinepy.config import Config
-from kinepy.endpoint import backend_spec
-from kinepy.specs import BackendSettings
 from kinepy.testing.databases import DatabaseServer
 from kinepy.types import KeyRange, KeyValue, RangeQuery
 
@@ -29,12 +26,8 @@ ONE_KEY = KeyRange(b"/registry/configmaps/bench/a", b"/registry/configmaps/bench
 )
 async def database(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Backend, DatabaseServer, str]]:
     server: DatabaseServer = request.getfixturevalue(f"{request.param}_server")
-    name = server.create_database()
-    backend = create_backend(backend_spec(Config(datastore_endpoint=server.url(name))), BackendSettings())
-    await backend.start()
-    yield backend, server, name
-    await backend.aclose()
-    server.drop_database(name)
+    async with fresh_backends(server) as ([backend], name):
+        yield backend, server, name
 
 
 def _puts(*keys: bytes) -> Evaluate:
@@ -72,19 +65,11 @@ async def test_one_key_with_a_limit_reads_its_row_and_count(
 
 @pytest.mark.mysql
 async def test_mariadb_reads_one_key_without_a_derived_table(mariadb_server: DatabaseServer) -> None:
-    name = mariadb_server.create_database()
-    try:
-        backend = create_backend(
-            backend_spec(Config(datastore_endpoint=mariadb_server.url(name))), BackendSettings()
-        )
-        await backend.start()
-        await backend.aclose()
+    async with fresh_backends(mariadb_server) as (_, name):  # the schema, made by a backend
         stmt, args = core.range_statement(MySQLBackend.statements, RangeQuery(ONE_KEY, limit=2))
         plan = mariadb_server.sql("EXPLAIN " + mysql.render(stmt, args), database=name)
-        # id, select_type, table, type, …: the meta row and the key, each one primary-key lookup.
-        assert [(row[1], row[2], row[3]) for row in plan] == [
-            ("SIMPLE", "m", "const"),
-            ("SIMPLE", "kv_current", "const"),
-        ]
-    finally:
-        mariadb_server.drop_database(name)
+    # id, select_type, table, type, …: the meta row and the key, each one primary-key lookup.
+    assert [(row[1], row[2], row[3]) for row in plan] == [
+        ("SIMPLE", "m", "const"),
+        ("SIMPLE", "kv_current", "const"),
+    ]

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
+from fresh_backends import fresh_backends
 
 from kinepy.backends.base import Backend, Commit, LogRow, ReadSet, Snapshot, WriteSet
 from kinepy.backends.factory import create_backend
@@ -37,15 +38,8 @@ Pair = tuple[Backend, Backend]
 async def pair(request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
     """Two backends (two kinepy processes) on one fresh database."""
     server: DatabaseServer = request.getfixturevalue(f"{request.param}_server")
-    name = server.create_database()
-    spec = backend_spec(Config(datastore_endpoint=server.url(name)))
-    backends = [create_backend(spec, BackendSettings()) for _ in range(2)]
-    for backend in backends:
-        await backend.start()
-    yield backends[0], backends[1]
-    for backend in backends:
-        await backend.aclose()
-    server.drop_database(name)
+    async with fresh_backends(server, 2) as (backends, _):
+        yield backends[0], backends[1]
 
 
 def _put(seen: list[tuple[int, int]], key: bytes) -> Callable[[Snapshot], WriteSet]:
