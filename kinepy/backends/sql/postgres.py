@@ -618,9 +618,10 @@ class PostgresBackend(ServerBackend):
             if commit.events is None:
                 cache.invalidate()  # a compaction, a lease's renewal, a large batch, another process's
                 continue
-            followed = len(origin) == 3 and origin[2] != 0
-            followed = followed and cache.follow(origin[1], origin[2], commit.revision, commit.events)
-            if not followed and commit.revision > cache.revision:
+            followable = len(origin) == 3 and origin[2] != 0  # the meta row's xmin after it is known
+            if followable and cache.follow(origin[1], origin[2], commit.revision, commit.events):
+                continue
+            if commit.revision > cache.revision:
                 cache.invalidate()
 
     async def aclose(self) -> None:
