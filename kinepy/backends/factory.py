@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 from kinepy.backends.base import Backend
 from kinepy.backends.changes import ChangePipes
+from kinepy.backends.sql.dialect import ServerOptions
 from kinepy.errors import ConfigError
 from kinepy.specs import BackendSettings, BackendSpec, EtcdSpec, MySQLSpec, PostgresSpec, SQLiteSpec
 
@@ -25,31 +24,22 @@ def create_backend(spec: BackendSpec, settings: BackendSettings) -> Backend:
     if isinstance(spec, PostgresSpec):
         from kinepy.backends.sql.postgres import PostgresBackend
 
-        return PostgresBackend(
-            spec, synchronous_commit=settings.synchronous, changes=_pipes(settings), **_pool(settings)
-        )
+        return PostgresBackend(spec, synchronous_commit=settings.synchronous, **_server_options(settings))
     if isinstance(spec, MySQLSpec):
         from kinepy.backends.sql.mysql import MySQLBackend
 
-        return MySQLBackend(spec, changes=_pipes(settings), **_pool(settings))
+        return MySQLBackend(spec, **_server_options(settings))
     if isinstance(spec, EtcdSpec):
         raise ConfigError(f"datastore {spec.describe()} is a real etcd: it is passed through, not opened")
     raise ConfigError(f"unsupported datastore {spec!r}")
 
 
-class _Pool(TypedDict):
-    """What the PostgreSQL and MySQL backends open their connection pools with."""
-
-    pool_size: int
-    connect_timeout: float
-    idle_timeout: float
-
-
-def _pool(settings: BackendSettings) -> _Pool:
-    return _Pool(
+def _server_options(settings: BackendSettings) -> ServerOptions:
+    return ServerOptions(
         pool_size=settings.max_connections,
         connect_timeout=settings.connect_timeout,
         idle_timeout=settings.max_idle_time,
+        changes=_pipes(settings),
     )
 
 

@@ -27,9 +27,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 from kinepy.backends.base import BackendStatus, Commit, Evaluate, RangeRows, ReadSet, Snapshot, WriteSet
+from kinepy.backends.changes import ChangePipes
 from kinepy.backends.sql import core
 from kinepy.backends.sql import statements as sql
 from kinepy.errors import BackendConflict, BackendError, BackendUnavailable
@@ -177,6 +178,16 @@ class ServerSpec(Protocol):
         """The endpoint, password shown as ***."""
 
 
+class ServerOptions(TypedDict, total=False):
+    """What a PostgreSQL or MySQL backend is opened with besides its spec (`ServerBackend.__init__`;
+    `backends/factory.py` maps the settings onto it once for both)."""
+
+    pool_size: int
+    connect_timeout: float
+    idle_timeout: float
+    changes: ChangePipes | None
+
+
 class ServerBackend(abc.ABC):
     """The storage model (kv_log, kv_current, meta, leases) on a database server.
 
@@ -199,12 +210,24 @@ class ServerBackend(abc.ABC):
     driver_errors: tuple[type[BaseException], ...] = (OSError,)
     """What the driver raises: turned into `BackendUnavailable` (worth a retry) or `BackendError`."""
 
-    def __init__(self, spec: ServerSpec, *, pool_size: int, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: float = 0.0,
+        changes: ChangePipes | None = None,
+    ) -> None:
         self._password = spec.password
         self._user = spec.user
         self._endpoint = spec.describe()
         self._pool_size = max(2, pool_size)
         self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        """How long a pooled connection may stay idle; 0: the driver's default."""
+        self._changes = changes
+        """The other workers of `kinepy --workers N`, told of each commit with its events."""
         self._log = logging.getLogger(type(self).__module__)
         self.server_version = ""
         self.cluster_id = 0

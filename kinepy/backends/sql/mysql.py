@@ -34,12 +34,11 @@ import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
 import aiomysql
 
 from kinepy.backends.base import Commit, Evaluate, ReadSet, WriteSet
-from kinepy.backends.changes import ChangePipes
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import (
     AsyncSession,
@@ -53,10 +52,9 @@ from kinepy.backends.sql.core import (
 )
 from kinepy.backends.sql.dialect import (
     ATTEMPT_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_POOL_SIZE,
     IN_CHUNK,
     ServerBackend,
+    ServerOptions,
     chunks,
     misconfigured,
     pyformat,
@@ -467,31 +465,23 @@ class MySQLBackend(ServerBackend):
         "WHERE n.revision > ? AND n.revision <= ?"
     )
 
-    def __init__(
-        self,
-        spec: MySQLSpec,
-        *,
-        pool_size: int = DEFAULT_POOL_SIZE,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        idle_timeout: float = 0.0,
-        changes: ChangePipes | None = None,
-    ) -> None:
-        super().__init__(spec, pool_size=pool_size, connect_timeout=connect_timeout)
+    def __init__(self, spec: MySQLSpec, **options: Unpack[ServerOptions]) -> None:
+        super().__init__(spec, **options)
         self.spec = spec
-        self._changes = changes
-        """The other workers of `kinepy --workers N`, told of each commit (MySQL has no LISTEN/NOTIFY)."""
         # aiomysql's pool_recycle closes a connection idle that long; never beyond _POOL_RECYCLE,
-        # so that the server's wait_timeout does not close it first.
-        self._recycle = min(idle_timeout, _POOL_RECYCLE) if idle_timeout > 0 else _POOL_RECYCLE
-        options = spec.options
-        timeout = options.get("timeout")
+        # so that the server's wait_timeout does not close it first. MySQL has no LISTEN/NOTIFY:
+        # the other workers hear of each commit only through `_changes`.
+        idle = self._idle_timeout
+        self._recycle = min(idle, _POOL_RECYCLE) if idle > 0 else _POOL_RECYCLE
+        url_options = spec.options
+        timeout = url_options.get("timeout")
         self._attempt_timeout = _seconds(timeout) if timeout else ATTEMPT_TIMEOUT
-        self._ssl = ssl_context(options)
+        self._ssl = ssl_context(url_options)
         self._pool: aiomysql.Pool | None = None
         self._max_statement = 1024 * 1024
         self.replication = Replication("")
         self._init_command = ""
-        self._route_writes = _galera_writes(options)
+        self._route_writes = _galera_writes(url_options)
         self._writes: aiomysql.Pool | None = None
         """On Galera, the pool to the node every kinepy writes through (None: this endpoint's)."""
         self.writer = ""

@@ -28,21 +28,19 @@ import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any, Unpack, cast
 from urllib.parse import urlencode
 
 import asyncpg
 
 from kinepy.backends.base import Commit, Evaluate, ReadSet, WriteSet
-from kinepy.backends.changes import ChangePipes
 from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import AsyncSession, Row, WriteRows, run_async, write_rows, write_steps
 from kinepy.backends.sql.dialect import (
     ATTEMPT_TIMEOUT,
     BATCH_BYTES,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_POOL_SIZE,
     ServerBackend,
+    ServerOptions,
     byte_batches,
     misconfigured,
     numbered,
@@ -409,37 +407,27 @@ class PostgresBackend(ServerBackend):
     )
 
     def __init__(
-        self,
-        spec: PostgresSpec,
-        *,
-        pool_size: int = DEFAULT_POOL_SIZE,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        synchronous_commit: bool = True,
-        idle_timeout: float = 0.0,
-        changes: ChangePipes | None = None,
+        self, spec: PostgresSpec, *, synchronous_commit: bool = True, **options: Unpack[ServerOptions]
     ) -> None:
-        super().__init__(spec, pool_size=pool_size, connect_timeout=connect_timeout)
+        super().__init__(spec, **options)
         self.spec = spec
-        self._changes = changes
-        """The other workers of `kinepy --workers N`, told of each commit with its events."""
         self._sibling_pids: set[int] = set()
         """Server processes of the other workers' pools (learnt from what they tell): their commits come
         through `_changes`, so their NOTIFYs are passed over."""
-        self._idle_timeout = idle_timeout  # asyncpg: 0 keeps idle connections open
-        options = dict(spec.options)
-        self._addresses = addresses(spec, options.pop("host", None), options.pop("port", None))
+        url_options = dict(spec.options)
+        self._addresses = addresses(spec, url_options.pop("host", None), url_options.pop("port", None))
         self._current = 0  # the address that last accepted: tried first
         # Several hosts: only ever the primary (endpoint.py refuses a target that may pick a standby).
         several = len(self._addresses) > 1
-        self._target = options.pop("target_session_attrs", "read-write" if several else None)
-        self._attempt_timeout = float(options.pop("connect_timeout", ATTEMPT_TIMEOUT) or ATTEMPT_TIMEOUT)
-        settings = {"application_name": options.pop("application_name", "kinepy")}
+        self._target = url_options.pop("target_session_attrs", "read-write" if several else None)
+        self._attempt_timeout = float(url_options.pop("connect_timeout", ATTEMPT_TIMEOUT) or ATTEMPT_TIMEOUT)
+        settings = {"application_name": url_options.pop("application_name", "kinepy")}
         if not synchronous_commit:
             settings["synchronous_commit"] = "off"
         self._server_settings = settings
         # asyncpg reads sslmode, sslrootcert, sslcert, sslkey, sslcrl, sslpassword, …
         # from a DSN query, as libpq does; anything else becomes a server setting (search_path, …).
-        self._dsn = "postgresql://" + (("?" + urlencode(options)) if options else "")
+        self._dsn = "postgresql://" + (("?" + urlencode(url_options)) if url_options else "")
         self._pool: asyncpg.Pool | None = None
         self._listener: Any = None  # asyncpg.Connection LISTENing on NOTIFY_CHANNEL, opened on first wait
         self._changed = asyncio.Event()
