@@ -18,7 +18,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from kinepy.backends.base import BackendStatus, Commit, Evaluate, RangeRows, ReadSet, WriteSet
@@ -41,6 +40,7 @@ from kinepy.backends.sql.core import (
     run,
     write_steps,
 )
+from kinepy.backends.sql.threads import DatabaseThreads
 from kinepy.errors import BackendError, BackendNoSpace, BackendUnavailable
 from kinepy.types import Event, KeyRange, Lease, RangeQuery
 
@@ -244,11 +244,9 @@ class SQLiteBackend:
         self._synchronous = "FULL" if synchronous_full else "NORMAL"
         self._write_lock: int | None = None
         """Shared by workers: the descriptor of `WRITE_LOCK_SUFFIX` (opened by the first write)."""
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="kinepy-sqlite-writer")
+        self._writer = DatabaseThreads(1, "kinepy-sqlite-writer")
         self._readers = (
-            self._writer
-            if self._memory
-            else ThreadPoolExecutor(max(1, read_threads), thread_name_prefix="kinepy-sqlite-reader")
+            self._writer if self._memory else DatabaseThreads(max(1, read_threads), "kinepy-sqlite-reader")
         )
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -290,12 +288,11 @@ class SQLiteBackend:
             self._connections.append(conn)
         return conn
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, threads: DatabaseThreads, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise BackendUnavailable("the SQLite backend is closed")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(pool, fn, *args)
+            return await threads.run(fn, *args)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
@@ -385,13 +382,13 @@ class SQLiteBackend:
                 await self._file_watch
             # Before SQLite closes (and checkpoints into files that may be gone): save what it holds.
             with contextlib.suppress(BackendUnavailable):
-                await loop.run_in_executor(self._writer, self._check_files)
-        pools = {self._writer, self._readers}
-        await loop.run_in_executor(None, self._shutdown, pools)
+                await self._writer.run(self._check_files)
+        threads = {self._writer, self._readers}
+        await loop.run_in_executor(None, self._shutdown, threads)
 
-    def _shutdown(self, pools: Iterable[ThreadPoolExecutor]) -> None:
-        for pool in pools:
-            pool.shutdown(wait=True)
+    def _shutdown(self, threads: Iterable[DatabaseThreads]) -> None:
+        for each in threads:
+            each.shutdown()
         if self._write_lock is not None:
             os.close(self._write_lock)
             self._write_lock = None
