@@ -8,7 +8,9 @@ from any number of processes queue on that lock, so revisions commit in order. R
 REPEATABLE READ READ ONLY transaction, so the revision they report and the rows they return agree.
 
 Other kinepy processes on the same database learn about commits from a trigger on the meta row
-that NOTIFYs `kinepy_commit`; `wait_for_change` LISTENs on a connection of its own. The workers of one
+that NOTIFYs `kinepy_commit`; `wait_for_change` LISTENs on a connection of its own and registers it in
+`kinepy_listeners`, and the trigger notifies only when a process other than the committing one is
+registered (one kinepy alone on its database pays no NOTIFY). The workers of one
 `kinepy --workers N` also tell each other of each commit with its events (`ChangePipes`), so that they
 neither read back a commit told (its NOTIFY is passed over) nor lose their write caches to it.
 
@@ -27,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Unpack, cast
 from urllib.parse import urlencode
@@ -60,6 +63,8 @@ _SCHEMA_LOCK = 0x6B696E6570790001  # pg_advisory_xact_lock key: "kinepy" + 1
 _COMPACT_LOCK = 0x6B696E6570790002  # the same, for physical compaction batches
 _MAINTENANCE_DATABASES = ("postgres", "template1")
 NOTIFY_CHANNEL = "kinepy_commit"
+_INSTANCE_SETTING = "kinepy.instance"
+"""A session setting of every pooled connection: the kinepy process it belongs to (`kinepy_listeners`)."""
 
 # SQLSTATE classes and codes after which a retry may succeed: connection exceptions, insufficient
 # resources, operator intervention (shutdown, cancel), transaction rollback (serialisation failure,
@@ -105,11 +110,23 @@ _SCHEMA = [
         expires_at DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS leases_expires_at ON leases (expires_at)",
+    # The kinepy processes that LISTEN: a row per listening connection (`_register_listener`).
+    """CREATE TABLE IF NOT EXISTS kinepy_listeners (
+        pid INTEGER PRIMARY KEY,
+        instance TEXT NOT NULL
+    )""",
     # Every commit updates the meta row; the trigger tells the other kinepy processes (LISTEN) at
-    # commit time, with no extra round trip for the writer.
+    # commit time, with no extra round trip for the writer, when there are any: a NOTIFY that only the
+    # committing process's own listener would receive (and drop) costs PostgreSQL 50-90 µs a commit.
+    # The trigger's query takes its snapshot after the UPDATE holds the meta row's lock
+    # (`_register_listener` says why that is enough). A connection that did not say its instance
+    # (`_INSTANCE_SETTING`) notifies whenever anybody listens.
     f"""CREATE OR REPLACE FUNCTION kinepy_notify_commit() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.revision::text);
+        IF EXISTS (SELECT FROM kinepy_listeners
+                   WHERE instance IS DISTINCT FROM current_setting('{_INSTANCE_SETTING}', true)) THEN
+            PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.revision::text);
+        END IF;
         RETURN NULL;
     END $$""",
 ]
@@ -119,6 +136,18 @@ _NOTIFY_TRIGGER_EXISTS = (
 _CREATE_NOTIFY_TRIGGER = (
     "CREATE TRIGGER meta_notify AFTER UPDATE ON meta FOR EACH ROW EXECUTE FUNCTION kinepy_notify_commit()"
 )
+
+# The listener's registration (`_register_listener`) and its end.
+_SET_INSTANCE = f"SELECT set_config('{_INSTANCE_SETTING}', $1, false)"
+_DROP_GONE_LISTENERS = (
+    "DELETE FROM kinepy_listeners l WHERE NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = l.pid)"
+)
+_LOCK_META_SHARED = "SELECT FROM meta WHERE id = 1 FOR SHARE"
+_REGISTER_LISTENER = (
+    "INSERT INTO kinepy_listeners (pid, instance) VALUES (pg_backend_pid(), $1) "
+    "ON CONFLICT (pid) DO UPDATE SET instance = EXCLUDED.instance"
+)
+_UNREGISTER_LISTENER = "DELETE FROM kinepy_listeners WHERE pid = pg_backend_pid()"
 
 _SIZES = (
     "SELECT pg_total_relation_size('kv_log') + pg_total_relation_size('kv_current') "
@@ -345,9 +374,10 @@ class _PgSession(AsyncSession):
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset on release: nothing beyond asyncpg's own (which rolls back an open
-    transaction). kinepy changes no session state (no SET, no LISTEN on pooled connections, advisory
-    locks only per transaction, cursors only inside one), so asyncpg's default reset query would cost
-    one more round trip per call for nothing."""
+    transaction). kinepy changes no session state (no SET but `_INSTANCE_SETTING`'s when the connection
+    opens, which must stay; no LISTEN on pooled connections, advisory locks only per transaction,
+    cursors only inside one), so asyncpg's default reset query (`RESET ALL` among others) would cost one
+    more round trip per call and lose the instance."""
 
 
 class _UnlockedSession(_PgSession):
@@ -433,6 +463,7 @@ class PostgresBackend(ServerBackend):
         self._changed = asyncio.Event()
         self._listen_failed = False
         self._own_pids: set[int] = set()  # server processes of our pool: their NOTIFYs are our commits
+        self._instance = secrets.token_hex(8)  # this process in `kinepy_listeners` (`_INSTANCE_SETTING`)
         self._cache = WriteCache()
         self._epoch = 0  # connections opened: the cache holds only within one epoch
 
@@ -501,6 +532,7 @@ class PostgresBackend(ServerBackend):
         )
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(_SET_INSTANCE, self._instance)  # commits that only we listen for notify nobody
         self._own_pids.add(conn.get_server_pid())
         self._epoch += 1  # perhaps another server (a failover): what `_cache` holds may not be there
 
@@ -564,11 +596,14 @@ class PostgresBackend(ServerBackend):
         them."""
         listener = self._listener
         if listener is None or listener.is_closed():
-            self._listener = None
+            self._listener = listener = None
             try:
                 listener = await self._connect(self.spec.database)
                 await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                await self._register_listener(listener)
             except self.driver_errors as exc:
+                if listener is not None:  # listening, but the others were not told: try again
+                    listener.terminate()
                 if not self._listen_failed:  # once per outage, not every `max_wait`
                     self._listen_failed = True
                     log.warning("%s; following other processes by polling", self._error(exc, "LISTEN failed"))
@@ -592,6 +627,21 @@ class PostgresBackend(ServerBackend):
             pass
         self._changed.clear()
         return []
+
+    async def _register_listener(self, listener: asyncpg.Connection) -> None:
+        """Tell the other kinepy processes that this one LISTENs (after LISTEN took effect), so that
+        their commits NOTIFY it; drop the rows of listeners whose connections are gone.
+
+        No commit is missed: a writer holds the meta row's lock from its UPDATE to its COMMIT, and the
+        registration takes a share lock on it. A writer that locked the row first commits before the
+        registration does, so the caller, which reads the database's revision after this returns
+        (the follower looks whenever a wait returns), sees it. A writer that locks it after waits for
+        the registration's commit, and the trigger's query, which takes its snapshot after the lock,
+        sees the new row and notifies."""
+        await listener.execute(_DROP_GONE_LISTENERS)
+        async with listener.transaction(isolation="read_committed"):
+            await listener.execute(_LOCK_META_SHARED)
+            await listener.execute(_REGISTER_LISTENER, self._instance)
 
     def _follow(self, told: list[Commit]) -> None:
         """Learn the other workers' connections, and move the write cache on past their commits told
@@ -617,6 +667,8 @@ class PostgresBackend(ServerBackend):
             self._changes.close()
         listener, self._listener = self._listener, None
         if listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.execute(_UNREGISTER_LISTENER), _CLOSE_TIMEOUT)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.close(), _CLOSE_TIMEOUT)
         pool, self._pool = self._pool, None
