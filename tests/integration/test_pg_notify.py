@@ -136,7 +136,9 @@ async def test_a_listener_registering_during_a_commit_reads_after_it(
     writer = observer.other
     transaction = writer.transaction()
     await transaction.start()
-    revision = await writer.fetchval("UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision")
+    revision = await writer.fetchval(
+        "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision"
+    )
     registering = asyncio.create_task(_listen(b))
     await observer.waiting_on_a_lock("kinepy")
     assert not registering.done()
