@@ -23,14 +23,15 @@ from kinepy.backends.timing import TimedBackend
 from kinepy.config import GRPC_OVERHEAD_BYTES, Config, WorkerRole
 from kinepy.endpoint import backend_spec
 from kinepy.errors import ListenError
+from kinepy.interceptors import WrappingServer, chained
 from kinepy.listen import ListenAddress, check_listen_address, parse_listen_address
-from kinepy.metrics.interceptor import RequestInterceptor
+from kinepy.metrics.interceptor import RequestMetrics
 from kinepy.metrics.listener import MetricsListener, parse_metrics_address
 from kinepy.metrics.registry import Metrics
 from kinepy.passthrough import PassthroughHandler
 from kinepy.proto import rpc_pb2_grpc
 from kinepy.server import convert
-from kinepy.server.decoding import TRANSPORT_LIMIT_FACTOR, DecodeLikeEtcd
+from kinepy.server.decoding import TRANSPORT_LIMIT_FACTOR, EtcdDecoding
 from kinepy.server.kv import KVServicer
 from kinepy.server.lease import LeaseServicer
 from kinepy.server.listener import use_etcd_tcp_options
@@ -137,20 +138,20 @@ class App:
             host, port = parse_metrics_address(config.metrics_address)
             check_listen_address(ListenAddress(host, port))
         log.info("datastore: %s", spec.describe())
-        interceptors: list[grpc.aio.ServerInterceptor] = [RequestInterceptor(self.metrics)]
+        requests = RequestMetrics(self.metrics)
+        wraps = [requests.wrap]  # the first wraps outermost
         if not isinstance(spec, EtcdSpec):  # passthrough forwards the bytes to etcd as they are
-            interceptors.append(DecodeLikeEtcd(receive_limit(config)))
-        server = grpc.aio.server(
-            options=server_options(config, reuse_port=role is not None), interceptors=interceptors
-        )
+            wraps.append(EtcdDecoding(receive_limit(config)).wrap)
+        server = grpc.aio.server(options=server_options(config, reuse_port=role is not None))
+        handlers = WrappingServer(server, chained(*wraps))
         self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, handlers)
         if isinstance(spec, EtcdSpec):
             self._passthrough = PassthroughHandler(spec)
             await self._passthrough.check(retry_for=config.datastore_connect_timeout)
-            server.add_generic_rpc_handlers([self._passthrough])
+            handlers.add_generic_rpc_handlers([self._passthrough])
         else:
-            await self._start_store(spec, server)
+            await self._start_store(spec, handlers)
         self.port = self._bind(server, listen, credentials)
         if listen.path is not None:
             os.chmod(listen.path, 0o600)  # as kine: only this user's processes may connect
@@ -165,8 +166,9 @@ class App:
         if self.store is not None:
             headers = self._headers
             rpc_pb2_grpc.add_ClusterServicer_to_server(
-                ClusterServicer(self.store, headers, name="kinepy", client_urls=[self.client_url]), server
+                ClusterServicer(self.store, headers, name="kinepy", client_urls=[self.client_url]), handlers
             )
+        server.add_generic_rpc_handlers([requests.unimplemented])  # last: methods nobody serves
         await server.start()
         self._server = server
         if config.metrics_address:
@@ -222,7 +224,7 @@ class App:
             return self.endpoint.replace("unix://", "unixs://", 1) if tls else self.endpoint
         return ("https://" if tls else "http://") + self.endpoint
 
-    async def _start_store(self, spec: BackendSpec, server: grpc.aio.Server) -> None:
+    async def _start_store(self, spec: BackendSpec, server: WrappingServer) -> None:
         config = self.config
         backend = TimedBackend(
             create_backend(spec, backend_settings(config, self.role)),

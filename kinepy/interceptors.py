@@ -1,21 +1,38 @@
-"""What kinepy's gRPC server interceptors share (`metrics/interceptor.py`, `server/decoding.py`).
+"""What kinepy's gRPC call wrappers share (`metrics/interceptor.py`, `server/decoding.py`): handlers
+wrapped once per method, at registration.
+
+A grpc.aio server interceptor would do the same per call: grpc.aio runs the interceptors' chain of
+coroutines on every call before it finds the handler (≈ 50 µs a call with two of them, measured with the
+do-nothing server of `benchmarks/kubewire.py`; docs/performance.md). `WrappingServer` instead wraps each
+handler as it is registered (and those a generic handler hands out, at a method's first call).
 
 A leaf: it imports nothing from kinepy, so the metrics and the server layers may both use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
 Wrap = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
-"""Makes the handler an interceptor hands out for a method (its path) from the servicer's handler."""
+"""Makes the handler served for a method (its path) from the servicer's handler."""
+
+
+def chained(*wraps: Wrap) -> Wrap:
+    """One wrap applying `wraps` from the last to the first: the first wraps outermost."""
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        for each in reversed(wraps):
+            handler = each(method, handler)
+        return handler
+
+    return wrap
 
 
 class WrappedHandlers:
-    """An interceptor's wrapped handlers, one per method. Generated servicers hand out the same handler
-    object for every call of a method, so each is wrapped once, at the method's first call."""
+    """Wrapped handlers, one per method. Generated servicers hand out the same handler object for every
+    call of a method, so each is wrapped once, at registration or at the method's first call."""
 
     __slots__ = ("_wrap", "_wrapped")
 
@@ -31,3 +48,31 @@ class WrappedHandlers:
         wrapped = self._wrap(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self, inner: grpc.GenericRpcHandler, handlers: WrappedHandlers) -> None:
+        self._inner = inner
+        self._handlers = handlers
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
+        return None if handler is None else self._handlers.get(details.method, handler)
+
+
+class WrappingServer:
+    """Registers servicers on `server` (it stands for the server in the generated `add_*_to_server`
+    functions), every handler wrapped by `wrap`."""
+
+    def __init__(self, server: grpc.aio.Server, wrap: Wrap) -> None:
+        self.server = server
+        self._handlers = WrappedHandlers(wrap)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers([_WrappedGeneric(h, self._handlers) for h in handlers])
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrapped = {name: self._handlers.get(f"/{service}/{name}", h) for name, h in handlers.items()}
+        self.server.add_registered_method_handlers(service, wrapped)

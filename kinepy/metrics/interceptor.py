@@ -1,19 +1,16 @@
-"""The gRPC server interceptor that counts every call and times the unary ones into `Metrics`."""
+"""The gRPC handler wrap that counts every call and times the unary ones into `Metrics`."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
-from kinepy.interceptors import WrappedHandlers
 from kinepy.metrics.registry import Metrics
-
-Observe = Callable[[str, str, float | None], None]
 
 
 def method_label(path: str) -> str:
@@ -35,53 +32,55 @@ def _outcome(context: grpc.aio.ServicerContext, error: BaseException | None) -> 
     return "UNKNOWN"
 
 
-class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts every call (servicers, passthrough, health) and times the unary ones."""
+class RequestMetrics:
+    """Counts every call (servicers, passthrough, health, unknown methods) and times the unary ones:
+    `wrap` is the handlers' wrap (`kinepy.interceptors.WrappingServer`), `unimplemented` the generic
+    handler registered last, which counts the calls of methods nobody serves (grpc answers them)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._handlers = WrappedHandlers(self._wrap)
+        self.unimplemented = _Unimplemented(metrics)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        self._metrics.calls_started += 1
-        handler = await continuation(details)
-        if handler is None:
-            self._metrics.observe_request(method_label(details.method), "UNIMPLEMENTED", None)
-            return None
-        return self._handlers.get(details.method, handler)
-
-    def _wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        observe = self._metrics.observe_request
+    def wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        metrics = self._metrics
         method = method_label(path)
         codec = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_timed(handler.unary_unary, method, observe), **codec)
+            return grpc.unary_unary_rpc_method_handler(_timed(handler.unary_unary, method, metrics), **codec)
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                _counted(handler.stream_unary, method, observe), **codec
+                _counted(handler.stream_unary, method, metrics), **codec
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _counted(handler.unary_stream, method, observe), **codec
+                _counted(handler.unary_stream, method, metrics), **codec
             )
         return grpc.stream_stream_rpc_method_handler(
-            _counted(handler.stream_stream, method, observe), **codec
+            _counted(handler.stream_stream, method, metrics), **codec
         )
 
 
+class _Unimplemented(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def service(self, details: grpc.HandlerCallDetails) -> None:
+        self._metrics.calls_started += 1
+        self._metrics.observe_request(method_label(details.method), "UNIMPLEMENTED", None)
+        return None  # grpc answers UNIMPLEMENTED
+
+
 def _timed(
-    behavior: Callable[..., Any], method: str, observe: Observe, *, timed: bool = True
+    behavior: Callable[..., Any], method: str, metrics: Metrics, *, timed: bool = True
 ) -> Callable[..., Any]:
-    """A coroutine behaviour, counted when it ends (and timed, with `timed`)."""
+    """A coroutine behaviour, counted when it starts and when it ends (and timed, with `timed`)."""
+    observe = metrics.observe_request
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metrics.calls_started += 1
         started = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -95,12 +94,13 @@ def _timed(
     return unary
 
 
-def _counted(behavior: Callable[..., Any], method: str, observe: Observe) -> Callable[..., Any]:
+def _counted(behavior: Callable[..., Any], method: str, metrics: Metrics) -> Callable[..., Any]:
     """A streaming behaviour (an async generator, or a coroutine for client streams and for
-    methods answered UNIMPLEMENTED), counted when it ends."""
+    methods answered UNIMPLEMENTED), counted when it starts and when it ends."""
     if inspect.isasyncgenfunction(behavior):
 
         async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            metrics.calls_started += 1
             error: BaseException | None = None
             try:
                 async for response in behavior(request, context):
@@ -109,7 +109,7 @@ def _counted(behavior: Callable[..., Any], method: str, observe: Observe) -> Cal
                 error = exc
                 raise
             finally:
-                observe(method, _outcome(context, error), None)
+                metrics.observe_request(method, _outcome(context, error), None)
 
         return generator
-    return _timed(behavior, method, observe, timed=False)
+    return _timed(behavior, method, metrics, timed=False)

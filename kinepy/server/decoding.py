@@ -1,6 +1,6 @@
 """Every etcd method's requests decoded as etcd decodes them (kinepy/server/wire.py), errors as grpc-go's.
 
-A server interceptor gives each etcd method's handler the request class's `wire.decoder`, which never
+A handler wrap gives each etcd method's handler the request class's `wire.decoder`, which never
 raises (grpc.aio would answer `UNKNOWN` "Unexpected <class 'DecodeError'>" and leave a stream open):
 
 - a unary call with a malformed request ends `INTERNAL` "grpc: error unmarshalling request: <error>";
@@ -16,14 +16,13 @@ raises (grpc.aio would answer `UNKNOWN` "Unexpected <class 'DecodeError'>" and l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import message_factory
 
-from kinepy.interceptors import WrappedHandlers
 from kinepy.proto import rpc_pb2
 from kinepy.server.wire import Malformed, decoder
 
@@ -68,25 +67,20 @@ def _limited(decode: Callable[[bytes], Any], limit: int) -> Callable[[bytes], An
     return limited
 
 
-class DecodeLikeEtcd(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """The interceptor: etcd's methods get etcd's decoding; other methods (health) stay as they are."""
+class EtcdDecoding:
+    """The handlers' wrap (`kinepy.interceptors.WrappingServer`): etcd's methods get etcd's decoding;
+    other methods (health) stay as they are."""
 
     def __init__(self, max_receive_bytes: int) -> None:
         self._decoders = _decoders(max_receive_bytes)
-        self._handlers = WrappedHandlers(lambda method, handler: _wrap(handler, self._decoders[method]))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(details)
-        decode = self._decoders.get(details.method)
-        if handler is None or decode is None or handler.request_deserializer is None:
+    def wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        decode = self._decoders.get(path)
+        if decode is None or handler.request_deserializer is None:
             return handler  # not an etcd method, or one that forwards raw bytes (passthrough)
         if handler.stream_unary is not None:
             return handler  # etcd has no client-streaming method with a single response
-        return self._handlers.get(details.method, handler)
+        return _wrap(handler, decode)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, decode: Callable[[bytes], Any]) -> grpc.RpcMethodHandler:

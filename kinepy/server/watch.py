@@ -11,6 +11,7 @@ import grpc
 
 from kinepy.config import GRPC_OVERHEAD_BYTES
 from kinepy.errors import StoppedError
+from kinepy.interceptors import WrappingServer
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from kinepy.server import convert
 from kinepy.server.status import status_code
@@ -63,7 +64,7 @@ def _event_message(event: Event, prev_kv: bool) -> kv_pb2.Event:
     return out
 
 
-def add_watch_servicer(servicer: WatchServicer, server: grpc.aio.Server) -> None:
+def add_watch_servicer(servicer: WatchServicer, server: WrappingServer) -> None:
     """As `rpc_pb2_grpc.add_WatchServicer_to_server`, but the servicer yields serialized messages."""
     handlers = {
         "Watch": grpc.stream_stream_rpc_method_handler(

@@ -13,12 +13,10 @@ backend refuses to serve, and which a rerun recognises to resume the copy.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -28,6 +26,7 @@ from kinepy.backends.sql import statements as sql
 from kinepy.backends.sql.core import AsyncSession, Row
 from kinepy.backends.sql.dialect import ServerBackend
 from kinepy.backends.sql.sqlite import SQLiteBackend
+from kinepy.backends.sql.threads import DatabaseThreads
 from kinepy.errors import BackendError, BackendUnavailable
 from kinepy.specs import BackendSpec, MySQLSpec, PostgresSpec, SQLiteSpec
 from kinepy.types import Lease
@@ -183,12 +182,12 @@ class SQLiteThread:
     def __init__(self, path: str, *, kind: str, thread_name: str) -> None:
         self.path = path
         self._kind = kind
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+        self._thread = DatabaseThreads(1, thread_name)
         self._conn: sqlite3.Connection | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+            return await self._thread.run(fn, *args)
         except sqlite3.Error as exc:
             raise BackendError(f"{self._kind} {self.path}: {exc}") from exc
 

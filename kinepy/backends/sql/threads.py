@@ -1,11 +1,11 @@
 """Database threads: blocking functions run for the event loop, with one hand-off each way.
 
 SQLite's connections block, so the SQLite backend runs each call (a whole read, a whole write batch) as
-one function on a thread of its own. `loop.run_in_executor` would do it with a `concurrent.futures`
-future chained to an asyncio one (a lock and a condition built per call, two callbacks and a
-semaphore); here a call is a tuple on a queue one way and `call_soon_threadsafe` back, which costs the
-loop a third less CPU per call (≈ 23 against ≈ 33 µs measured on this machine, docs/performance.md).
-A kube-apiserver write is one such call.
+one function on a thread of its own, and so do the SQLite exports and import (`bulk.SQLiteThread`).
+`loop.run_in_executor` would do it with a `concurrent.futures` future chained to an asyncio one (a lock
+and a condition built per call, two callbacks and a semaphore); here a call is a tuple on a queue one way
+and `call_soon_threadsafe` back, which costs the loop a third less CPU per call (≈ 23 against ≈ 33 µs
+measured on this machine, docs/performance.md). A kube-apiserver write is one such call.
 """
 
 from __future__ import annotations
@@ -58,12 +58,13 @@ class DatabaseThreads:
             thread.start()
             self._threads.append(thread)
 
-    def shutdown(self) -> None:
-        """Blocking: let the threads finish the calls queued, then end them."""
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Let the threads finish the calls queued, then end them; with `wait`, block until they have."""
         for _ in self._threads:
             self._calls.put(None)
-        for thread in self._threads:
-            thread.join()
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
     def _serve(self) -> None:
         while (call := self._calls.get()) is not None:
