@@ -72,10 +72,13 @@ async def test_a_write_of_another_process_between_two_batches_fails_the_check(pa
     assert seen == [(1, 0), (2, 1)]
     await other.write(ReadSet(keys={b"k"}), _put([], b"k"))  # k at 4, version 3
     seen.clear()
+    connections = getattr(this, "_epoch")  # noqa: B009 (counts the connections the backend opened)
     written = await this.write(ReadSet(keys={b"k"}), _put(seen, b"k"))
     # Evaluated first on the cache (revision 3: stale), whose write the check refused; then again on
-    # what the other process committed. Nothing of the first evaluation was written.
+    # what the other process committed. Nothing of the first evaluation was written, and the refusal
+    # left the connection usable (it was not closed for a new one).
     assert seen == [(3, 2), (4, 3)]
+    assert getattr(this, "_epoch") == connections  # noqa: B009
     assert written is not None and written.revision == 5
     assert await _current(this, b"k") == [(5, 4, b"v5")]
     history = await this.read_range(RangeQuery(KeyRange(b"k", b"k\0"), revision=4))

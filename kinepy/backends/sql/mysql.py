@@ -267,14 +267,13 @@ _START_READ = (
 _ANY_CURRENT_IN_KEYS = "EXISTS (SELECT 1 FROM kv_current WHERE key {in})"
 
 
-def _insert_if_unmoved(table: Table, rows: list[tuple[Any, ...]], upsert: bool) -> str:
-    """`rows` inserted (or, with `upsert`, replaced) only if `@kinepy_unmoved` is 1."""
-    verb = "REPLACE" if upsert else "INSERT"
-    selects = " UNION ALL ".join(
-        "SELECT " + ",".join([literal(value) for value in row]) + " FROM DUAL WHERE @kinepy_unmoved = 1"
-        for row in rows
-    )
-    return quote_key(f"{verb} INTO {table.name} ({', '.join(table.columns)}) ") + selects
+# Sent right after the guarded UPDATE of the meta row (`_MySession.apply_unmoved`): unless the guard
+# changed the row, it inserts a second meta row, a duplicate key whatever the `sql_mode`, and the query
+# ends there, before the rows and the COMMIT. The guard's count of changed rows, read in the server.
+_STOP_UNLESS_GUARDED = (
+    "INSERT INTO meta (id, revision, compact_revision, schema_version, cluster_id, member_id) "
+    "SELECT 1, 0, 0, 0, 0, 0 FROM DUAL WHERE ROW_COUNT() <> 1"
+)
 
 
 class _MySession(AsyncSession):
@@ -392,26 +391,30 @@ class _MySession(AsyncSession):
         (revision, compaction revision) and none of `absent` has a current row; whether it wrote
         (None: too large for one query, not sent).
         `rows` must change the meta row (a new revision or compaction revision): the guard is an
-        UPDATE of it, whose count of changed rows says whether it matched."""
+        UPDATE of it, whose count of changed rows says whether it matched; when it did not, the next
+        statement fails (`_STOP_UNLESS_GUARDED`), so the rows are not written, and the transaction,
+        which holds a lock on the meta row's key from that failure, is rolled back at once."""
         guard = render(sql.UPDATE_META + " AND revision = ? AND compact_revision = ?", (*rows.meta, *meta))
         if absent:
             guard += " AND NOT " + render(self._in(_ANY_CURRENT_IN_KEYS, len(absent)), absent)
-        texts = [*_START_WRITE, guard, "SET @kinepy_unmoved = ROW_COUNT()"]
-        for method, args in apply_requests(rows):
-            if method == "insert":
-                texts.append(_insert_if_unmoved(*args))
-            elif method == "execute_in":
-                texts.append(render(self._in(args[0], len(args[1])), args[1]) + " AND @kinepy_unmoved = 1")
-        texts.append("COMMIT")
+        texts = [*_START_WRITE, guard, _STOP_UNLESS_GUARDED, *self._apply_texts(rows)[:-1], "COMMIT"]
         if sum(len(text) + 1 for text in texts) > self._max_statement:
             return None
         await self._cur.execute(";".join(texts))  # the first statement's result
         for _ in _START_WRITE:
             await self._cur.nextset()  # up to the guard's
-        wrote = int(self._cur.rowcount) == 1
+        if int(self._cur.rowcount) != 1:
+            try:
+                await self._cur.nextset()
+            except aiomysql.IntegrityError as exc:
+                if error_code(exc) != _DUPLICATE_ENTRY:
+                    raise
+                await self._conn.rollback()
+                return False
+            raise BackendError("MySQL: a write whose guard did not match went on")  # never: a bug
         while await self._cur.nextset():
             pass
-        return wrote
+        return True
 
     async def run_all(self, texts: list[str]) -> None:
         """`texts` as one multi-statement query (aiomysql always connects with CLIENT.MULTI_STATEMENTS):
