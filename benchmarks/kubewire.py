@@ -8,8 +8,10 @@ create (a txn: compare mod_revision = 0, put, else get), an update (compare mod_
 get), and a deletion one at a time as the namespace controller's (a get, then compare mod_revision = N,
 delete with prev_kv, else get); `--clients` of them in flight for creates and updates, and one Watch on the
 prefix with prev_kv and progress notifications (kube-apiserver's watch cache) receiving every event, each
-phase waited for until its last event arrived. It reports per phase objects/s and the server's CPU per
-object from /proc (utime + stime of its process tree), with the load average. Each `--kinepy-path` (a
+phase waited for until its last event arrived, beside `--other-watches` streams watching other prefixes (as
+kube-apiserver's watch cache watches every resource: 57 Watch streams in a `benchmarks kube` run). It
+reports per phase objects/s and the server's CPU per object from /proc (utime + stime of its process
+tree), with the load average. Each `--kinepy-path` (a
 checkout) starts its own server, alternating between them round by round, so that a before/after
 comparison sees the same machine load: `--kinepy-path /tmp/base --kinepy-path .`.
 """
@@ -93,15 +95,17 @@ def _thread_report(before: dict[str, tuple[float, int]], after: dict[str, tuple[
 class _Watch:
     """One Watch on the prefix with prev_kv and progress notifications: counts the events it receives."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, prefix: bytes = PREFIX) -> None:
         self.events = 0
+        self._prefix = prefix
         self._arrived = asyncio.Event()
         self._call = rpc_pb2_grpc.WatchStub(channel).Watch()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        prefix = self._prefix
         create = rpc_pb2.WatchCreateRequest(
-            key=PREFIX, range_end=PREFIX[:-1] + b"0", prev_kv=True, progress_notify=True
+            key=prefix, range_end=prefix[:-1] + b"0", prev_kv=True, progress_notify=True
         )
         await self._call.write(rpc_pb2.WatchRequest(create_request=create))
         self._task = asyncio.create_task(self._read())
@@ -185,14 +189,18 @@ async def _drive(url: str, pid: int, args: argparse.Namespace, label: str) -> di
     async with grpc.aio.insecure_channel(url) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         watch = _Watch(channel)
-        await watch.start()
+        # kube-apiserver's watch cache watches every resource's prefix, each on a stream of its own.
+        others = [_Watch(channel, b"/registry/resource-%02d/" % i) for i in range(args.other_watches)]
+        for each in (watch, *others):
+            await each.start()
         run = _Run(channel, watch, pid, args)
         figures = {}
         try:
             for name in ("create", "update", "delete"):
                 figures[name] = (await run.phase(name, label))[1]
         finally:
-            await watch.aclose()
+            for each in (watch, *others):
+                await each.aclose()
         return figures
 
 
@@ -297,6 +305,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--value-size", type=int, default=1200)
     parser.add_argument("--kinepy-path", action="append", help="a checkout to serve from (repeatable)")
+    parser.add_argument(
+        "--other-watches", type=int, default=56, help="streams watching other prefixes (kube-apiserver: 56)"
+    )
     parser.add_argument("--threads", action="store_true", help="CPU and context switches per thread")
     parser.add_argument("--url", help="a server already running (one round per --rounds on new keys)")
     parser.add_argument("--pid", type=int, default=0, help="with --url: the server's pid")
