@@ -15,6 +15,7 @@ import conftest
 import grpc
 import pytest
 from certificates import Certificates, make_certificates
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from kinepy.app import App
@@ -145,6 +146,29 @@ async def test_two_servers_in_one_process_keep_separate_metrics(tmp_path: Path) 
             )
             is None
         )
+
+
+async def test_every_call_is_counted_unknown_methods_and_health_included(tmp_path: Path) -> None:
+    """The counting wraps each servicer's handlers (no interceptor): calls of a method nobody serves are
+    answered by grpc as before and counted UNIMPLEMENTED, health checks and refused requests too."""
+    config = Config(listen_address="127.0.0.1:0", datastore_endpoint=f"sqlite://{tmp_path / 'state.db'}")
+    async with App(config) as app, grpc.aio.insecure_channel(app.endpoint) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await channel.unary_unary("/etcdserverpb.KV/Nope")(b"")
+        assert (unknown.value.code(), unknown.value.details()) == (
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Method not found!",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as malformed:
+            await channel.unary_unary("/etcdserverpb.KV/Range")(b"\x0a")  # a key without its length
+        assert malformed.value.code() == grpc.StatusCode.INTERNAL
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        started = app.metrics.calls_started
+    get = app.metrics.registry.get_sample_value
+    assert get("kinepy_grpc_requests_total", {"method": "KV/Nope", "code": "UNIMPLEMENTED"}) == 1
+    assert get("kinepy_grpc_requests_total", {"method": "KV/Range", "code": "INTERNAL"}) == 1
+    assert get("kinepy_grpc_requests_total", {"method": "Health/Check", "code": "OK"}) == 1
+    assert started == 3
 
 
 def _fetch(url: str, context: ssl.SSLContext | None, timeout: float = 10) -> int:
