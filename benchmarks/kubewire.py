@@ -238,8 +238,8 @@ def _serve_floor(address: str) -> None:
 
     async def watch(requests: AsyncIterator[rpc_pb2.WatchRequest], context: object) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
-        queues.append(queue)
-        await anext(requests)
+        if (await anext(requests)).create_request.key == PREFIX:  # the others watch other prefixes
+            queues.append(queue)
         yield rpc_pb2.WatchResponse(header=header, created=True).SerializeToString()
         while True:
             yield await queue.get()
