@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import marshal
 import os
 import select
+import socket
 import struct
 
 from kinepy.backends.base import Commit, WriteSet
@@ -88,6 +90,15 @@ def _decode(body: bytes) -> Commit:
 _LOOK_COMMIT = Commit(0, 0, None)
 
 
+def _machine() -> str:
+    """This kernel: its boot id (Linux), else the host's name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot_id:
+            return boot_id.read().strip()
+    except OSError:
+        return socket.gethostname()
+
+
 class ChangePipes:
     """Tell the other workers of a commit (`announce`), wait to be told of theirs (`wait`)."""
 
@@ -99,6 +110,16 @@ class ChangePipes:
         self._changed: asyncio.Event | None = None
         self._told: list[Commit] = []
         self._unread = b""
+
+    @functools.cached_property
+    def group(self) -> str:
+        """The same in every worker of one server and in no other process: what names them together to
+        the database (PostgreSQL's `kinepy_listeners`, whose NOTIFY they do not need from each other).
+        Their pipes are one set (each worker holds its own pipe's read end and the others' write ends),
+        whose inode numbers no other open pipe on this kernel has (the supervisor keeps them all open);
+        with the kernel's boot id."""
+        inodes = sorted({os.fstat(fd).st_ino for fd in (self._read_fd, *self._write_fds)})
+        return f"{_machine()}/pipes:{','.join(map(str, inodes))}"
 
     def announce(self, write_set: WriteSet, origin: tuple[int, ...] = ()) -> None:
         """Tell every other worker of a commit: never blocks, never raises (the commit is done); safe on

@@ -9,6 +9,8 @@ so a marker NOTIFY sent after the commit arrives after the commit's, or first wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,7 +19,11 @@ import pytest
 from fresh_backends import fresh_backends
 
 from kinepy.backends.base import Backend, LogRow, ReadSet, Snapshot, WriteSet
+from kinepy.backends.factory import create_backend
 from kinepy.backends.sql.postgres import NOTIFY_CHANNEL
+from kinepy.config import Config
+from kinepy.endpoint import backend_spec
+from kinepy.specs import BackendSettings
 from kinepy.testing.databases import DatabaseServer
 from kinepy.types import KeyValue
 
@@ -53,19 +59,52 @@ class Observer:
                 await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def _observing(url: str) -> AsyncIterator[Observer]:
+    listening = await asyncpg.connect(url, server_settings={"application_name": "observer"})
+    other = await asyncpg.connect(url, server_settings={"application_name": "writer"})
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await listening.add_listener(NOTIFY_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+    try:
+        yield Observer(listening, other, heard)
+    finally:
+        await listening.close()
+        await other.close()
+
+
 @pytest.fixture
 async def pair(postgres_server: DatabaseServer) -> AsyncIterator[tuple[list[Backend], Observer]]:
-    async with fresh_backends(postgres_server, 2) as (backends, name):
-        url = postgres_server.url(name)
-        listening = await asyncpg.connect(url, server_settings={"application_name": "observer"})
-        other = await asyncpg.connect(url, server_settings={"application_name": "writer"})
-        heard: asyncio.Queue[str] = asyncio.Queue()
-        await listening.add_listener(NOTIFY_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+    async with (
+        fresh_backends(postgres_server, 2) as (backends, name),
+        _observing(postgres_server.url(name)) as seen,
+    ):
+        yield backends, seen
+
+
+@pytest.fixture
+async def workers(postgres_server: DatabaseServer) -> AsyncIterator[tuple[list[Backend], Backend, Observer]]:
+    """Two workers of one server (their change pipes as the supervisor makes them), another kinepy
+    process, on one database."""
+    async with (
+        fresh_backends(postgres_server, 1) as ((other,), name),
+        _observing(postgres_server.url(name)) as seen,
+    ):
+        spec = backend_spec(Config(datastore_endpoint=postgres_server.url(name)))
+        first, second = os.pipe(), os.pipe()
+        settings = [
+            BackendSettings(notify_read_fd=first[0], notify_write_fds=(second[1],)),
+            BackendSettings(notify_read_fd=second[0], notify_write_fds=(first[1],)),
+        ]
+        backends = [create_backend(spec, each) for each in settings]
         try:
-            yield backends, Observer(listening, other, heard)
+            for backend in backends:
+                await backend.start()
+            yield backends, other, seen
         finally:
-            await listening.close()
-            await other.close()
+            for backend in backends:
+                await backend.aclose()
+            for fd in (*first, *second):
+                os.close(fd)
 
 
 async def _put(backend: Backend, key: bytes = b"k") -> int:
@@ -163,3 +202,20 @@ async def test_a_commit_waiting_on_a_registration_notifies_the_new_listener(
     await registering.commit()
     revision = await committing
     assert await observer.notified() == [str(revision)]
+
+
+async def test_the_workers_of_one_server_notify_only_another_process(
+    workers: tuple[list[Backend], Backend, Observer],
+) -> None:
+    """The workers tell each other of their commits through their pipes: a NOTIFY among them only
+    costs; another process's listener is notified as ever."""
+    (zero, one), other, observer = workers
+    await _listen(zero)
+    await _listen(one)
+    await _put(zero)
+    await _put(one)
+    assert await observer.notified() == []
+    await _listen(other)
+    first = await _put(zero)
+    second = await _put(other)
+    assert await observer.notified() == [str(first), str(second)]

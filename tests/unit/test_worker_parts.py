@@ -83,6 +83,12 @@ def _pipe_pair() -> Iterator[tuple[ChangePipes, ChangePipes, int]]:
             os.close(fd)
 
 
+def test_the_workers_of_one_server_share_a_group_that_other_pipes_do_not_have() -> None:
+    with _pipe_pair() as (zero, one, _), _pipe_pair() as (other, _, _):
+        assert zero.group == one.group
+        assert other.group != zero.group
+
+
 async def test_change_pipes_tell_the_other_worker_each_commit_with_its_events_in_one_wake_up() -> None:
     with _pipe_pair() as (zero, one, _):
         waiting = asyncio.create_task(one.wait(30))

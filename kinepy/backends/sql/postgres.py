@@ -10,7 +10,8 @@ REPEATABLE READ READ ONLY transaction, so the revision they report and the rows 
 Other kinepy processes on the same database learn about commits from a trigger on the meta row
 that NOTIFYs `kinepy_commit`; `wait_for_change` LISTENs on a connection of its own and registers it in
 `kinepy_listeners`, and the trigger notifies only when a process other than the committing one is
-registered (one kinepy alone on its database pays no NOTIFY). The workers of one
+registered (one kinepy alone on its database pays no NOTIFY; the workers of one server register as one
+process). The workers of one
 `kinepy --workers N` also tell each other of each commit with its events (`ChangePipes`), so that they
 neither read back a commit told (its NOTIFY is passed over) nor lose their write caches to it.
 
@@ -463,7 +464,8 @@ class PostgresBackend(ServerBackend):
         self._changed = asyncio.Event()
         self._listen_failed = False
         self._own_pids: set[int] = set()  # server processes of our pool: their NOTIFYs are our commits
-        self._instance = secrets.token_hex(8)  # this process in `kinepy_listeners` (`_INSTANCE_SETTING`)
+        # This process in `kinepy_listeners` (`_INSTANCE_SETTING`); the workers of one server are one.
+        self._instance = self._changes.group if self._changes is not None else secrets.token_hex(8)
         self._cache = WriteCache()
         self._epoch = 0  # connections opened: the cache holds only within one epoch
 
