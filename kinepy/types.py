@@ -34,6 +34,10 @@ class KeyRange:
     def __contains__(self, key: bytes) -> bool:
         return key >= self.start and (self.end is None or key < self.end)
 
+    def meets(self, low: bytes, high: bytes) -> bool:
+        """Whether any key from `low` to `high` (both included) is in the range."""
+        return high >= self.start and (self.end is None or low < self.end)
+
 
 @dataclass(slots=True, frozen=True)
 class RangeQuery:

@@ -82,3 +82,48 @@ async def test_events_below_a_future_start_revision_are_not_sent(hub: WatchHub) 
     created, events = await _responses(stream, 2)
     assert created.created
     assert [e.kv.mod_revision for e in events.events] == [6]
+
+
+async def test_each_watcher_gets_the_events_of_its_range_from_one_batch(hub: WatchHub) -> None:
+    ranges = {
+        "one key": (b"b", b""),
+        "prefix b": (b"b", b"c"),
+        "between the batch's keys": (b"ba", b"bz"),
+        "to the end": (b"c", b"\x00"),
+        "before the batch": (b"0", b"a"),
+        "after the batch": (b"x", b"y"),
+    }
+    streams = {}
+    for name, (key, range_end) in ranges.items():
+        streams[name] = stream = hub.open_stream()
+        stream.create(key, range_end)
+    batch = [_put(b"a", 5), _put(b"b", 5), _put(b"bz", 5), _put(b"c", 5), _put(b"d", 5)]
+    hub.publish(5, batch)
+    expected = {
+        "one key": [b"b"],
+        "prefix b": [b"b", b"bz"],
+        "between the batch's keys": [],
+        "to the end": [b"c", b"d"],
+        "before the batch": [],
+        "after the batch": [],
+    }
+    for name, keys in expected.items():
+        stream = streams[name]
+        responses = await _responses(stream, 1 + (1 if keys else 0))
+        got = [e.kv.key for r in responses[1:] for e in r.events]
+        assert got == keys, name
+        assert stream.watchers and all(w.next_revision == 6 for w in stream.watchers.values()), name
+
+
+def test_a_key_range_meets_every_span_holding_one_of_its_keys() -> None:
+    """`meets` lets the hub pass over a watcher for a whole batch: it must never miss a key."""
+    alphabet = [b"", b"a", b"a\x00", b"ab", b"b", b"b\x00", b"c"]
+    for start in alphabet:
+        for end in [None, *alphabet]:
+            key_range = KeyRange(start, end)
+            for low in alphabet:
+                for high in alphabet:
+                    if low > high:
+                        continue
+                    if any(low <= k <= high and k in key_range for k in alphabet):
+                        assert key_range.meets(low, high), (key_range, low, high)
