@@ -397,7 +397,9 @@ class _MySession(AsyncSession):
         guard = render(sql.UPDATE_META + " AND revision = ? AND compact_revision = ?", (*rows.meta, *meta))
         if absent:
             guard += " AND NOT " + render(self._in(_ANY_CURRENT_IN_KEYS, len(absent)), absent)
-        texts = [*_START_WRITE, guard, _STOP_UNLESS_GUARDED, *self._apply_texts(rows)[:-1], "COMMIT"]
+        # The guard is the meta row's UPDATE: of `apply_requests`' statements, all but that last one.
+        rows_texts = self._apply_texts(rows)[:-1]
+        texts = [*_START_WRITE, guard, _STOP_UNLESS_GUARDED, *rows_texts, "COMMIT"]
         if sum(len(text) + 1 for text in texts) > self._max_statement:
             return None
         await self._cur.execute(";".join(texts))  # the first statement's result
