@@ -26,11 +26,13 @@ Keys are limited to `MAX_KEY_BYTES`: a btree index entry must fit in a third of 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Unpack, cast
 from urllib.parse import urlencode
@@ -381,6 +383,130 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     more round trip per call and lose the instance."""
 
 
+def _reusable(conn: asyncpg.Connection) -> bool:
+    """Open with no transaction left open. Not a connection lost while acquired: asyncpg gives its
+    holder back to the pool at once and its proxy raises InterfaceError from then on."""
+    try:
+        return not conn.is_closed() and not conn.is_in_transaction()
+    except asyncpg.InterfaceError:
+        return False
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    with contextlib.suppress(asyncpg.InterfaceError):  # lost already: nothing left to terminate
+        conn.terminate()
+
+
+class _Connections:
+    """asyncpg's pool behind a free list: a connection given back in good order (open, no transaction
+    left open) waits on `_idle` and the next caller takes it again, last in first out, for a list pop
+    and append. asyncpg's own acquire and release cost about 20 µs of CPU each call (a proxy, a future,
+    a shielded task, a timer armed and cancelled; docs/performance.md, session 9).
+
+    The pool still opens every connection (`init`: the instance setting) and counts it towards its
+    `max_size`: an idle connection here stays acquired from it. Everything else goes back through the
+    pool's own release, which rolls back what was left open and terminates a connection it cannot
+    reset: a connection given back with an error (the caller's exception), closed or in a transaction,
+    one given back while another caller waits for the pool (so it never waits on connections idling
+    here), and every idle one on `close`. A connection idle here for `idle_timeout` seconds (0: never)
+    is terminated, as asyncpg terminates its own idle ones, but for the last open one (its `min_size`).
+    What the free list does not keep from the pool: recycling a connection after 50,000 queries
+    (asyncpg's `max_queries`, which kinepy never set)."""
+
+    __slots__ = ("_closing", "_idle", "_idle_timeout", "_trimming", "_waiting", "pool")
+
+    def __init__(self, pool: asyncpg.Pool, idle_timeout: float) -> None:
+        self.pool = pool
+        self._idle: collections.deque[tuple[asyncpg.Connection, float]] = collections.deque()
+        """Connections given back in good order, with when (`time.monotonic`); the newest last."""
+        self._idle_timeout = idle_timeout
+        self._trimming: asyncio.TimerHandle | None = None
+        self._waiting = 0  # callers waiting for `pool.acquire`
+        self._closing = False
+
+    @property
+    def _holders(self) -> Any:
+        """The pool's connection holders (tests and benchmarks reach every connection through them)."""
+        return self.pool._holders
+
+    def acquire(self) -> _Lease:
+        """A connection for `async with`, given back on leaving (as `asyncpg.Pool.acquire`)."""
+        return _Lease(self)
+
+    async def take(self) -> asyncpg.Connection:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()[0]
+            if _reusable(conn):
+                return conn
+            await self.pool.release(conn)  # lost while idle: the pool took it back already
+        if self._closing:
+            raise asyncpg.InterfaceError("pool is closing")
+        self._waiting += 1
+        try:
+            return await self.pool.acquire()
+        finally:
+            self._waiting -= 1
+
+    async def give_back(self, conn: asyncpg.Connection, failed: bool) -> None:
+        if failed or self._waiting or self._closing or not _reusable(conn):
+            await self.pool.release(conn)
+            return
+        self._idle.append((conn, time.monotonic()))
+        if self._trimming is None and self._idle_timeout > 0:
+            self._trimming = asyncio.get_running_loop().call_later(self._idle_timeout, self._trim)
+
+    def _trim(self) -> None:
+        """Terminate the connections idle for `idle_timeout` (the oldest first), but for the last open."""
+        self._trimming = None
+        idle, pool = self._idle, self.pool
+        expired = time.monotonic() - self._idle_timeout
+        while idle and idle[0][1] <= expired and pool.get_size() > 1:
+            _terminate(idle.popleft()[0])
+        if idle:
+            wait = max(idle[0][1] - expired, 0.1) if pool.get_size() > 1 else self._idle_timeout
+            self._trimming = asyncio.get_running_loop().call_later(wait, self._trim)
+
+    def _drain(self) -> list[asyncpg.Connection]:
+        self._closing = True
+        if self._trimming is not None:
+            self._trimming.cancel()
+            self._trimming = None
+        idle = [conn for conn, _ in self._idle]
+        self._idle.clear()
+        return idle
+
+    async def close(self) -> None:
+        """Give every idle connection back, then close the pool (which waits for those in use)."""
+        for conn in self._drain():
+            try:
+                await self.pool.release(conn)
+            except Exception:  # it could not be reset
+                _terminate(conn)
+        await self.pool.close()
+
+    def terminate(self) -> None:
+        """Terminate every connection, idle here, in use or in the pool."""
+        self._drain()
+        self.pool.terminate()
+
+
+class _Lease:
+    """`_Connections.acquire()`: the connection on entering, given back on leaving."""
+
+    __slots__ = ("_conn", "_connections")
+
+    def __init__(self, connections: _Connections) -> None:
+        self._connections = connections
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._conn = await self._connections.take()
+        return self._conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        await self._connections.give_back(self._conn, kind is not None)
+
+
 class _UnlockedSession(_PgSession):
     """A write outside a transaction: the meta row and the read set's keys in one statement in
     autocommit (the rest of the read set after it), then every row in one statement that writes only
@@ -421,6 +547,62 @@ class _UnlockedSession(_PgSession):
         self.moved = self.xmin is None
 
 
+class _Held:
+    """`PostgresBackend._connection()`: a class rather than a generator, since every statement runs
+    in one (a generator context manager costs a few µs more)."""
+
+    __slots__ = ("_backend", "_conn", "_connections")
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self._backend = backend
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        backend = self._backend
+        connections = backend._pool
+        if connections is None:
+            raise BackendUnavailable("the PostgreSQL backend is closed")
+        try:
+            self._conn = await connections.take()
+        except backend.driver_errors as exc:
+            raise backend._error(backend._underlying(exc)) from exc
+        self._connections = connections
+        return self._conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
+        backend, conn = self._backend, self._conn
+        lost = isinstance(exc, asyncpg.exceptions.InternalClientError)
+        if lost:
+            # A connection the server dropped (a shutdown) can stay open but stuck mid-protocol
+            # ("cannot switch to state 15; another operation (2) is in progress"): the pool would
+            # hand it out again and again. Close it; the pool opens a new one.
+            conn.terminate()
+        try:
+            await self._connections.give_back(conn, exc is not None)
+        except backend.driver_errors as error:
+            raise backend._error(backend._underlying(error)) from error
+        if lost:
+            raise BackendUnavailable(backend._scrub(f"PostgreSQL: connection lost: {exc}")) from exc
+        if isinstance(exc, backend.driver_errors):
+            raise backend._error(backend._underlying(exc)) from exc
+
+
+class _Autocommit:
+    """`PostgresBackend._session("none")`: a `_PgSession` on a `_Held` connection."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, held: _Held) -> None:
+        self._held = held
+
+    async def __aenter__(self) -> AsyncSession:
+        return _PgSession(await self._held.__aenter__())
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        await self._held.__aexit__(kind, exc, tb)
+
+
 class PostgresBackend(ServerBackend):
     """kinepy's storage model in a PostgreSQL database (created when missing and permitted)."""
 
@@ -459,7 +641,7 @@ class PostgresBackend(ServerBackend):
         # asyncpg reads sslmode, sslrootcert, sslcert, sslkey, sslcrl, sslpassword, …
         # from a DSN query, as libpq does; anything else becomes a server setting (search_path, …).
         self._dsn = "postgresql://" + (("?" + urlencode(url_options)) if url_options else "")
-        self._pool: asyncpg.Pool | None = None
+        self._pool: _Connections | None = None
         self._listener: Any = None  # asyncpg.Connection LISTENing on NOTIFY_CHANNEL, opened on first wait
         self._changed = asyncio.Event()
         self._listen_failed = False
@@ -522,8 +704,8 @@ class PostgresBackend(ServerBackend):
         host, port = self._addresses[index]
         return bracket_host(host) + (f":{port}" if port is not None else "")
 
-    async def _create_pool(self) -> asyncpg.Pool:
-        return await asyncpg.create_pool(
+    async def _create_pool(self) -> _Connections:
+        pool = await asyncpg.create_pool(
             **self._connect_args(self.spec.database),
             connect=self._connect_to_primary,
             min_size=1,
@@ -532,6 +714,7 @@ class PostgresBackend(ServerBackend):
             init=self._init_connection,
             reset=_keep_session,
         )
+        return _Connections(pool, self._idle_timeout)
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         await conn.execute(_SET_INSTANCE, self._instance)  # commits that only we listen for notify nobody
@@ -682,31 +865,22 @@ class PostgresBackend(ServerBackend):
             log.warning("closing the PostgreSQL pool took too long or failed; terminating its connections")
             pool.terminate()
 
+    def _session(self, kind: str) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
+        if kind == "none":  # most reads: no generator around the connection's context manager
+            return _Autocommit(_Held(self))
+        return self._transaction(kind)
+
     @contextlib.asynccontextmanager
-    async def _session(self, kind: str) -> AsyncIterator[AsyncSession]:
+    async def _transaction(self, kind: str) -> AsyncIterator[AsyncSession]:
         async with self._connection() as conn:
-            if kind == "none":
-                yield _PgSession(conn)
-                return
             isolation = "repeatable_read" if kind == "read" else "read_committed"
             async with conn.transaction(isolation=isolation, readonly=kind == "read"):
                 yield _PgSession(conn)
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = self._pool
-        if pool is None:
-            raise BackendUnavailable("the PostgreSQL backend is closed")
-        with self._errors():
-            async with pool.acquire() as conn:
-                try:
-                    yield conn
-                except asyncpg.exceptions.InternalClientError as exc:
-                    # A connection the server dropped (a shutdown) can stay open but stuck mid-protocol
-                    # ("cannot switch to state 15; another operation (2) is in progress"): the pool
-                    # would hand it out again and again. Close it; the pool opens a new one.
-                    conn.terminate()
-                    raise BackendUnavailable(self._scrub(f"PostgreSQL: connection lost: {exc}")) from exc
+    def _connection(self) -> _Held:
+        """A connection for `async with`, given back on leaving; what the driver raises leaves as a
+        `BackendError` (`_errors`)."""
+        return _Held(self)
 
     # -- writes ----------------------------------------------------------------------------------
 
