@@ -399,7 +399,7 @@ def _terminate(conn: asyncpg.Connection) -> None:
 
 class _Connections:
     """asyncpg's pool behind a free list: a connection given back in good order (open, no transaction
-    left open) waits on `_idle` and the next caller takes it again, last in first out, for a list pop
+    left open) waits on `_idle` and the next caller takes it again, last in first out, for a deque pop
     and append. asyncpg's own acquire and release cost about 20 µs of CPU each call (a proxy, a future,
     a shielded task, a timer armed and cancelled; docs/performance.md, session 9).
 
