@@ -26,6 +26,7 @@ literals here (see `literal`), not by aiomysql.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -458,6 +459,161 @@ class _MySession(AsyncSession):
                 yield list(rows)
 
 
+_COM_QUIT = b"\x01\x00\x00\x00\x01"  # a packet of one byte, sequence 0: COM_QUIT
+
+
+def _quit(conn: Any) -> None:
+    """Close `conn`, saying so to the server first as aiomysql's `ensure_closed` does (the server counts
+    no aborted connection), but without waiting: the transport sends the packet before it closes."""
+    writer = conn._writer
+    if writer is not None:
+        with contextlib.suppress(RuntimeError, OSError):  # lost already: closing is all there is
+            writer.write(_COM_QUIT)
+    conn.close()
+
+
+def _reusable(conn: Any) -> bool:
+    """Open, no transaction left open, and nothing from the server unread: neither the end of the stream
+    nor the error packet MySQL 8.0 sends before closing a connection idle too long (aiomysql's pool
+    checks the same of each free connection)."""
+    reader = conn._reader
+    if reader is None or conn.get_transaction_status():  # closed, or in a transaction
+        return False
+    return not (reader.at_eof() or reader.exception() or getattr(reader, "eof_received", False))
+
+
+class _Connections:
+    """aiomysql's pool behind a free list: a connection given back in good order (open, no transaction
+    left open) waits on `_idle`, with its cursor, and the next caller takes both again, last in first
+    out, for a list pop and append. aiomysql's own acquire and release cost about 30 µs of CPU a
+    session under cProfile, and a new cursor about 7 µs (a condition's lock, a scan of the free
+    connections, a task to wake waiters, a future; docs/performance.md, session 9).
+
+    The pool still opens every connection (the init command) and counts it towards its `maxsize`: an idle
+    connection here stays acquired from it. A connection given back with an error (the caller's
+    exception), closed, in a transaction or with the server's goodbye unread is closed and never handed
+    out again (a caller waiting for the pool is woken to open another); one given back in good order
+    while another caller waits for the pool goes to the pool, which hands it to that caller (so it never
+    waits on connections idling here); on `close`, every idle one is closed. A connection idle here for
+    `idle_timeout` seconds is closed, as aiomysql's `pool_recycle` closes its own (so that the server's
+    `wait_timeout` never closes it first); the pool opens one again when a caller needs it."""
+
+    __slots__ = ("_closing", "_idle", "_idle_timeout", "_trimming", "_waiting", "pool")
+
+    def __init__(self, pool: aiomysql.Pool, idle_timeout: float) -> None:
+        self.pool = pool
+        self._idle: collections.deque[tuple[Any, Any, float]] = collections.deque()
+        """Connections given back in good order, with their cursor and when (`time.monotonic`); the
+        newest last."""
+        self._idle_timeout = idle_timeout
+        self._trimming: asyncio.TimerHandle | None = None
+        self._waiting = 0  # callers waiting for `pool.acquire`
+        self._closing = False
+
+    async def take(self) -> tuple[Any, Any]:
+        """A connection and a cursor on it."""
+        idle = self._idle
+        while idle:
+            conn, cur, _ = idle.pop()
+            if _reusable(conn):
+                return conn, cur
+            await self._discard(conn)  # lost while idle (a server restart)
+        if self._closing:
+            raise aiomysql.InterfaceError("the pool is closing")
+        self._waiting += 1
+        try:
+            conn = await self.pool.acquire()
+        finally:
+            self._waiting -= 1
+        return conn, await conn.cursor()
+
+    async def give_back(self, conn: Any, cur: Any, failed: bool) -> None:
+        if failed or not _reusable(conn):
+            await self._discard(conn)
+        elif self._waiting or self._closing:
+            await self.pool.release(conn)  # to the caller waiting for it (closed if the pool is closing)
+        else:
+            self._idle.append((conn, cur, time.monotonic()))
+            if self._trimming is None:
+                self._trimming = asyncio.get_running_loop().call_later(self._idle_timeout, self._trim)
+
+    async def _discard(self, conn: Any) -> None:
+        """Close `conn` for good (the server rolls back what it left open)."""
+        _quit(conn)
+        self.pool.release(conn)  # a closed connection: the pool forgets it, and wakes nobody
+        if self._waiting:
+            await self.pool._wakeup()  # a caller waiting for the pool opens one in its place
+
+    def _trim(self) -> None:
+        """Close the connections idle for `idle_timeout` (the oldest first)."""
+        self._trimming = None
+        idle = self._idle
+        expired = time.monotonic() - self._idle_timeout
+        while idle and idle[0][2] <= expired:
+            conn = idle.popleft()[0]
+            _quit(conn)
+            self.pool.release(conn)  # nobody waits for the pool while connections idle here
+        if idle:
+            wait = max(idle[0][2] - expired, 0.1)
+            self._trimming = asyncio.get_running_loop().call_later(wait, self._trim)
+
+    def close(self) -> None:
+        """Close every idle connection and the pool: the connections in use close as they come back
+        (`wait_closed`)."""
+        self._closing = True
+        if self._trimming is not None:
+            self._trimming.cancel()
+            self._trimming = None
+        self.pool.close()
+        while self._idle:
+            conn = self._idle.pop()[0]
+            _quit(conn)
+            self.pool.release(conn)
+
+    async def wait_closed(self) -> None:
+        await self.pool.wait_closed()
+
+    def terminate(self) -> None:
+        """Close every connection, idle here, in use or in the pool."""
+        self.close()
+        self.pool.terminate()
+
+
+class _Held:
+    """A `_MySession` on a connection of `_Connections`, given back on leaving: what the driver raises
+    leaves as a `BackendError` (`MySQLBackend._errors`). A class rather than a generator, since most
+    sessions are these alone (`MySQLBackend._session("none")`; a generator context manager costs a
+    few µs more)."""
+
+    __slots__ = ("_backend", "_conn", "_connections", "_cur")
+
+    def __init__(self, backend: MySQLBackend, connections: _Connections) -> None:
+        self._backend = backend
+        self._connections = connections
+
+    async def __aenter__(self) -> _MySession:
+        backend = self._backend
+        try:
+            conn, cur = await self._connections.take()
+        except backend.driver_errors as exc:
+            raise backend._error(backend._underlying(exc)) from exc
+        self._conn, self._cur = conn, cur
+        if conn not in backend._connections:
+            backend._connections.add(conn)
+            backend._epoch += 1  # perhaps another server (a failover): `_cache` may not hold there
+        engine = backend.replication.engine
+        return _MySession(conn, cur, backend._max_statement, one_query=not engine)
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
+        backend = self._backend
+        try:
+            await self._connections.give_back(self._conn, self._cur, exc is not None)
+        except backend.driver_errors as error:
+            raise backend._error(backend._underlying(error)) from error
+        if isinstance(exc, backend.driver_errors):
+            raise backend._error(backend._underlying(exc)) from exc
+
+
 class MySQLBackend(ServerBackend):
     """kinepy's storage model in a MySQL or MariaDB database (created when missing and permitted)."""
 
@@ -473,21 +629,21 @@ class MySQLBackend(ServerBackend):
     def __init__(self, spec: MySQLSpec, **options: Unpack[ServerOptions]) -> None:
         super().__init__(spec, **options)
         self.spec = spec
-        # aiomysql's pool_recycle closes a connection idle that long; never beyond _POOL_RECYCLE,
-        # so that the server's wait_timeout does not close it first. MySQL has no LISTEN/NOTIFY:
-        # the other workers hear of each commit only through `_changes`.
+        # A connection idle that long is closed (`_Connections`, and aiomysql's pool_recycle); never
+        # beyond _POOL_RECYCLE, so that the server's wait_timeout does not close it first. MySQL has
+        # no LISTEN/NOTIFY: the other workers hear of each commit only through `_changes`.
         idle = self._idle_timeout
         self._recycle = min(idle, _POOL_RECYCLE) if idle > 0 else _POOL_RECYCLE
         url_options = spec.options
         timeout = url_options.get("timeout")
         self._attempt_timeout = _seconds(timeout) if timeout else ATTEMPT_TIMEOUT
         self._ssl = ssl_context(url_options)
-        self._pool: aiomysql.Pool | None = None
+        self._pool: _Connections | None = None
         self._max_statement = 1024 * 1024
         self.replication = Replication("")
         self._init_command = ""
         self._route_writes = _galera_writes(url_options)
-        self._writes: aiomysql.Pool | None = None
+        self._writes: _Connections | None = None
         """On Galera, the pool to the node every kinepy writes through (None: this endpoint's)."""
         self.writer = ""
         """That node's address ("" while writes go through this endpoint)."""
@@ -604,15 +760,18 @@ class MySQLBackend(ServerBackend):
         the node (and refused by some versions); conflicting transactions are run again there."""
         return self.replication.engine != "galera"
 
-    async def _create_pool(self, init_command: str) -> aiomysql.Pool:
-        return await aiomysql.create_pool(
+    async def _create_pool(self, init_command: str, **connect_args: Any) -> _Connections:
+        """The pool's connections behind a free list (`_Connections`); `connect_args` override
+        `_connect_args()` (another node's address)."""
+        pool = await aiomysql.create_pool(
             minsize=1,
             maxsize=self._pool_size,
             db=self.spec.database,
             init_command=init_command,
             pool_recycle=self._recycle,
-            **self._connect_args(),
+            **(self._connect_args() | connect_args),
         )
+        return _Connections(pool, self._recycle)
 
     async def _open(self) -> None:
         self._init_command = await self._bootstrap()
@@ -681,16 +840,9 @@ class MySQLBackend(ServerBackend):
             old.close()  # its connections close as they come back
         if writer is not None:
             host, _, port = writer.rpartition(":")
-            args = self._connect_args() | {"host": host.strip("[]"), "port": int(port), "unix_socket": None}
+            address = {"host": host.strip("[]"), "port": int(port), "unix_socket": None}
             try:
-                self._writes = await aiomysql.create_pool(
-                    minsize=1,
-                    maxsize=self._pool_size,
-                    db=self.spec.database,
-                    init_command=self._init_command,
-                    pool_recycle=self._recycle,
-                    **args,
-                )
+                self._writes = await self._create_pool(self._init_command, **address)
                 self.writer = writer
             except (aiomysql.MySQLError, OSError) as exc:
                 log.warning(
@@ -755,8 +907,14 @@ class MySQLBackend(ServerBackend):
             log.warning("closing the MySQL pool took too long; terminating its connections")
             pool.terminate()
 
+    def _session(self, kind: str) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
+        pool = self._pool
+        if kind == "none" and pool is not None:  # most sessions: no generator around `_Held`
+            return _Held(self, pool)
+        return self._transaction(kind)
+
     @contextlib.asynccontextmanager
-    async def _session(self, kind: str) -> AsyncIterator[AsyncSession]:
+    async def _transaction(self, kind: str) -> AsyncIterator[AsyncSession]:
         pool = self._pool
         if pool is None:
             raise BackendUnavailable("the MySQL backend is closed")
@@ -777,35 +935,30 @@ class MySQLBackend(ServerBackend):
             raise
 
     @contextlib.asynccontextmanager
-    async def _pool_session(self, pool: aiomysql.Pool, kind: str) -> AsyncIterator[_MySession]:
-        with self._errors():
-            async with pool.acquire() as conn, conn.cursor() as cur:
-                if conn not in self._connections:
-                    self._connections.add(conn)
-                    self._epoch += 1  # perhaps another server (a failover): `_cache` may not hold there
-                one_query = not self.replication.engine
-                session = _MySession(conn, cur, self._max_statement, one_query=one_query)
-                if kind == "none":
-                    yield session
-                    return
-                if kind == "write":
-                    if one_query:
-                        session.defer(_START_WRITE)  # sent with the transaction's first statement
-                    else:
-                        for text in _START_WRITE:
-                            await cur.execute(text)
+    async def _pool_session(self, pool: _Connections, kind: str) -> AsyncIterator[_MySession]:
+        async with _Held(self, pool) as session:
+            if kind == "none":
+                yield session
+                return
+            conn, cur = session._conn, session._cur
+            if kind == "write":
+                if session._one_query:
+                    session.defer(_START_WRITE)  # sent with the transaction's first statement
                 else:
-                    await cur.execute(_START_READ)  # one round trip: the isolation, then the snapshot
-                    await cur.nextset()
-                try:
-                    yield session
-                except BaseException:
-                    # A connection left inside a transaction is closed by the pool, which rolls back too.
-                    with contextlib.suppress(Exception):
-                        await conn.rollback()
-                    raise
-                if not session.committed:
-                    await conn.commit()
+                    for text in _START_WRITE:
+                        await cur.execute(text)
+            else:
+                await cur.execute(_START_READ)  # one round trip: the isolation, then the snapshot
+                await cur.nextset()
+            try:
+                yield session
+            except BaseException:
+                # The connection is closed (`_Held`), which rolls back too; at once, for the locks.
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
+            if not session.committed:
+                await conn.commit()
 
     # -- writes ----------------------------------------------------------------------------------
 
