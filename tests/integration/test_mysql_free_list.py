@@ -264,6 +264,28 @@ async def test_closing_waits_for_a_connection_in_use_then_closes_it(database: _D
     assert await database.settle(0) == 0
 
 
+async def test_closing_does_not_wait_on_a_connection_that_failed_meanwhile(database: _Database) -> None:
+    backend = await database.backend()
+    taken, release = asyncio.Event(), asyncio.Event()
+
+    async def user() -> None:
+        async with backend._session("none") as session:
+            taken.set()
+            await release.wait()
+            await session.fetch("SELECT * FROM no_such_table")
+
+    task = asyncio.create_task(user())
+    await taken.wait()
+    closing = asyncio.create_task(backend.aclose())
+    await asyncio.sleep(0)  # closing runs up to its wait for the connection in use
+    release.set()
+    with pytest.raises(BackendError, match="no_such_table"):
+        await task
+    async with asyncio.timeout(_DEADLINE / 4):  # not the 10 s after which the pool is terminated
+        await closing
+    assert await database.settle(0) == 0
+
+
 async def test_connections_closed_here_say_goodbye_to_the_server(database: _Database) -> None:
     backend = await database.backend(idle_timeout=0.3)
     assert await database.settle(1) == 1  # the bootstrap's connection is gone (it just closes)

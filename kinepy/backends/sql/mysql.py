@@ -541,8 +541,9 @@ class _Connections:
         """Close `conn` for good (the server rolls back what it left open)."""
         _quit(conn)
         self.pool.release(conn)  # a closed connection: the pool forgets it, and wakes nobody
-        if self._waiting:
-            await self.pool._wakeup()  # a caller waiting for the pool opens one in its place
+        if self._waiting or self._closing:
+            # A caller waiting for the pool opens one in its place; the pool's `wait_closed` counts it.
+            await self.pool._wakeup()
 
     def _trim(self) -> None:
         """Close the connections idle for `idle_timeout` (the oldest first)."""
