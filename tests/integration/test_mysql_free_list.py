@@ -8,77 +8,28 @@ leaves none open. On the suite's MariaDB."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from fresh_backends import DEADLINE, FreshDatabase
 
-from kinepy.backends.factory import create_backend
 from kinepy.backends.sql.mysql import MySQLBackend
-from kinepy.config import Config
-from kinepy.endpoint import backend_spec
 from kinepy.errors import BackendError, BackendUnavailable
-from kinepy.specs import BackendSettings
 from kinepy.testing.databases import DatabaseServer
 
 pytestmark = pytest.mark.mysql
 
-_DEADLINE = 10.0
-
-
-class _Database:
-    def __init__(self, server: DatabaseServer) -> None:
-        self.server = server
-        self.name = server.create_database()
-        self.opened: list[MySQLBackend] = []
-
-    async def backend(self, *, pool_size: int = 10, idle_timeout: float = 120.0) -> MySQLBackend:
-        settings = BackendSettings(max_connections=pool_size, max_idle_time=idle_timeout)
-        spec = backend_spec(Config(datastore_endpoint=self.server.url(self.name)))
-        backend = create_backend(spec, settings)
-        assert isinstance(backend, MySQLBackend)
-        await backend.start()
-        self.opened.append(backend)
-        return backend
-
-    async def server_connections(self) -> set[int]:
-        """The ids of the connections to the database that the server has open (as root, over its socket)."""
-        statement = f"SELECT id FROM information_schema.processlist WHERE db = '{self.name}'"
-        return {int(row[0]) for row in await asyncio.to_thread(self.server.sql, statement)}
-
-    async def settle(self, expected: int) -> int:
-        """How many `server_connections` there are once there are `expected` (or after `_DEADLINE`):
-        the server drops a connection from its process list a moment after its client closed it."""
-        deadline = time.monotonic() + _DEADLINE
-        for _ in itertools.count():  # the server, not this process, decides when: it is asked again
-            count = len(await self.server_connections())
-            if count == expected or time.monotonic() > deadline:
-                return count
-            await asyncio.sleep(0.05)
-        raise AssertionError("unreachable")
-
-    async def gone(self, connection: int) -> bool:
-        """Whether the server has closed `connection` (asked until it has, or `_DEADLINE`)."""
-        deadline = time.monotonic() + _DEADLINE
-        for _ in itertools.count():  # as `settle`
-            if connection not in await self.server_connections():
-                return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        raise AssertionError("unreachable")
+Database = FreshDatabase[MySQLBackend]
 
 
 @pytest.fixture
-async def database(mariadb_server: DatabaseServer) -> AsyncIterator[_Database]:
-    database = _Database(mariadb_server)
+async def database(mariadb_server: DatabaseServer) -> AsyncIterator[Database]:
+    database = FreshDatabase(mariadb_server, MySQLBackend)
     try:
         yield database
     finally:
-        for backend in database.opened:
-            await backend.aclose()
-        mariadb_server.drop_database(database.name)
+        await database.close()
 
 
 async def _connection_id(backend: MySQLBackend) -> int:
@@ -101,7 +52,7 @@ async def _hold_together(backend: MySQLBackend, callers: int, *, fail: bool = Fa
             if fail:
                 await session.fetch("SELECT * FROM no_such_table")
 
-    async with asyncio.timeout(_DEADLINE):
+    async with asyncio.timeout(DEADLINE):
         results = await asyncio.gather(*(caller() for _ in range(callers)), return_exceptions=True)
     for result in results:
         if not fail:
@@ -111,7 +62,9 @@ async def _hold_together(backend: MySQLBackend, callers: int, *, fail: bool = Fa
     return ids
 
 
-async def test_a_connection_is_reused_and_keeps_the_session_settings(database: _Database) -> None:
+async def test_a_connection_is_reused_and_keeps_the_session_settings(
+    database: Database,
+) -> None:
     backend = await database.backend()
     first = await _connection_id(backend)
     for _ in range(3):
@@ -123,7 +76,9 @@ async def test_a_connection_is_reused_and_keeps_the_session_settings(database: _
     assert await backend.revisions() == (1, -1)
 
 
-async def test_callers_beyond_the_pool_size_wait_for_a_connection(database: _Database) -> None:
+async def test_callers_beyond_the_pool_size_wait_for_a_connection(
+    database: Database,
+) -> None:
     backend = await database.backend(pool_size=2)
     assert len(await _hold_together(backend, 8)) <= 2  # six of them wait; none is left waiting for good
     assert await database.settle(2) <= 2
@@ -132,7 +87,7 @@ async def test_callers_beyond_the_pool_size_wait_for_a_connection(database: _Dat
 
 
 async def test_callers_waiting_for_the_pool_get_a_connection_when_those_in_use_fail(
-    database: _Database,
+    database: Database,
 ) -> None:
     backend = await database.backend(pool_size=2)
     # Each caller's connection is closed as it fails, none given back: the pool must wake the next.
@@ -142,7 +97,9 @@ async def test_callers_waiting_for_the_pool_get_a_connection_when_those_in_use_f
     assert await database.settle(2) <= 2
 
 
-async def test_a_connection_that_failed_is_closed_not_handed_out(database: _Database) -> None:
+async def test_a_connection_that_failed_is_closed_not_handed_out(
+    database: Database,
+) -> None:
     backend = await database.backend()
     with pytest.raises(BackendError, match="no_such_table"):
         async with backend._session("none") as session:
@@ -154,19 +111,21 @@ async def test_a_connection_that_failed_is_closed_not_handed_out(database: _Data
     assert await database.gone(failed)  # closed, as the server sees it
 
 
-async def test_a_write_that_failed_leaves_no_transaction_or_lock_behind(database: _Database) -> None:
+async def test_a_write_that_failed_leaves_no_transaction_or_lock_behind(
+    database: Database,
+) -> None:
     backend = await database.backend()
     with pytest.raises(BackendError, match="no_such_table"):
         async with backend._session("write") as session:
             await session.fetchone("SELECT revision FROM meta WHERE id = 1 FOR UPDATE")
             await session.fetch("SELECT * FROM no_such_table")
     other = await database.backend()  # another process takes the meta row's lock at once
-    async with asyncio.timeout(_DEADLINE), other._session("write") as session:
+    async with asyncio.timeout(DEADLINE), other._session("write") as session:
         await session.execute("SET SESSION innodb_lock_wait_timeout = 1")
         assert await session.fetchone("SELECT revision FROM meta WHERE id = 1 FOR UPDATE") == (1,)
 
 
-async def test_a_transaction_left_open_is_never_handed_out(database: _Database) -> None:
+async def test_a_transaction_left_open_is_never_handed_out(database: Database) -> None:
     backend = await database.backend()
     async with backend._session("none") as session:
         await session.execute("START TRANSACTION")
@@ -179,14 +138,16 @@ async def test_a_transaction_left_open_is_never_handed_out(database: _Database) 
     assert int(row[0]) != left_open and row[1] == 0
 
 
-async def test_a_connection_killed_while_idle_is_not_handed_out(database: _Database) -> None:
+async def test_a_connection_killed_while_idle_is_not_handed_out(
+    database: Database,
+) -> None:
     backend = await database.backend()
     killed = await _connection_id(backend)
     await asyncio.to_thread(database.server.sql, f"KILL {killed}")
     pool = backend._pool
     assert pool is not None
     conn = pool._idle[-1][0]
-    deadline = time.monotonic() + _DEADLINE
+    deadline = time.monotonic() + DEADLINE
     while not (conn._reader.at_eof() or conn._reader.eof_received):  # the server's goodbye arrives
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
@@ -194,7 +155,9 @@ async def test_a_connection_killed_while_idle_is_not_handed_out(database: _Datab
     assert await _connection_id(backend) != killed
 
 
-async def test_a_statement_cancelled_mid_way_leaves_its_connection_closed(database: _Database) -> None:
+async def test_a_statement_cancelled_mid_way_leaves_its_connection_closed(
+    database: Database,
+) -> None:
     backend = await database.backend()
     sending = asyncio.Event()
     ids: list[int] = []
@@ -212,7 +175,7 @@ async def test_a_statement_cancelled_mid_way_leaves_its_connection_closed(databa
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    async with asyncio.timeout(_DEADLINE):
+    async with asyncio.timeout(DEADLINE):
         assert await backend.revisions() == (1, -1)  # not a connection with a SLEEP's answer pending
         assert await _connection_id(backend) != ids[0]
         # The server sleeps on for the closed connection: end it now, not in another test.
@@ -220,7 +183,7 @@ async def test_a_statement_cancelled_mid_way_leaves_its_connection_closed(databa
         assert await database.gone(ids[0])
 
 
-async def test_connections_idle_for_the_idle_time_are_closed(database: _Database) -> None:
+async def test_connections_idle_for_the_idle_time_are_closed(database: Database) -> None:
     backend = await database.backend(pool_size=4, idle_timeout=0.3)
     assert len(await _hold_together(backend, 4)) == 4
     assert await database.settle(0) == 0
@@ -228,11 +191,11 @@ async def test_connections_idle_for_the_idle_time_are_closed(database: _Database
     assert await database.settle(1) == 1
 
 
-async def test_closing_the_backend_leaves_no_connection_open(database: _Database) -> None:
+async def test_closing_the_backend_leaves_no_connection_open(database: Database) -> None:
     backend = await database.backend(pool_size=4)
     assert len(await _hold_together(backend, 4)) == 4
     assert await database.settle(4) == 4
-    async with asyncio.timeout(_DEADLINE / 2):
+    async with asyncio.timeout(DEADLINE / 2):
         await backend.aclose()
     assert await database.settle(0) == 0
     with pytest.raises(BackendUnavailable, match="closed"):
@@ -240,7 +203,9 @@ async def test_closing_the_backend_leaves_no_connection_open(database: _Database
             pass
 
 
-async def test_closing_waits_for_a_connection_in_use_then_closes_it(database: _Database) -> None:
+async def test_closing_waits_for_a_connection_in_use_then_closes_it(
+    database: Database,
+) -> None:
     backend = await database.backend()
     taken, release = asyncio.Event(), asyncio.Event()
 
@@ -258,13 +223,15 @@ async def test_closing_waits_for_a_connection_in_use_then_closes_it(database: _D
     await asyncio.sleep(0)  # closing runs up to its wait for the connection in use
     assert not closing.done()
     release.set()
-    async with asyncio.timeout(_DEADLINE):
+    async with asyncio.timeout(DEADLINE):
         assert await task == 1
         await closing
     assert await database.settle(0) == 0
 
 
-async def test_closing_does_not_wait_on_a_connection_that_failed_meanwhile(database: _Database) -> None:
+async def test_closing_does_not_wait_on_a_connection_that_failed_meanwhile(
+    database: Database,
+) -> None:
     backend = await database.backend()
     taken, release = asyncio.Event(), asyncio.Event()
 
@@ -281,12 +248,14 @@ async def test_closing_does_not_wait_on_a_connection_that_failed_meanwhile(datab
     release.set()
     with pytest.raises(BackendError, match="no_such_table"):
         await task
-    async with asyncio.timeout(_DEADLINE / 4):  # not the 10 s after which the pool is terminated
+    async with asyncio.timeout(DEADLINE / 4):  # not the 10 s after which the pool is terminated
         await closing
     assert await database.settle(0) == 0
 
 
-async def test_connections_closed_here_say_goodbye_to_the_server(database: _Database) -> None:
+async def test_connections_closed_here_say_goodbye_to_the_server(
+    database: Database,
+) -> None:
     backend = await database.backend(idle_timeout=0.3)
     assert await database.settle(1) == 1  # the bootstrap's connection is gone (it just closes)
 

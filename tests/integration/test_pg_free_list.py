@@ -7,67 +7,27 @@ time, and closing the backend leaves none open."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 from collections.abc import AsyncIterator
 
 import pytest
+from fresh_backends import DEADLINE, FreshDatabase
 
-from kinepy.backends.factory import create_backend
 from kinepy.backends.sql.postgres import PostgresBackend
-from kinepy.config import Config
-from kinepy.endpoint import backend_spec
 from kinepy.errors import BackendError, BackendUnavailable
-from kinepy.specs import BackendSettings
 from kinepy.testing.databases import DatabaseServer
 
 pytestmark = pytest.mark.postgres
 
-_DEADLINE = 10.0
-
-
-class _Database:
-    def __init__(self, server: DatabaseServer) -> None:
-        self.server = server
-        self.name = server.create_database()
-        self.opened: list[PostgresBackend] = []
-
-    async def backend(self, *, pool_size: int = 10, idle_timeout: float = 120.0) -> PostgresBackend:
-        settings = BackendSettings(max_connections=pool_size, max_idle_time=idle_timeout)
-        spec = backend_spec(Config(datastore_endpoint=self.server.url(self.name)))
-        backend = create_backend(spec, settings)
-        assert isinstance(backend, PostgresBackend)
-        await backend.start()
-        self.opened.append(backend)
-        return backend
-
-    async def server_processes(self) -> int:
-        """Connections to the database that the server has open (superuser psql, other database)."""
-        statement = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{self.name}'"
-        rows = await asyncio.to_thread(self.server.sql, statement)
-        return int(rows[0][0])
-
-    async def settle(self, expected: int) -> int:
-        """The count of `server_processes` once it is `expected` (or the last one after `_DEADLINE`):
-        a server process leaves pg_stat_activity a moment after its client closed it."""
-        deadline = time.monotonic() + _DEADLINE
-        for _ in itertools.count():  # the server, not this process, decides when: it is asked again
-            count = await self.server_processes()
-            if count == expected or time.monotonic() > deadline:
-                return count
-            await asyncio.sleep(0.05)
-        raise AssertionError("unreachable")
+Database = FreshDatabase[PostgresBackend]
 
 
 @pytest.fixture
-async def database(postgres_server: DatabaseServer) -> AsyncIterator[_Database]:
-    database = _Database(postgres_server)
+async def database(postgres_server: DatabaseServer) -> AsyncIterator[Database]:
+    database = FreshDatabase(postgres_server, PostgresBackend)
     try:
         yield database
     finally:
-        for backend in database.opened:
-            await backend.aclose()
-        postgres_server.drop_database(database.name)
+        await database.close()
 
 
 async def _hold_together(backend: PostgresBackend, callers: int, seconds: float = 0.05) -> set[int]:
@@ -79,12 +39,14 @@ async def _hold_together(backend: PostgresBackend, callers: int, seconds: float 
             pids.add(conn.get_server_pid())
             await conn.execute("SELECT pg_sleep($1)", seconds)
 
-    async with asyncio.timeout(_DEADLINE):
+    async with asyncio.timeout(DEADLINE):
         await asyncio.gather(*(caller() for _ in range(callers)))
     return pids
 
 
-async def test_a_connection_is_reused_and_keeps_the_instance_setting(database: _Database) -> None:
+async def test_a_connection_is_reused_and_keeps_the_instance_setting(
+    database: Database,
+) -> None:
     backend = await database.backend()
     async with backend._connection() as conn:
         first = conn.get_server_pid()
@@ -96,34 +58,38 @@ async def test_a_connection_is_reused_and_keeps_the_instance_setting(database: _
         assert pid in backend._own_pids
 
 
-async def test_callers_beyond_the_pool_size_wait_for_a_connection(database: _Database) -> None:
+async def test_callers_beyond_the_pool_size_wait_for_a_connection(
+    database: Database,
+) -> None:
     backend = await database.backend(pool_size=2)
     pids = await _hold_together(backend, 8)  # six of them wait; none is left waiting for good
     assert len(pids) <= 2
-    assert await database.server_processes() <= 2
+    assert len(await database.server_connections()) <= 2
     assert len(await _hold_together(backend, 8)) <= 2  # once both connections idle in the free list
     pool = backend._pool
     assert pool is not None
-    async with asyncio.timeout(_DEADLINE), pool.acquire() as conn:  # bulk import's way in
+    async with asyncio.timeout(DEADLINE), pool.acquire() as conn:  # bulk import's way in
         assert await conn.fetchval("SELECT 1") == 1
-    assert await database.server_processes() <= 2
+    assert len(await database.server_connections()) <= 2
 
 
-async def test_a_connection_lost_while_idle_is_not_handed_out(database: _Database) -> None:
+async def test_a_connection_lost_while_idle_is_not_handed_out(
+    database: Database,
+) -> None:
     backend = await database.backend()
     lost = asyncio.Event()
     async with backend._connection() as conn:
         pid = conn.get_server_pid()
         conn.add_termination_listener(lambda _: lost.set())
     await asyncio.to_thread(database.server.sql, f"SELECT pg_terminate_backend({pid})")
-    async with asyncio.timeout(_DEADLINE):
+    async with asyncio.timeout(DEADLINE):
         await lost.wait()
     await backend.revisions()  # no error from the dead connection
     async with backend._connection() as conn:
         assert conn.get_server_pid() != pid
 
 
-async def test_a_connection_that_failed_is_not_handed_out(database: _Database) -> None:
+async def test_a_connection_that_failed_is_not_handed_out(database: Database) -> None:
     backend = await database.backend()
     with pytest.raises(BackendUnavailable):
         async with backend._connection() as conn:
@@ -136,7 +102,7 @@ async def test_a_connection_that_failed_is_not_handed_out(database: _Database) -
 
 
 async def test_a_connection_whose_statement_was_cancelled_is_not_handed_out_mid_cancel(
-    database: _Database,
+    database: Database,
 ) -> None:
     backend = await database.backend()
     sending = asyncio.Event()
@@ -151,11 +117,13 @@ async def test_a_connection_whose_statement_was_cancelled_is_not_handed_out_mid_
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    async with asyncio.timeout(_DEADLINE):
+    async with asyncio.timeout(DEADLINE):
         await backend.revisions()  # not "another operation is in progress"
 
 
-async def test_a_transaction_left_open_or_failed_is_rolled_back_first(database: _Database) -> None:
+async def test_a_transaction_left_open_or_failed_is_rolled_back_first(
+    database: Database,
+) -> None:
     backend = await database.backend()
     async with backend._connection() as conn:
         await conn.execute("BEGIN")
@@ -172,18 +140,22 @@ async def test_a_transaction_left_open_or_failed_is_rolled_back_first(database: 
         assert await conn.fetchval("SELECT 1") == 1
 
 
-async def test_connections_idle_for_the_idle_time_are_closed_but_one(database: _Database) -> None:
+async def test_connections_idle_for_the_idle_time_are_closed_but_one(
+    database: Database,
+) -> None:
     backend = await database.backend(pool_size=4, idle_timeout=0.3)
     assert len(await _hold_together(backend, 4)) == 4
     assert await database.settle(1) == 1
     await backend.revisions()
 
 
-async def test_closing_the_backend_leaves_no_connection_open(database: _Database) -> None:
+async def test_closing_the_backend_leaves_no_connection_open(
+    database: Database,
+) -> None:
     backend = await database.backend(pool_size=4)
     assert len(await _hold_together(backend, 4)) == 4
-    assert await database.server_processes() == 4
-    async with asyncio.timeout(_DEADLINE / 2):  # the pool's close waits for every connection given back
+    assert len(await database.server_connections()) == 4
+    async with asyncio.timeout(DEADLINE / 2):  # the pool's close waits for every connection given back
         await backend.aclose()
     assert await database.settle(0) == 0
     with pytest.raises(BackendUnavailable, match="closed"):
@@ -191,7 +163,7 @@ async def test_closing_the_backend_leaves_no_connection_open(database: _Database
             pass
 
 
-async def test_closing_waits_for_a_connection_in_use(database: _Database) -> None:
+async def test_closing_waits_for_a_connection_in_use(database: Database) -> None:
     backend = await database.backend()
     taken, release = asyncio.Event(), asyncio.Event()
 
@@ -207,7 +179,7 @@ async def test_closing_waits_for_a_connection_in_use(database: _Database) -> Non
     await asyncio.sleep(0)
     assert not closing.done()
     release.set()
-    async with asyncio.timeout(_DEADLINE):
+    async with asyncio.timeout(DEADLINE):
         assert await task == 1
         await closing
     assert await database.settle(0) == 0
