@@ -90,7 +90,7 @@ def _count_statements(backend: Backend, kind: str, statements: list[str]) -> Non
         aiomysql.Cursor.execute = counted_execute
         aiomysql.Connection.commit = counted_commit
         return
-    for holder in backend._pool._holders:  # type: ignore[attr-defined]
+    for holder in backend._pool.pool._holders:  # type: ignore[attr-defined]
         if holder._con is not None:
             holder._con.add_query_logger(lambda record: statements.append(record.query))
 

@@ -32,7 +32,8 @@ async def backend(postgres_server: DatabaseServer) -> AsyncIterator[PostgresBack
 
 
 def _connections(backend: PostgresBackend) -> list[asyncpg.Connection]:
-    pool: Any = backend._pool
+    assert backend._pool is not None
+    pool: Any = backend._pool.pool  # asyncpg's, behind the free list
     return [holder._con for holder in pool._holders if holder._con is not None]
 
 

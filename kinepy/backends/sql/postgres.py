@@ -424,11 +424,6 @@ class _Connections:
         self._waiting = 0  # callers waiting for `pool.acquire`
         self._closing = False
 
-    @property
-    def _holders(self) -> Any:
-        """The pool's connection holders (tests and benchmarks reach every connection through them)."""
-        return self.pool._holders
-
     def acquire(self) -> _Lease:
         """A connection for `async with`, given back on leaving (as `asyncpg.Pool.acquire`)."""
         return _Lease(self)
