@@ -44,8 +44,8 @@ async def fresh_backends(server: DatabaseServer, count: int = 1) -> AsyncIterato
 
 class FreshDatabase(Generic[B]):
     """A new database of `server` and the backends (of class `kind`) opened on it with chosen pool
-    settings, with the connections the server has open to it; `close` closes the backends and drops
-    the database. For the tests of the backends' connection handling (the free lists)."""
+    settings, with the connections the server has open to it; leaving it (`async with`) closes the
+    backends and drops the database. For the tests of the backends' connection handling (the free lists)."""
 
     def __init__(self, server: DatabaseServer, kind: type[B]) -> None:
         self.server = server
@@ -94,7 +94,11 @@ class FreshDatabase(Generic[B]):
             await asyncio.sleep(0.05)
         raise AssertionError("unreachable")
 
-    async def close(self) -> None:
+    async def __aenter__(self) -> FreshDatabase[B]:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        """Close the backends opened, then drop the database."""
         for backend in self.opened:
             await backend.aclose()
         self.server.drop_database(self.name)

@@ -25,11 +25,8 @@ Database = FreshDatabase[MySQLBackend]
 
 @pytest.fixture
 async def database(mariadb_server: DatabaseServer) -> AsyncIterator[Database]:
-    database = FreshDatabase(mariadb_server, MySQLBackend)
-    try:
+    async with FreshDatabase(mariadb_server, MySQLBackend) as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def _connection_id(backend: MySQLBackend) -> int:

@@ -23,11 +23,8 @@ Database = FreshDatabase[PostgresBackend]
 
 @pytest.fixture
 async def database(postgres_server: DatabaseServer) -> AsyncIterator[Database]:
-    database = FreshDatabase(postgres_server, PostgresBackend)
-    try:
+    async with FreshDatabase(postgres_server, PostgresBackend) as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def _hold_together(backend: PostgresBackend, callers: int, seconds: float = 0.05) -> set[int]:
