@@ -16,7 +16,7 @@ import struct
 import zlib
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from kinepy.backends.base import Evaluate, LogRow, RangeRows, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql import statements as sql
@@ -115,29 +115,37 @@ class AsyncSession(abc.ABC):
         """The rows of `statement` in batches, without holding them all (inside a transaction)."""
 
 
+class _Driven(Generic[T]):
+    """`steps` driven from outside: iterating gives each request, `reply` is what goes back for it,
+    `result` is what the steps return once iteration ends (`run` and `run_async` share this)."""
+
+    def __init__(self, steps: Steps[T]) -> None:
+        self._steps = steps
+        self.reply: Any = None
+        self.result: T = cast(T, None)
+
+    def __iter__(self) -> Iterator[Request]:
+        try:
+            while True:
+                yield self._steps.send(self.reply)
+        except StopIteration as stop:
+            self.result = stop.value
+
+
 def run(steps: Steps[T], session: BlockingSession) -> T:
     """Run `steps` to the end on a blocking session; what they return."""
-    reply: Any = None
-    while True:
-        try:
-            request = steps.send(reply)
-        except StopIteration as stop:
-            return cast(T, stop.value)
-        method, args = request
-        reply = getattr(session, method)(*args)
+    driven = _Driven(steps)
+    for method, args in driven:
+        driven.reply = getattr(session, method)(*args)
+    return driven.result
 
 
 async def run_async(steps: Steps[T], session: AsyncSession) -> T:
-    """Run `steps` to the end on an async session; what they return (`run`'s twin, line for line:
-    a coroutine cannot drive blocking code on a database thread, nor the reverse)."""
-    reply: Any = None
-    while True:
-        try:
-            request = steps.send(reply)
-        except StopIteration as stop:
-            return cast(T, stop.value)
-        method, args = request
-        reply = await getattr(session, method)(*args)
+    """Run `steps` to the end on an async session; what they return."""
+    driven = _Driven(steps)
+    for method, args in driven:
+        driven.reply = await getattr(session, method)(*args)
+    return driven.result
 
 
 # -- decoders ------------------------------------------------------------------------------------
