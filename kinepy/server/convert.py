@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from kinepy import types
 from kinepy.proto import kv_pb2, rpc_pb2
@@ -97,7 +96,14 @@ def txn_request(r: rpc_pb2.TxnRequest) -> types.TxnRequest:
 
 
 def kv(k: types.KeyValue) -> kv_pb2.KeyValue:
-    return kv_pb2.KeyValue(
+    return _kv_by(kv_pb2.KeyValue, k)
+
+
+def _kv_by(make: Callable[..., kv_pb2.KeyValue], k: types.KeyValue) -> kv_pb2.KeyValue:
+    """`k` as a KeyValue message built by `make`: the message's constructor, or a repeated field's
+    `add`, which builds it in place where a list of messages passed to a constructor is copied again
+    (0.29 against 0.72 ms for 500 keys; the call through here costs nothing measurable)."""
+    return make(
         key=k.key,
         create_revision=k.create_revision,
         mod_revision=k.mod_revision,
@@ -107,18 +113,9 @@ def kv(k: types.KeyValue) -> kv_pb2.KeyValue:
     )
 
 
-def _add_kvs(add: Callable[..., Any], kvs: list[types.KeyValue]) -> None:
-    """Append `kvs` through a repeated KeyValue field's `add`: built in place, where a list of
-    messages passed to the constructor is copied again (0.29 against 0.72 ms for 500 keys)."""
+def _add_kvs(add: Callable[..., kv_pb2.KeyValue], kvs: list[types.KeyValue]) -> None:
     for k in kvs:
-        add(
-            key=k.key,
-            create_revision=k.create_revision,
-            mod_revision=k.mod_revision,
-            version=k.version,
-            value=k.value,
-            lease=k.lease,
-        )
+        _kv_by(add, k)
 
 
 def range_response(resp: types.RangeResponse, header: rpc_pb2.ResponseHeader) -> rpc_pb2.RangeResponse:
