@@ -5,6 +5,7 @@ costs in and around the store.
     python -m benchmarks.lean read [--keys 10000] [--calls 20000] [--rounds 5]
     python -m benchmarks.lean range [--seconds 5] [--in-flight 16] [--floor]
     python -m benchmarks.lean kube [--kind postgres|mariadb] [--objects 10000] [--url URL --db-pid PID]
+                                   [--loop asyncio|server]
 
 `put` starts its own database server, counts the statements (each one round trip) one put sends
 (asyncpg's query logger; on MySQL, aiomysql's `Cursor.execute` and `commit`), then times sequential
@@ -18,7 +19,8 @@ busy machine inflate less than they inflate latency).
 workload (benchmarks/kube.py): a create (a txn: compare mod_revision = 0, put), then, in creation
 order, a deletion (a txn: compare mod_revision, delete with prev_kv) and the get that follows it;
 it reports kinepy's and the database server's CPU per operation (the server's own, or `--url` with
-the `--db-pid` of its postmaster).
+the `--db-pid` of its postmaster), on asyncio's own event loop, or with `--loop server` on the
+server's (uvloop when installed).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from kinepy.backends.timing import TimedBackend
 from kinepy.config import Config
 from kinepy.endpoint import backend_spec
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from kinepy.runtime import event_loop_runner
 from kinepy.specs import BackendSettings
 from kinepy.store.store import Store
 from kinepy.testing.databases import free_port, start_database_server
@@ -347,13 +350,18 @@ async def _kube_ops(url: str, db_pid: int, objects: int, rounds: int) -> None:
 
 
 def kube(args: argparse.Namespace) -> None:
+    # asyncio's own loop (the figures in docs/performance.md), or the server's (`event_loop_runner`:
+    # uvloop when installed) with --loop server.
+    runner = event_loop_runner() if args.loop == "server" else asyncio.Runner()
     if args.url:
-        asyncio.run(_kube_ops(args.url, args.db_pid, args.objects, args.rounds))
+        with runner:
+            runner.run(_kube_ops(args.url, args.db_pid, args.objects, args.rounds))
         return
     server = start_database_server(args.kind)
     try:
         assert server.proc is not None
-        asyncio.run(_kube_ops(server.url("kinepy_lean"), server.proc.pid, args.objects, args.rounds))
+        with runner:
+            runner.run(_kube_ops(server.url("kinepy_lean"), server.proc.pid, args.objects, args.rounds))
     finally:
         server.remove()
 
@@ -382,6 +390,9 @@ def main() -> None:
     k.add_argument("--rounds", type=int, default=1)
     k.add_argument("--url", default="", help="a kinepy endpoint on a running server instead of a new one")
     k.add_argument("--db-pid", type=int, default=0, help="with --url: the server's postmaster pid")
+    k.add_argument(
+        "--loop", choices=["asyncio", "server"], default="asyncio", help="asyncio's or the server's (uvloop)"
+    )
     k.set_defaults(run=kube)
     f = commands.add_parser("floor-server", help=argparse.SUPPRESS)
     f.add_argument("address")
