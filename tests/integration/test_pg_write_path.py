@@ -6,12 +6,15 @@ per batch): test_write_cache.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from kinepy.backends.base import LogRow, ReadSet, Snapshot, WriteSet
 from kinepy.backends.factory import create_backend
+from kinepy.backends.sql import postgres
+from kinepy.backends.sql.core import WriteRows
 from kinepy.backends.sql.postgres import PostgresBackend
 from kinepy.config import Config
 from kinepy.endpoint import backend_spec
@@ -94,3 +97,71 @@ async def test_a_batch_that_writes_nothing_changes_nothing(database: tuple[Postg
     backend, _ = database
     assert await backend.write(ReadSet(keys={b"k"}), lambda snapshot: None) is None
     assert await backend.revisions() == (1, -1)
+
+
+async def _tables(backend: PostgresBackend) -> list[list[tuple[object, ...]]]:
+    async with backend._connection() as conn:
+        return [
+            [tuple(row) for row in await conn.fetch(statement)]
+            for statement in (
+                "SELECT * FROM kv_log ORDER BY revision, sub",
+                "SELECT * FROM kv_current ORDER BY key",
+                "SELECT revision, compact_revision FROM meta",
+            )
+        ]
+
+
+async def test_one_keys_writes_leave_the_rows_the_whole_write_set_statement_leaves(
+    postgres_server: DatabaseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Puts and deletes of one key go in scalar parameters (`_one_key_statement`); written through
+    `_APPLY_UNMOVED` instead, on another database, they leave the same tables."""
+
+    def put(key: bytes) -> Callable[[Snapshot], WriteSet]:
+        return lambda snapshot: _put(snapshot, key)
+
+    def delete(key: bytes) -> Callable[[Snapshot], WriteSet]:
+        def evaluate(snapshot: Snapshot) -> WriteSet:
+            old = snapshot.rows[key]
+            assert old is not None
+            revision = snapshot.revision + 1
+            log = [LogRow(revision, 0, key, old.create_revision, old.version, 0, b"", True)]
+            return WriteSet(revision, log, {key: None})
+
+        return evaluate
+
+    async def writes(backend: PostgresBackend) -> list[list[tuple[object, ...]]]:
+        for key in (b"a", b"b", b"a", b"b"):  # a create, another, an update of each (cached, chained)
+            assert await backend.write(ReadSet(keys={key}), put(key)) is not None
+        assert await backend.write(ReadSet(keys={b"a"}), delete(b"a")) is not None
+        backend._cache.invalidate()  # the next batch reads first (`_UnlockedSession`)
+        assert await backend.write(ReadSet(keys={b"b"}), delete(b"b")) is not None
+        assert await backend.write(ReadSet(keys={b"a"}), put(b"a")) is not None
+        return await _tables(backend)
+
+    one_key_args = postgres._one_key_args
+    statements: list[str] = []
+
+    def spied(rows: WriteRows) -> tuple[str, list[Any]] | None:
+        found = one_key_args(rows)
+        statements.append("" if found is None else found[0])
+        return found
+
+    names = [postgres_server.create_database() for _ in range(2)]
+    backends = [_backend(postgres_server, name) for name in names]
+    try:
+        for backend in backends:
+            await backend.start()
+        monkeypatch.setattr(postgres, "_one_key_args", spied)
+        one_key = await writes(backends[0])
+        monkeypatch.setattr(postgres, "_one_key_args", lambda rows: None)
+        whole = await writes(backends[1])
+    finally:
+        for backend in backends:
+            await backend.aclose()
+        for name in names:
+            postgres_server.drop_database(name)
+    puts, deletes = postgres._PUT_ONE_UNMOVED, postgres._DELETE_ONE_UNMOVED
+    assert statements == [puts] * 4 + [deletes] * 2 + [puts]
+    assert one_key == whole
+    assert [row[0] for row in one_key[1]] == [b"a"]
