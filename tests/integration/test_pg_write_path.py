@@ -6,6 +6,7 @@ per batch): test_write_cache.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -117,8 +118,16 @@ async def test_one_keys_writes_leave_the_rows_the_whole_write_set_statement_leav
     """Puts and deletes of one key go in scalar parameters (`_one_key_statement`); written through
     `_APPLY_UNMOVED` instead, on another database, they leave the same tables."""
 
-    def put(key: bytes) -> Callable[[Snapshot], WriteSet]:
-        return lambda snapshot: _put(snapshot, key)
+    def put(key: bytes, lease: int = 0) -> Callable[[Snapshot], WriteSet]:
+        def evaluate(snapshot: Snapshot) -> WriteSet:
+            write_set = _put(snapshot, key)
+            kv = write_set.current[key]
+            assert kv is not None
+            write_set.current[key] = kv._replace(lease=lease)
+            write_set.log[0] = dataclasses.replace(write_set.log[0], lease=lease)
+            return write_set
+
+        return evaluate
 
     def delete(key: bytes) -> Callable[[Snapshot], WriteSet]:
         def evaluate(snapshot: Snapshot) -> WriteSet:
@@ -136,7 +145,7 @@ async def test_one_keys_writes_leave_the_rows_the_whole_write_set_statement_leav
         assert await backend.write(ReadSet(keys={b"a"}), delete(b"a")) is not None
         backend._cache.invalidate()  # the next batch reads first (`_UnlockedSession`)
         assert await backend.write(ReadSet(keys={b"b"}), delete(b"b")) is not None
-        assert await backend.write(ReadSet(keys={b"a"}), put(b"a")) is not None
+        assert await backend.write(ReadSet(keys={b"a"}), put(b"a", lease=7)) is not None
         return await _tables(backend)
 
     one_key_args = postgres._one_key_args
