@@ -3,7 +3,9 @@ interceptors are leaves).
 
 Passthrough (a proxy to a real etcd) is a mode of its own beside the server, using neither it nor the
 store. Backends use nothing of kinepy but the leaves: they are opened from a spec and settings
-(`kinepy.specs`), never from the endpoint parser or `Config`.
+(`kinepy.specs`), never from the endpoint parser or `Config`, and raise no etcd error: etcd's rules live in
+the store. Servicers and metrics see the store through its facade (`kinepy.store.store`) and the watch
+streams it opens, never its parts nor a backend.
 
 Every `import` statement counts, including those inside functions, so a lazy import cannot hide a
 dependency that points up.
@@ -15,6 +17,8 @@ import ast
 from pathlib import Path
 
 import pytest
+
+from kinepy import errors
 
 PACKAGE = Path(__file__).resolve().parents[2] / "kinepy"
 
@@ -51,6 +55,27 @@ FORBIDDEN = {
 # The only kinepy modules a layer may import, when it has such a list.
 ALLOWED = {
     "backends": ("kinepy.backends", "kinepy.errors", "kinepy.types", "kinepy.specs"),
+    # Servicers see the store through its facade (and the watch streams it opens), never its parts
+    # (writer, txn rules, leases, hub) nor a backend.
+    "server": (
+        "kinepy.server",
+        "kinepy.store.store",
+        "kinepy.store.watch",
+        "kinepy.proto",
+        "kinepy.errors",
+        "kinepy.types",
+        "kinepy.config",
+        "kinepy.interceptors",
+    ),
+    "metrics": (
+        "kinepy.metrics",
+        "kinepy.store.store",
+        "kinepy.errors",
+        "kinepy.types",
+        "kinepy.config",
+        "kinepy.specs",
+        "kinepy.interceptors",
+    ),
 }
 LEAVES = ("errors.py", "types.py", "config.py", "specs.py", "interceptors.py")
 
@@ -155,3 +180,49 @@ def test_allowed_list_catches_what_is_not_on_it() -> None:
     )
     found = violations(PACKAGE / "backends" / "probe.py", FORBIDDEN["backends"], ALLOWED["backends"], source)
     assert found == ["kinepy.config", "kinepy.endpoint", "kinepy.endpoint.parse_endpoint"]
+
+
+def etcd_errors_imported(path: Path, source: str | None = None) -> list[str]:
+    """The etcd errors (`EtcdError` and its subclasses) `path` (or `source`) imports from kinepy.errors or
+    names as `errors.X`."""
+    text = path.read_text(encoding="utf-8") if source is None else source
+    names = {n.rpartition(".")[2] for n in imported_modules(path, text) if n.startswith("kinepy.errors.")}
+    names.update(
+        node.attr
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "errors"
+    )
+    return sorted(
+        n
+        for n in names
+        if isinstance(cls := getattr(errors, n, None), type) and issubclass(cls, errors.EtcdError)
+    )
+
+
+BACKENDS = modules_of("backends")
+
+
+@pytest.mark.parametrize("path", BACKENDS, ids=[str(path.relative_to(PACKAGE.parent)) for path in BACKENDS])
+def test_backends_raise_no_etcd_error(path: Path) -> None:
+    # etcd's rules (compacted, future revision, ...) live in the store; a backend raises BackendError
+    # and its kin, and the store answers with etcd's error.
+    assert etcd_errors_imported(path) == [], f"{module_name(path)} imports etcd errors"
+
+
+def test_etcd_error_check_catches_an_import() -> None:
+    source = (
+        "from kinepy.errors import BackendError, CompactedError\n"
+        "def later():\n"
+        "    from kinepy import errors\n"
+        "    raise errors.FutureRevisionError()\n"
+    )
+    found = etcd_errors_imported(PACKAGE / "backends" / "probe.py", source)
+    assert found == ["CompactedError", "FutureRevisionError"]
+
+
+def test_servicers_may_not_reach_past_the_store_facade() -> None:
+    source = (
+        "from kinepy.store.store import Store\nfrom kinepy.store import writer\nimport kinepy.backends.base\n"
+    )
+    found = violations(PACKAGE / "server" / "probe.py", FORBIDDEN["server"], ALLOWED["server"], source)
+    assert found == ["kinepy.backends.base", "kinepy.store", "kinepy.store.writer"]
