@@ -46,7 +46,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
             raftTerm=self._headers.raft_term,
             raftAppliedIndex=status.revision,
             storageVersion="3.6.0",
-            errors=[alarm.text() for alarm in self._store.alarms.active()],
+            errors=[alarm.text() for alarm in self._store.active_alarms()],
         )
 
     @etcd_errors

@@ -115,7 +115,7 @@ class Store:
         self._backend = backend
         self._settings = settings = settings or StoreSettings()
         self._revision = 0
-        self.alarms = Alarms(alarm_fd)
+        self._alarms = Alarms(alarm_fd)
         self._writer = Writer(
             backend,
             committed=self._committed,
@@ -200,7 +200,7 @@ class Store:
         await self._compactor.aclose()
         if self._hub is not None:
             await self._hub.aclose()
-        self.alarms.close()
+        self._alarms.close()
 
     # -- the revision ----------------------------------------------------------------------------
 
@@ -305,7 +305,7 @@ class Store:
 
     async def lease_grant(self, lease_id: int, ttl: int) -> tuple[int, Lease]:
         """Grant a lease (`lease_id` 0: the store picks one); returns the revision and the lease."""
-        if self.alarms.no_space:
+        if self._alarms.no_space:
             raise NoSpaceError()
         return await self._leases.grant(lease_id, ttl)
 
@@ -351,15 +351,19 @@ class Store:
 
     def alarm(self, action: int, member_id: int, alarm: int) -> list[AlarmMember]:
         """Maintenance.Alarm: list, activate or deactivate an alarm (see `kinepy.store.alarms`)."""
-        return self.alarms.apply(action, member_id, alarm)
+        return self._alarms.apply(action, member_id, alarm)
+
+    def active_alarms(self) -> list[AlarmMember]:
+        """The alarms raised now (Maintenance.Status's errors)."""
+        return self._alarms.active()
 
     def _check_space(self, req: PutRequest | TxnRequest) -> None:
-        if self.alarms.no_space and adds_data(req):
+        if self._alarms.no_space and adds_data(req):
             raise NoSpaceError()
 
     def _disk_full(self, exc: BackendNoSpace) -> None:
         """A write failed for want of space: raise NOSPACE for this member, as etcd does past its quota."""
-        if self.alarms.activate(AlarmMember(self._backend.member_id, AlarmType.NOSPACE)):
+        if self._alarms.activate(AlarmMember(self._backend.member_id, AlarmType.NOSPACE)):
             log.error(
                 "%s; NOSPACE alarm raised: puts, txns with puts and lease grants fail with "
                 "'database space exceeded' until space is freed and `etcdctl alarm disarm` is run",
