@@ -311,7 +311,8 @@ class WatchStream:
 
 
 class WatchHub:
-    """Every watcher of this process, fed from the writer's commits."""
+    """Every watcher of this process, fed with the commits of this process and of the others on a shared
+    database (`store/follower.py`)."""
 
     def __init__(
         self,
@@ -409,7 +410,8 @@ class WatchHub:
     # -- live ----------------------------------------------------------------------------------
 
     def publish(self, revision: int, events: list[Event]) -> None:
-        """Committed events, in revision order, up to `revision`. Called by the writer."""
+        """Committed events, in revision order, up to `revision`. Called by the follower
+        (`Follower.publish`), for this process's commits and the others'."""
         by_revision: list[tuple[int, list[Event]]] = []
         for event in events:
             rev = event.kv.mod_revision

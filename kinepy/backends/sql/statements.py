@@ -1,6 +1,7 @@
 """kinepy's SQL as data, written once with `?` placeholders.
 
-The constants and builders here run unchanged on every dialect. What a dialect writes its own way is a
+The constants and builders here run unchanged on every dialect, but for `on_conflict_update` (SQLite's and
+PostgreSQL's upsert; MySQL writes `REPLACE`). What a dialect writes its own way is a
 field of `Statements`, filled in by the driver's module, as kine keeps its SQL in named query fields per
 driver: SQLite's forms (`INDEXED BY`, `rowid`) in sqlite.py, the server databases' in dialect.py,
 postgres.py and mysql.py.
