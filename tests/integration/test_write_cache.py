@@ -19,6 +19,7 @@ from fresh_backends import fresh_backends
 
 from kinepy.backends.base import Backend, Commit, LogRow, ReadSet, Snapshot, WriteSet
 from kinepy.backends.factory import create_backend
+from kinepy.backends.sql.mysql import MySQLBackend
 from kinepy.backends.sql.postgres import PostgresBackend
 from kinepy.config import Config
 from kinepy.endpoint import backend_spec
@@ -33,12 +34,18 @@ Pair = tuple[Backend, Backend]
     params=[
         pytest.param("postgres", marks=pytest.mark.postgres),
         pytest.param("mariadb", marks=pytest.mark.mysql),
+        pytest.param("mariadb-statements", marks=pytest.mark.mysql),
     ]
 )
 async def pair(request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
-    """Two backends (two kinepy processes) on one fresh database."""
-    server: DatabaseServer = request.getfixturevalue(f"{request.param}_server")
+    """Two backends (two kinepy processes) on one fresh database; with `mariadb-statements`, writing
+    as on MySQL (a multi-statement query, no compound statement)."""
+    kind, _, writes = request.param.partition("-")
+    server: DatabaseServer = request.getfixturevalue(f"{kind}_server")
     async with fresh_backends(server, 2) as (backends, _):
+        if writes:
+            for backend in backends:
+                cast(MySQLBackend, backend)._compound_writes = False
         yield backends[0], backends[1]
 
 
