@@ -11,6 +11,7 @@ from fresh_backends import fresh_backends
 
 from kinepy.backends.base import Backend, Evaluate, LogRow, ReadSet, Snapshot, WriteSet
 from kinepy.backends.sql import core, mysql
+from kinepy.backends.sql.dialect import ServerBackend
 from kinepy.backends.sql.mysql import MySQLBackend
 from kinepy.testing.databases import DatabaseServer
 from kinepy.types import KeyRange, KeyValue, RangeQuery
@@ -73,3 +74,21 @@ async def test_mariadb_reads_one_key_without_a_derived_table(mariadb_server: Dat
         ("SIMPLE", "m", "const"),
         ("SIMPLE", "kv_current", "const"),
     ]
+
+
+@pytest.mark.mysql
+async def test_mariadb_reads_one_key_as_every_server_database_does(mariadb_server: DatabaseServer) -> None:
+    """The MySQL backend reads one key at the latest revision by a statement of its own, of two columns
+    (`mysql._GET`): the same rows as the statement of every server database, present or not."""
+    keys = [b"a", b"A", b"a ", b"\x00\xff", b"/registry/pods/x"]
+    async with fresh_backends(mariadb_server) as ([backend], name):
+        await backend.write(ReadSet(keys=set(keys)), _puts(*keys[:4]))
+        await backend.write(ReadSet(keys={b"a"}), _puts(b"a"))  # a second version, at another revision
+        for key in [*keys, b"a\x00", b""]:
+            for keys_only in (False, True):
+                query = RangeQuery(KeyRange(key, key + b"\0"), limit=1, keys_only=keys_only)
+                read = await backend.read_range(query)
+                assert read == await ServerBackend.read_range(backend, query)
+                assert read.revision == 3 and len(read.kvs) == (key in keys[:4])
+        plan = mariadb_server.sql("EXPLAIN " + mysql.render(mysql._GET, [b"a"]), database=name)
+    assert [(row[1], row[2], row[3]) for row in plan] == [("SIMPLE", "m", "const"), ("SIMPLE", "c", "const")]
