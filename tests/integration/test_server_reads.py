@@ -5,6 +5,7 @@ most one row: with them MariaDB copied the row into a temporary table on every G
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from fresh_backends import fresh_backends
@@ -81,7 +82,8 @@ async def test_mariadb_reads_one_key_as_every_server_database_does(mariadb_serve
     """The MySQL backend reads one key at the latest revision by a statement of its own, of two columns
     (`mysql._GET`): the same rows as the statement of every server database, present or not."""
     keys = [b"a", b"A", b"a ", b"\x00\xff", b"/registry/pods/x"]
-    async with fresh_backends(mariadb_server) as ([backend], name):
+    async with fresh_backends(mariadb_server) as (backends, name):
+        backend = cast(MySQLBackend, backends[0])
         await backend.write(ReadSet(keys=set(keys)), _puts(*keys[:4]))
         await backend.write(ReadSet(keys={b"a"}), _puts(b"a"))  # a second version, at another revision
         for key in [*keys, b"a\x00", b""]:
