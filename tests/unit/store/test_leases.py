@@ -314,3 +314,133 @@ async def test_the_expiry_loop_revokes_and_survives_errors(
         finally:
             await process.aclose()
     assert "lease expiry failed, will retry" in caplog.text
+
+
+def _writer_only(backend: FakeBackend, clock: Clock) -> Process:
+    """A process whose lease manager runs no background task: the test calls `flush` and `expire`."""
+    process = Process(backend, clock=clock)
+    process.writer.start()
+    return process
+
+
+async def test_a_renewal_that_could_not_be_written_is_written_by_the_next_flush(backend: FakeBackend) -> None:
+    clock = Clock()
+    process = _writer_only(backend, clock)
+    try:
+        start = clock.now
+        await process.leases.grant(7, 9)
+        clock.now = start + 3.5
+        assert await process.leases.keep_alive(7) == 9  # 5.5 s left of the persisted deadline: held
+        backend.outcomes = [errors.BackendError("disk on fire")]
+        with pytest.raises(errors.BackendError):
+            await process.leases.flush(clock.now)
+        assert backend.leases[7].expires_at == start + 9
+        await process.leases.flush(clock.now)
+        assert backend.leases[7].expires_at == start + 12.5
+    finally:
+        await process.aclose()
+
+
+async def test_a_renewal_whose_write_finds_the_lease_gone_forgets_it_at_once(backend: FakeBackend) -> None:
+    """Revoked through another process: the keep-alives that follow answer 0 from then on, not only
+    once RECHECK_AFTER has passed since this process last looked at the row."""
+    clock = Clock()
+    a, b = _writer_only(backend, clock), _writer_only(backend, clock)
+    try:
+        start = clock.now
+        await a.leases.grant(7, 2)
+        await b.leases.revoke(7)
+        clock.now = start + 0.8
+        assert await a.leases.keep_alive(7) == 2  # within RECHECK_AFTER: A trusts what it holds
+        await a.leases.flush(clock.now)  # 1.2 s left < two thirds of 2 s: written, and found gone
+        clock.now = start + 0.9
+        assert clock.now - start < RECHECK_AFTER
+        assert await a.leases.keep_alive(7) == 0
+        assert 7 not in backend.leases
+    finally:
+        for process in (a, b):
+            await process.aclose()
+
+
+async def test_a_lease_renewed_here_but_not_yet_written_is_written_instead_of_expired(
+    backend: FakeBackend,
+) -> None:
+    clock = Clock()
+    process = _writer_only(backend, clock)
+    try:
+        start = clock.now
+        await process.leases.grant(5, 9)
+        await process.writer.submit(PutRequest(b"k", b"v", lease=5))
+        clock.now = start + 4
+        assert await process.leases.keep_alive(5) == 9  # deadline start + 13, held in memory
+        clock.now = start + 9.5  # past the persisted deadline, within the renewed one
+        assert await process.leases.expire(clock.now) == 0
+        assert backend.leases[5].expires_at == start + 13 and b"k" in backend.current
+        clock.now = start + 13
+        assert await process.leases.expire(clock.now) == 1
+        assert 5 not in backend.leases and b"k" not in backend.current
+    finally:
+        await process.aclose()
+
+
+async def test_a_revoke_that_failed_is_tried_again_by_the_next_expiry() -> None:
+    backend, clock = FakeBackend(), Clock()
+    process = _writer_only(backend, clock)
+    try:
+        await process.leases.grant(3, 5)
+        clock.now += 6
+        backend.outcomes = [errors.BackendError("disk on fire")]
+        with pytest.raises(errors.BackendError):
+            await process.leases.expire(clock.now)
+        assert await process.leases.keep_alive(3) == 0  # expired all the same
+        assert await process.leases.expire(clock.now) == 1
+        assert 3 not in backend.leases
+    finally:
+        await process.aclose()
+
+
+async def test_a_held_lease_renewed_through_another_process_before_its_revoke_is_kept(
+    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its deadline passed here, but another process wrote a renewal before the revoke's transaction
+    re-checked it: the lease lives on, and keep-alives through this process renew it again."""
+    clock = Clock()
+    process = _writer_only(backend, clock)
+    try:
+        start = clock.now
+        await process.leases.grant(3, 5)
+        stale = backend.leases[3]
+        clock.now = start + 6
+        renewed = Lease(3, 5, start + 11)
+        monkeypatch.setattr(backend, "leases", {**backend.leases, 3: renewed})  # by another process
+
+        async def read_before_the_renewal(now: float, limit: int) -> list[Lease]:
+            return [stale]
+
+        monkeypatch.setattr(backend, "expired_leases", read_before_the_renewal)
+        assert await process.leases.expire(clock.now) == 0
+        assert backend.leases[3] == renewed
+        assert await process.leases.keep_alive(3) == 5
+    finally:
+        await process.aclose()
+
+
+async def test_a_flush_forgets_the_leases_long_past_their_deadline(backend: FakeBackend) -> None:
+    """Shared: expired (or revoked) through another process, a lease held here is forgotten
+    `_FORGET_AFTER` past its deadline, so a process's memory holds only the leases it serves."""
+    clock = Clock()
+    a, b = _writer_only(backend, clock), _writer_only(backend, clock)
+    try:
+        start = clock.now
+        await a.leases.grant(4, 2)
+        await a.leases.grant(5, 60)
+        clock.now = start + 3
+        assert await b.leases.expire(clock.now) == 1
+        await a.leases.flush(clock.now)
+        assert sorted(a.leases._held) == [4, 5]  # just past its deadline: kept a while
+        clock.now = start + 2 + 5.1
+        await a.leases.flush(clock.now)
+        assert sorted(a.leases._held) == [5]
+    finally:
+        for process in (a, b):
+            await process.aclose()

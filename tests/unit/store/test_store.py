@@ -13,6 +13,7 @@ from fake_backend import FakeBackend
 
 from kinepy import errors
 from kinepy.config import Config
+from kinepy.store.alarms import AlarmAction, AlarmMember, AlarmType
 from kinepy.store.autocompact import AutoCompactor
 from kinepy.store.history import read_history
 from kinepy.store.store import HashKV, Store, StoreSettings
@@ -238,6 +239,35 @@ async def test_ending_streams_ends_watches_and_signals_keep_alives(store: Store)
         with store.open_watch() as late:  # opened during shutdown: ends at once
             with pytest.raises(errors.StoppedError):
                 await _next(late)
+
+
+async def test_a_full_disk_raises_nospace_which_refuses_what_adds_data_until_disarmed(
+    store: Store, backend: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As etcd past its quota: the NOSPACE alarm of this member; puts, txns with puts and lease
+    grants are refused with "database space exceeded" before they reach the database; deletes go on."""
+    await store.put(PutRequest(b"a", b"1"))  # revision 2
+    backend.outcomes = [errors.BackendNoSpace("disk full")]
+    with caplog.at_level(logging.ERROR, logger="kinepy.store.store"), pytest.raises(errors.NoSpaceError):
+        await store.put(PutRequest(b"b", b"2"))
+    nospace = AlarmMember(backend.member_id, AlarmType.NOSPACE)
+    assert store.alarm(AlarmAction.GET, 0, AlarmType.NONE) == [nospace]
+    writes = len(backend.writes)
+    with pytest.raises(errors.NoSpaceError):
+        await store.put(PutRequest(b"b", b"2"))
+    with pytest.raises(errors.NoSpaceError):
+        await store.txn(TxnRequest([], [PutRequest(b"b", b"2")], []))
+    with pytest.raises(errors.NoSpaceError):
+        await store.lease_grant(0, 60)
+    assert len(backend.writes) == writes  # refused before the database
+    # A delete that still finds the disk full fails; the alarm, active already, is not raised again.
+    backend.outcomes = [errors.BackendNoSpace("disk full")]
+    with pytest.raises(errors.NoSpaceError):
+        await store.delete_range(DeleteRangeRequest(b"a"))
+    assert caplog.text.count("NOSPACE alarm raised") == 1
+    assert (await store.delete_range(DeleteRangeRequest(b"a"))).deleted == 1
+    assert store.alarm(AlarmAction.DEACTIVATE, backend.member_id, AlarmType.NOSPACE) == [nospace]
+    assert (await store.put(PutRequest(b"b", b"2"))).revision == 4
 
 
 async def test_a_store_not_started_has_no_watch_figures(backend: FakeBackend) -> None:

@@ -160,6 +160,8 @@ def T(success: list[object] = (), failure: list[object] = ()) -> TxnRequest:  # 
         [D(b"d"), T(failure=[P(b"d")])],
         [P(b"d"), T([D(b"d")])],
         [T([T([P(b"d")])]), P(b"d")],
+        [T([P(b"d")]), T([P(b"d")])],
+        [D(b"a", b"z"), T([P(b"d")])],
     ],
     ids=[
         "put-put",
@@ -171,6 +173,8 @@ def T(success: list[object] = (), failure: list[object] = ()) -> TxnRequest:  # 
         "delete-and-nested-put",
         "put-and-nested-delete",
         "two-levels-deep",
+        "two-nested-then-branches",
+        "delete-range-and-nested-then-put",
     ],
 )
 def test_a_key_put_twice_or_put_and_deleted_in_one_branch_is_a_duplicate(ops: list[object]) -> None:
@@ -492,3 +496,77 @@ def test_compact_rules() -> None:
         txn.apply(st, txn.CompactRequest(9))
     ws = st.write_set()
     assert ws is not None and ws.compact_revision == 10 and not ws.log
+
+
+def test_the_key_length_limit_refuses_puts_at_any_depth_but_not_reads_or_deletes() -> None:
+    long = b"k" * 17
+    for request in (
+        PutRequest(long),
+        TxnRequest([], [PutRequest(b"ok")], [TxnRequest([], [], [PutRequest(long)])]),
+    ):
+        with pytest.raises(errors.KeyTooLongError, match="limit of 16 bytes"):
+            txn.check_key_lengths(request, 16)
+        txn.check_key_lengths(request, 0)  # 0: no limit
+    # A key that cannot be written cannot exist either: reading or deleting it is harmless.
+    txn.check_key_lengths(DeleteRangeRequest(long), 16)
+    txn.check_key_lengths(TxnRequest([], [RangeRequest(long), DeleteRangeRequest(long)]), 16)
+
+
+def test_an_empty_range_reads_nothing_and_compares_as_a_missing_key() -> None:
+    """`range_end` <= `key` is an empty interval in etcd: a compare over it sees no key (zeros; a
+    value compare fails), a delete over it deletes nothing; the batch needs to read nothing for them."""
+    rs = ReadSet()
+    request = TxnRequest(
+        [cmp(b"z", CompareTarget.VERSION, CompareResult.EQUAL, 0, end=b"a")],
+        [DeleteRangeRequest(b"z", b"a")],
+        [],
+    )
+    txn.add_to_read_set(request, rs)
+    assert (rs.keys, rs.ranges, rs.historic) == (set(), [], [])
+    st = state(kv(b"m", 2, 2, 1, b"v"))
+    resp = txn.apply(st, request)
+    assert isinstance(resp, TxnResponse) and resp.succeeded and resp.revision == 10
+    assert resp.responses == [DeleteRangeResponse(10, 0, [])]
+    value = TxnRequest([cmp(b"z", CompareTarget.VALUE, CompareResult.EQUAL, b"", end=b"a")])
+    resp = txn.apply(st, value)
+    assert isinstance(resp, TxnResponse) and not resp.succeeded
+
+
+def test_a_txn_needs_its_own_snapshot_when_any_branch_at_any_depth_reads_at_a_revision() -> None:
+    at_5 = RangeRequest(b"a", revision=5)
+    assert txn.needs_own_snapshot(TxnRequest([], [], [TxnRequest([], [TxnRequest([], [at_5])])]))
+    assert txn.needs_own_snapshot(TxnRequest([], [PutRequest(b"x")], [at_5]))
+    assert not txn.needs_own_snapshot(
+        TxnRequest([], [RangeRequest(b"a"), TxnRequest([], [PutRequest(b"x")], [RangeRequest(b"b")])])
+    )
+    assert not txn.needs_own_snapshot(PutRequest(b"x"))
+
+
+def test_a_txn_range_honours_its_limit_and_counts_the_whole_range() -> None:
+    st = state(*ROWS)
+    resp = txn.apply(st, TxnRequest([], [RangeRequest(b"a", b"z", limit=2)]))
+    assert isinstance(resp, TxnResponse)
+    [page] = resp.responses
+    assert isinstance(page, RangeResponse)
+    assert keys(page) == [b"a", b"b"] and page.count == len(ROWS) and page.more
+
+
+def test_a_lease_id_picked_by_the_server_is_one_not_in_use() -> None:
+    st = state(leases=(5, 6))
+    picks = iter([5, 6, 7])
+    resp = txn.apply(st, txn.LeaseGrantRequest(0, 10, 1000.0, lambda: next(picks)))
+    assert isinstance(resp, txn.LeaseResponse) and resp.lease == Lease(7, 10, 1010.0)
+    assert sorted(st.leases) == [5, 6, 7]
+
+
+def test_a_keep_alive_never_moves_a_deadline_back_nor_renews_an_expired_lease() -> None:
+    st = state(leases=(5,))  # deadline 1e12
+    resp = txn.apply(st, txn.LeaseKeepAliveRequest(5, 1000.0, deadline=2000.0))
+    assert isinstance(resp, txn.LeaseResponse) and resp.lease == Lease(5, 60, 1e12)
+    assert st.write_set() is None  # nothing to write
+    for expired in (txn.LeaseKeepAliveRequest(5, 1e12), txn.LeaseKeepAliveRequest(404, 1000.0)):
+        resp = txn.apply(st, expired)
+        assert isinstance(resp, txn.LeaseResponse) and resp.lease is None  # etcd: TTL 0
+    assert st.write_set() is None
+    revived = txn.apply(st, txn.LeaseKeepAliveRequest(5, 1e12, revive=True))
+    assert isinstance(revived, txn.LeaseResponse) and revived.lease == Lease(5, 60, 1e12 + 60)

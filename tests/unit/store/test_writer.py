@@ -132,6 +132,17 @@ async def test_a_batch_that_kept_conflicting_is_refused_as_too_many_requests(
     assert (await writer.submit(PutRequest(b"k", b"v"))).revision == 2
 
 
+async def test_a_full_disk_is_answered_with_etcds_nospace_error(backend: FakeBackend, writer: Writer) -> None:
+    backend.outcomes = [errors.BackendNoSpace("disk full")]
+    with pytest.raises(errors.NoSpaceError) as refused:
+        await writer.submit(PutRequest(b"k", b"v"))
+    assert (refused.value.code, refused.value.message) == (
+        "RESOURCE_EXHAUSTED",
+        "etcdserver: mvcc: database space exceeded",
+    )
+    assert backend.revision == 1 and not backend.current
+
+
 async def test_an_etcd_error_fails_only_its_own_request(backend: FakeBackend, writer: Writer) -> None:
     first = await _first_batch_held(backend, writer)
     good = asyncio.create_task(writer.submit(PutRequest(b"a", b"1")))
