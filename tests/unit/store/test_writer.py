@@ -118,29 +118,32 @@ async def test_a_failed_commit_fails_every_caller_of_the_batch(
     assert (await writer.submit(PutRequest(b"after", b"v"))).revision == 3
 
 
-async def test_a_batch_that_kept_conflicting_is_refused_as_too_many_requests(
-    backend: FakeBackend, writer: Writer
+@pytest.mark.parametrize(
+    ("failure", "answer", "message"),
+    [
+        # A batch that kept conflicting (deadlocks, serialization failures): etcd's answer to overload.
+        (
+            errors.BackendConflict("MySQL: error 1213: Deadlock found"),
+            errors.TooManyRequestsError,
+            "etcdserver: too many requests",
+        ),
+        (
+            errors.BackendNoSpace("disk full"),
+            errors.NoSpaceError,
+            "etcdserver: mvcc: database space exceeded",
+        ),
+    ],
+    ids=["conflict", "no-space"],
+)
+async def test_a_failed_batch_is_answered_with_etcds_error_and_the_writer_goes_on(
+    backend: FakeBackend, writer: Writer, failure: Exception, answer: type[errors.EtcdError], message: str
 ) -> None:
-    backend.outcomes = [errors.BackendConflict("MySQL: error 1213: Deadlock found")]
-    with pytest.raises(errors.TooManyRequestsError) as refused:
+    backend.outcomes = [failure]
+    with pytest.raises(answer) as refused:
         await writer.submit(PutRequest(b"k", b"v"))
-    assert (refused.value.code, refused.value.message) == (
-        "RESOURCE_EXHAUSTED",
-        "etcdserver: too many requests",
-    )
+    assert (refused.value.code, refused.value.message) == ("RESOURCE_EXHAUSTED", message)
     assert backend.revision == 1 and not backend.current
     assert (await writer.submit(PutRequest(b"k", b"v"))).revision == 2
-
-
-async def test_a_full_disk_is_answered_with_etcds_nospace_error(backend: FakeBackend, writer: Writer) -> None:
-    backend.outcomes = [errors.BackendNoSpace("disk full")]
-    with pytest.raises(errors.NoSpaceError) as refused:
-        await writer.submit(PutRequest(b"k", b"v"))
-    assert (refused.value.code, refused.value.message) == (
-        "RESOURCE_EXHAUSTED",
-        "etcdserver: mvcc: database space exceeded",
-    )
-    assert backend.revision == 1 and not backend.current
 
 
 async def test_an_etcd_error_fails_only_its_own_request(backend: FakeBackend, writer: Writer) -> None:
