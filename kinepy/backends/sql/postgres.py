@@ -364,6 +364,12 @@ def _one_key_args(rows: WriteRows) -> tuple[str, list[Any]] | None:
     return statement, [*log, *rows.meta]
 
 
+def _unmoved_write(rows: WriteRows) -> tuple[str, list[Any] | None]:
+    """The statement that writes `rows` if nothing moved, and its parameters after the first two (None:
+    too large for one statement): one key's one change in scalars, anything else in arrays."""
+    return _one_key_args(rows) or (_APPLY_UNMOVED, _apply_args(rows))
+
+
 def _apply_args(rows: WriteRows) -> list[Any] | None:
     """`_APPLY`'s parameters for `rows`; None when they are too large for one statement."""
     if len(byte_batches([*rows.log, *rows.upserts, *rows.lease_upserts])) > 1:
@@ -585,7 +591,7 @@ class _UnlockedSession(_PgSession):
         return await super().fetch_in(statement, values, kind)
 
     async def apply(self, rows: WriteRows) -> None:
-        statement, args = _one_key_args(rows) or (_APPLY_UNMOVED, _apply_args(rows))
+        statement, args = _unmoved_write(rows)
         if args is None or self.read_xmin is None:
             self.moved = True  # too large for one statement: the locked transaction writes it
             return
@@ -959,7 +965,7 @@ class PostgresBackend(ServerBackend):
             write_set = capture(snapshot)
             if write_set is not None:
                 rows = write_rows(write_set, snapshot.compact_revision)
-                statement, args = _one_key_args(rows) or (_APPLY_UNMOVED, _apply_args(rows))
+                statement, args = _unmoved_write(rows)
                 if args is not None:
                     async with self._connection() as conn:
                         xmin = await conn.fetchval(statement, version, unknown, *args)
