@@ -156,3 +156,14 @@ class KeyTooLongError(EtcdError):
 # Watch cancel reasons are the unprefixed mvcc texts (etcd's server/storage/mvcc errors).
 WATCH_RANGE_EMPTY = "mvcc: watcher range is empty"
 WATCH_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+
+
+def client_message(exc: EtcdError | BackendError) -> str:
+    """The text a client is given for `exc`: etcd's own for an etcd error (or a full disk)."""
+    if isinstance(exc, EtcdError):
+        return exc.message
+    if isinstance(exc, BackendUnavailable):
+        return f"kinepy: datastore unavailable: {exc}"
+    if isinstance(exc, BackendNoSpace):
+        return NoSpaceError.message
+    return f"kinepy: datastore error: {exc}"

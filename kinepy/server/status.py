@@ -9,7 +9,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from kinepy.errors import BackendError, BackendNoSpace, BackendUnavailable, EtcdError, NoSpaceError
+from kinepy.errors import (
+    BackendError,
+    BackendNoSpace,
+    BackendUnavailable,
+    EtcdError,
+    NoSpaceError,
+    client_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +46,11 @@ async def abort(context: grpc.aio.ServicerContext, exc: EtcdError | BackendError
     `abort` raises: nothing after it runs)."""
     if isinstance(exc, EtcdError):
         await context.abort(status_code(exc.code), exc.message)
-    if isinstance(exc, BackendUnavailable):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore unavailable: {exc}")
-    log.error("%s failed in the datastore: %s", what, exc)
+    if not isinstance(exc, BackendUnavailable):
+        log.error("%s failed in the datastore: %s", what, exc)
     if isinstance(exc, BackendNoSpace):  # a call outside the writer (Defragment's VACUUM): etcd's error
         await context.abort(status_code(NoSpaceError.code), NoSpaceError.message)
-    await context.abort(grpc.StatusCode.UNAVAILABLE, f"kinepy: datastore error: {exc}")
+    await context.abort(grpc.StatusCode.UNAVAILABLE, client_message(exc))
 
 
 T = TypeVar("T", bound=type)

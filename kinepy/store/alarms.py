@@ -56,9 +56,14 @@ class AlarmMember:
         `memberID:13668033151171901709 alarm:NOSPACE `."""
         text = f"memberID:{self.member_id} " if self.member_id else ""
         if self.alarm:
-            known = self.alarm in AlarmType.__members__.values()
-            text += f"alarm:{AlarmType(self.alarm).name if known else self.alarm} "
+            text += f"alarm:{self.name} "
         return text
+
+    @property
+    def name(self) -> str:
+        """The alarm's name (`NOSPACE`), or its number if it has none."""
+        known = self.alarm in AlarmType.__members__.values()
+        return AlarmType(self.alarm).name if known else str(self.alarm)
 
 
 class SharedAlarmTable:
