@@ -25,6 +25,7 @@ from kinepy.endpoint import backend_spec
 from kinepy.errors import ListenError
 from kinepy.interceptors import WrappingServer, chained
 from kinepy.listen import ListenAddress, check_listen_address, parse_listen_address
+from kinepy.metrics.health import StoreProber
 from kinepy.metrics.interceptor import RequestMetrics
 from kinepy.metrics.listener import MetricsListener, parse_metrics_address
 from kinepy.metrics.registry import Metrics
@@ -172,8 +173,9 @@ class App:
         await server.start()
         self._server = server
         if config.metrics_address:
+            prober = None if self.store is None else StoreProber(self.store, asyncio.get_running_loop())
             self.metrics_server = MetricsListener(
-                self.metrics, config.metrics_address, ssl_context=metrics_tls
+                self.metrics, config.metrics_address, ssl_context=metrics_tls, prober=prober
             )
             try:
                 await self.metrics_server.start()

@@ -1,9 +1,10 @@
-"""`MetricsListener`: serves a `Metrics` registry at `GET /metrics` on `--metrics-address`.
+"""`MetricsListener`: serves a `Metrics` registry at `GET /metrics` on `--metrics-address`, and etcd's
+health endpoints (`/health`, `/livez`, `/readyz`: `health.py`) when given a prober.
 
 prometheus_client's own WSGI app renders the registry (content negotiation, gzip, `?name[]=`); the
 stdlib's `wsgiref` server runs it, one thread per request, as prometheus_client's `start_http_server`
 does. It is not used as it is for three reasons: it answers every path (here any path but `/metrics`
-is 404, as before), it looks the bound host up in DNS (`HTTPServer.server_bind` calls
+and the health endpoints is 404), it looks the bound host up in DNS (`HTTPServer.server_bind` calls
 `socket.getfqdn`) and it logs nothing. Collectors that read the store hop to its event loop
 (`Metrics.store_figures`). `:PORT` is loopback (127.0.0.1), unlike kine's every interface: metrics
 leave the host only when an address says so (`0.0.0.0:PORT`, `[::]:PORT`).
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from kinepy.errors import ConfigError
+from kinepy.metrics import health
 from kinepy.specs import bracket_host
 
 log = logging.getLogger(__name__)
@@ -57,16 +59,23 @@ def parse_metrics_address(address: str) -> tuple[str, int]:
     return (host or LOOPBACK), int(port)
 
 
-def metrics_app(metrics: Registered) -> WSGIApp:
-    """prometheus_client's app for `metrics.registry`, at `/metrics` only; HEAD answers as GET would,
-    without the body."""
+def metrics_app(metrics: Registered, prober: health.Prober | None = None) -> WSGIApp:
+    """prometheus_client's app for `metrics.registry`, at `/metrics` (HEAD answers as GET would, without
+    the body), and with `prober` etcd's health endpoints."""
     render = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != METRICS_PATH:
+        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        if prober is not None and path != METRICS_PATH:
+            checked = health.answer(method, path, environ.get("QUERY_STRING", ""), prober)
+            if checked is not None:
+                status, headers, body = checked
+                start_response(status, headers)
+                return [] if method == "HEAD" else [body]
+        if path != METRICS_PATH:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [f"metrics are at {METRICS_PATH}\n".encode()]
-        if environ["REQUEST_METHOD"] != "HEAD":
+        if method != "HEAD":
             return render(environ, start_response)  # type: ignore[no-any-return]
         answer: list[Any] = []
         body = b"".join(render({**environ, "REQUEST_METHOD": "GET"}, lambda *args: answer.extend(args[:2])))
@@ -100,12 +109,19 @@ class _Server(ThreadingWSGIServer):
 
 
 class MetricsListener:
-    """Serves `metrics` over HTTP (HTTPS with `ssl_context`) on `address`, from a thread of its own."""
+    """Serves `metrics` (and with `prober` the health endpoints) over HTTP (HTTPS with `ssl_context`) on
+    `address`, from a thread of its own."""
 
     def __init__(
-        self, metrics: Registered, address: str, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        metrics: Registered,
+        address: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        prober: health.Prober | None = None,
     ) -> None:
         self._metrics = metrics
+        self._prober = prober
         self._host, self._port = parse_metrics_address(address)
         self._ssl_context = ssl_context
         self._server: _Server | None = None
@@ -133,7 +149,7 @@ class MetricsListener:
             dual_stack = host == "::"
 
         server = Server((host, self._port), _Handler)
-        server.set_app(metrics_app(self._metrics))
+        server.set_app(metrics_app(self._metrics, self._prober))
         return server
 
     @property

@@ -209,6 +209,15 @@ class DatabaseServer:
         self.proc.wait(timeout=STOP_TIMEOUT)
         self.proc = None
 
+    def pause(self, paused: bool = True) -> None:
+        """SIGSTOP the server and every process it started (SIGCONT with `paused=False`): connections
+        stay open and nothing answers, as when the database's host hangs."""
+        if self.proc is None:
+            return
+        for pid in (self.proc.pid, *_children(self.proc.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None:
             # PostgreSQL: SIGINT is a fast shutdown (SIGTERM would wait for every client to leave).

@@ -4,6 +4,11 @@
     worker -> supervisor   READY <port>\\n                       serving (`port`: the one bound)
     supervisor -> worker   METRICS\\n                            a scrape
     worker -> supervisor   METRICS <length>\\n<exposition>       the worker's registry, text format
+    supervisor -> worker   HEALTH 0|1\\n                         a health probe (1: with a read)
+    worker -> supervisor   HEALTH <length>\\n<probe>              `kinepy.metrics.health.Probe`, JSON
+
+The worker answers requests in order; a reply the supervisor stopped waiting for is read and dropped
+before the next one's.
 
 The settings travel on this socket, not on the command line, so that a database password never
 shows in `ps`. The worker stops when the supervisor's end closes (the supervisor died).
@@ -20,6 +25,7 @@ from kinepy.config import Config, WorkerRole
 
 READY = b"READY"
 METRICS = b"METRICS"
+HEALTH = b"HEALTH"
 REPLY_TIMEOUT = 5.0  # seconds the supervisor waits for a worker's answer
 
 

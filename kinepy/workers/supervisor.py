@@ -10,7 +10,8 @@ or SIGINT: STOPPING=1, every worker drains as one kinepy would (`App.aclose`), e
 
 On SQLite it also creates the change pipes (`kinepy/backends/changes.py`): one per worker, every end
 kept open here, so a restarted worker gets its pipe back. `--metrics-address` is served here, every
-worker's metrics merged (`aggregate.py`).
+worker's metrics merged (`aggregate.py`), and etcd's health endpoints answered from every serving
+worker's probe (`probe`).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from kinepy.config import Config, WorkerRole
 from kinepy.endpoint import backend_spec
 from kinepy.errors import ConfigError, KinepyError, ListenError
 from kinepy.listen import ListenAddress, check_listen_address, parse_listen_address
+from kinepy.metrics.health import LOOP_MARGIN, NO_WORKER, READ_TIMEOUT, TIMED_OUT, Probe, Prober
 from kinepy.metrics.listener import MetricsListener, parse_metrics_address
 from kinepy.runtime import event_loop_runner, notify_systemd
-from kinepy.specs import MySQLSpec, PostgresSpec, SQLiteSpec, bracket_host
+from kinepy.specs import EtcdSpec, MySQLSpec, PostgresSpec, SQLiteSpec, bracket_host
 from kinepy.tlsfiles import metrics_tls
 from kinepy.workers import control
 from kinepy.workers.aggregate import merge
@@ -69,6 +71,7 @@ class _Worker:
     started_at: float = 0.0
     restarts: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    owed: int = 0  # control replies not yet read (`Supervisor._ask`)
 
 
 def listen_address_on(listen: ListenAddress, port: int) -> str:
@@ -119,7 +122,8 @@ class Supervisor:
                 log.debug("%s", exc)
                 return exc.code if exc.code in (1, 2) else 1
             if registry is not None:
-                self._metrics = _listener(registry, config)
+                prober = None if isinstance(spec, EtcdSpec) else self  # an etcd has endpoints of its own
+                self._metrics = _listener(registry, config, prober)
                 try:
                     await self._metrics.start()
                 except OSError as exc:
@@ -201,6 +205,7 @@ class Supervisor:
             )
         worker.started_at = time.monotonic()
         worker.reader, worker.writer = await asyncio.open_connection(sock=ours)
+        worker.owed = 0
         worker.writer.write(control.settings_line(self._worker_config(worker.index), role))
         line = await worker.reader.readline()
         kind, _, port = line.strip().partition(b" ")
@@ -275,21 +280,40 @@ class Supervisor:
 
     # -- metrics -------------------------------------------------------------------------------
 
-    async def _scrape(self, worker: _Worker) -> str | None:
+    async def _ask(self, worker: _Worker, request: bytes, within: float) -> bytes | None:
+        """`worker`'s reply to `request` (`control.METRICS`, `control.HEALTH …`), None if it gave none
+        within `within` s; replies owed to requests given up on before are read and dropped first."""
         if not worker.ready or worker.reader is None or worker.writer is None:
             return None
+        reader, writer = worker.reader, worker.writer
+        expected = request.partition(b" ")[0]
         async with worker.lock:
+            worker.owed += 1
+            writer.write(request + b"\n")
+            deadline = asyncio.get_running_loop().time() + within
             try:
-                async with asyncio.timeout(control.REPLY_TIMEOUT):
-                    worker.writer.write(control.METRICS + b"\n")
-                    head = await worker.reader.readline()
+                while True:
+                    async with asyncio.timeout_at(deadline):  # a reply's body follows its head at once
+                        head = await reader.readline()
                     kind, _, length = head.strip().partition(b" ")
-                    if kind != control.METRICS or not length.isdigit():
-                        return None
-                    return (await worker.reader.readexactly(int(length))).decode()
+                    if not length.isdigit():
+                        raise OSError(f"unexpected control line {head[:80]!r}")
+                    body = await reader.readexactly(int(length))
+                    worker.owed -= 1
+                    if worker.owed == 0:
+                        return body if kind == expected else None
             except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
-                log.warning("scraping worker %d failed: %s", worker.index, exc)
+                log.warning(
+                    "worker %d did not answer %s: %s",
+                    worker.index,
+                    expected.decode(),
+                    str(exc) or "no answer in time",
+                )
                 return None
+
+    async def _scrape(self, worker: _Worker) -> str | None:
+        body = await self._ask(worker, control.METRICS, control.REPLY_TIMEOUT)
+        return None if body is None else body.decode()
 
     def scrape_all(self) -> list[str]:
         """Every ready worker's metrics (from the metrics listener's thread)."""
@@ -305,6 +329,32 @@ class Supervisor:
         except (TimeoutError, RuntimeError):
             return []
         return [text for text in answers if text is not None]
+
+    def probe(self, read: bool) -> Probe:
+        """The health probe of the server as a whole (from the metrics listener's thread): every serving
+        worker's, the alarms of all, the first read error; a worker that does not answer in time fails
+        the read."""
+        loop = self._loop
+        if loop is None:
+            return Probe((), NO_WORKER)
+        request = control.HEALTH + (b" 1" if read else b" 0")
+
+        async def ask() -> list[bytes | None]:
+            serving = [w for w in self._workers if w.ready]
+            return await asyncio.gather(*(self._ask(w, request, READ_TIMEOUT + LOOP_MARGIN) for w in serving))
+
+        try:
+            replies = asyncio.run_coroutine_threadsafe(ask(), loop).result(READ_TIMEOUT + 2 * LOOP_MARGIN)
+        except (TimeoutError, RuntimeError):  # the loop did not get to it, or is closed
+            return Probe((), TIMED_OUT)
+        if not replies:
+            return Probe((), NO_WORKER)
+        probes = [
+            Probe((), TIMED_OUT if read else None) if r is None else Probe.from_json(r) for r in replies
+        ]
+        alarms = dict.fromkeys(name for probe in probes for name in probe.alarms)
+        errors = [probe.read_error for probe in probes if probe.read_error is not None]
+        return Probe(tuple(alarms), errors[0] if errors else None)
 
     def figures(self) -> tuple[int, int]:
         """(workers serving, restarts so far)."""
@@ -329,5 +379,7 @@ class _Registry:
     registry: CollectorRegistry
 
 
-def _listener(registry: CollectorRegistry, config: Config) -> MetricsListener:
-    return MetricsListener(_Registry(registry), config.metrics_address, ssl_context=metrics_tls(config))
+def _listener(registry: CollectorRegistry, config: Config, prober: Prober | None) -> MetricsListener:
+    return MetricsListener(
+        _Registry(registry), config.metrics_address, ssl_context=metrics_tls(config), prober=prober
+    )

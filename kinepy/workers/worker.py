@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 
 from kinepy.app import App
 from kinepy.config import Config, WorkerRole
+from kinepy.metrics.health import NO_STORE, Probe, probe_store
 from kinepy.runtime import event_loop_runner, exit_code, setup_logging
 from kinepy.workers import control
 
@@ -27,12 +28,20 @@ log = logging.getLogger("kinepy.worker")
 
 
 async def _answer(app: App, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answer scrapes until the supervisor's end closes."""
+    """Answer scrapes and health probes until the supervisor's end closes."""
     while line := await reader.readline():
-        if line.strip() == control.METRICS:
+        kind, _, argument = line.strip().partition(b" ")
+        if kind == control.METRICS:
             body = generate_latest(app.metrics.registry)
-            writer.write(control.METRICS + b" %d\n" % len(body) + body)
-            await writer.drain()
+        elif kind == control.HEALTH:
+            probe = (
+                Probe((), NO_STORE) if app.store is None else await probe_store(app.store, argument == b"1")
+            )
+            body = probe.to_json()
+        else:
+            continue
+        writer.write(kind + b" %d\n" % len(body) + body)
+        await writer.drain()
 
 
 async def serve(config: Config, role: WorkerRole, sock: socket.socket) -> None:
