@@ -19,7 +19,7 @@ from kinepy.listen import parse_listen_address
 from kinepy.types import Event, EventType, KeyValue
 from kinepy.workers import control
 from kinepy.workers.aggregate import merge
-from kinepy.workers.supervisor import listen_address_on
+from kinepy.workers.supervisor import Supervisor, _Worker, listen_address_on
 
 
 def _exposition(calls: int, revision: int, latencies: list[float]) -> str:
@@ -175,3 +175,31 @@ async def test_a_commit_that_cannot_be_encoded_is_told_without_its_events() -> N
     with _pipe_pair() as (zero, one, _):
         zero.announce(_commit(1, odd))
         assert await one.wait(5) == [Commit(0, 0, None)]
+
+
+async def test_a_reply_the_supervisor_gave_up_on_is_dropped_not_taken_for_the_next_one() -> None:
+    """A worker that answers a health probe late: the supervisor stops waiting, and its next request
+    gets its own reply, not the late one."""
+    ours, theirs = socket.socketpair()
+    worker = _Worker(0, ready=True)
+    worker.reader, worker.writer = await asyncio.open_connection(sock=ours)
+    worker_reader, worker_writer = await asyncio.open_connection(sock=theirs)
+    supervisor = Supervisor(Config())
+
+    async def answer_late_then_at_once() -> None:
+        for delay, reply in ((0.5, b"late"), (0.0, b"second")):
+            kind = (await worker_reader.readline()).split()[0]
+            await asyncio.sleep(delay)
+            worker_writer.write(kind + b" %d\n" % len(reply) + reply)
+            await worker_writer.drain()
+
+    answering = asyncio.create_task(answer_late_then_at_once())
+    try:
+        assert await supervisor._ask(worker, control.HEALTH + b" 1", 0.1) is None
+        assert worker.owed == 1
+        assert await supervisor._ask(worker, control.METRICS, 5.0) == b"second"
+        assert worker.owed == 0
+        await answering
+    finally:
+        worker.writer.close()
+        worker_writer.close()
