@@ -186,7 +186,10 @@ class _Run:
 
 
 async def _drive(url: str, pid: int, args: argparse.Namespace, label: str) -> dict[str, float]:
-    async with grpc.aio.insecure_channel(url) as channel:
+    # Unlimited replies, as kube-apiserver's client: kine may answer a new Watch with every event of a
+    # round before (10 MB), over gRPC's default limit of 4 MiB.
+    options = [("grpc.max_receive_message_length", -1)]
+    async with grpc.aio.insecure_channel(url, options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         watch = _Watch(channel)
         # kube-apiserver's watch cache watches every resource's prefix, each on a stream of its own.
