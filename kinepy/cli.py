@@ -238,7 +238,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add(
         ("--metrics-address", "--metrics-bind-address"),
         "",
-        "serve Prometheus metrics on ADDRESS/metrics: :9090 and 127.0.0.1:9090 = loopback only, "
+        "serve Prometheus metrics on ADDRESS/metrics, and etcd's /health, /livez and /readyz: "
+        ":9090 and 127.0.0.1:9090 = loopback only, "
         "0.0.0.0:9090 or [::]:9090 = every interface; empty or 0 = off",
         env_names=("KINE_METRICS_BIND_ADDRESS",),
         metavar="HOST:PORT",
