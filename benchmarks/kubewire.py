@@ -2,6 +2,7 @@
 
     python -m benchmarks.kubewire [--objects 2000] [--clients 8] [--rounds 3] [--kinepy-path DIR ...]
     python -m benchmarks.kubewire --url 127.0.0.1:2379 --pid PID      # a server already running
+    python -m benchmarks.kubewire --targets kine-postgres,kinepy-postgres   # the suite's targets
 
 What `python -m benchmarks kube` makes kube-apiserver send per ConfigMap, without kube-apiserver: a
 create (a txn: compare mod_revision = 0, put, else get), an update (compare mod_revision = N, put, else
@@ -13,7 +14,9 @@ kube-apiserver's watch cache watches every resource: 57 Watch streams in a `benc
 reports per phase objects/s and the server's CPU per object from /proc (utime + stime of its process
 tree), with the load average. Each `--kinepy-path` (a
 checkout) starts its own server, alternating between them round by round, so that a before/after
-comparison sees the same machine load: `--kinepy-path /tmp/base --kinepy-path .`.
+comparison sees the same machine load: `--kinepy-path /tmp/base --kinepy-path .`. `--targets` does the
+same with the suite's targets (`benchmarks/targets.py`: kine, etcd, kinepy on any backend), each started
+afresh every round, and adds the database server's CPU per object where there is one.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.targets import tree_cpu_seconds
+from benchmarks.targets import DatabaseServers, check_target, make_target, tree_cpu_seconds
 from kinepy.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 PREFIX = b"/registry/configmaps/bench/"
@@ -138,10 +141,13 @@ async def _in_parallel(clients: int, items: int, op: Callable[[int], Awaitable[N
 
 
 class _Run:
-    def __init__(self, channel: grpc.aio.Channel, watch: _Watch, pid: int, args: argparse.Namespace) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, watch: _Watch, pid: int, db_pid: int, args: argparse.Namespace
+    ) -> None:
         self._kv = rpc_pb2_grpc.KVStub(channel)
         self._watch = watch
         self._pid = pid
+        self._db_pid = db_pid
         self._args = args
         self._value = b"v" * args.value_size
         self.revisions: dict[int, int] = {}
@@ -166,6 +172,7 @@ class _Run:
         expected = self._watch.events + n
         threads = _threads(self._pid)
         cpu, started = tree_cpu_seconds(self._pid), time.perf_counter()
+        db_cpu = tree_cpu_seconds(self._db_pid) if self._db_pid else 0.0
         if name == "create":
             await _in_parallel(clients, n, lambda i: self._write(i, 0))
         elif name == "update":
@@ -175,9 +182,12 @@ class _Run:
         await self._watch.wait_for(expected)
         elapsed = time.perf_counter() - started
         per_object = (tree_cpu_seconds(self._pid) - cpu) / n * 1e6
+        database = ""
+        if self._db_pid:
+            database = f", database CPU {(tree_cpu_seconds(self._db_pid) - db_cpu) / n * 1e6:5.0f} µs/object"
         print(
-            f"{label:>12} {name:>6}: {n / elapsed:7,.0f}/s, server CPU {per_object:5.0f} µs/object "
-            f"(load average {os.getloadavg()[0]:.2f})",
+            f"{label:>12} {name:>6}: {n / elapsed:7,.0f}/s, server CPU {per_object:5.0f} µs/object"
+            f"{database} (load average {os.getloadavg()[0]:.2f})",
             flush=True,
         )
         if self._args.threads:
@@ -185,7 +195,9 @@ class _Run:
         return n / elapsed, per_object
 
 
-async def _drive(url: str, pid: int, args: argparse.Namespace, label: str) -> dict[str, float]:
+async def _drive(
+    url: str, pid: int, args: argparse.Namespace, label: str, db_pid: int = 0
+) -> dict[str, float]:
     # Unlimited replies, as kube-apiserver's client: kine may answer a new Watch with every event of a
     # round before (10 MB), over gRPC's default limit of 4 MiB.
     options = [("grpc.max_receive_message_length", -1)]
@@ -196,7 +208,7 @@ async def _drive(url: str, pid: int, args: argparse.Namespace, label: str) -> di
         others = [_Watch(channel, b"/registry/resource-%02d/" % i) for i in range(args.other_watches)]
         for each in (watch, *others):
             await each.start()
-        run = _Run(channel, watch, pid, args)
+        run = _Run(channel, watch, pid, db_pid, args)
         figures = {}
         try:
             for name in ("create", "update", "delete"):
@@ -287,6 +299,9 @@ async def _main(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             await _drive(args.url, args.pid, args, "server")
         return
+    if args.targets:
+        await _drive_targets(args)
+        return
     paths = args.kinepy_path or ["."]
     totals: dict[str, list[float]] = {path: [] for path in paths}
     for _ in range(args.rounds):
@@ -301,6 +316,25 @@ async def _main(args: argparse.Namespace) -> None:
         )
 
 
+async def _drive_targets(args: argparse.Namespace) -> None:
+    """Each of `args.targets`, started afresh every round, in turn."""
+    names = args.targets.split(",")
+    for name in names:
+        check_target(name)
+    databases = DatabaseServers()
+    try:
+        for _ in range(args.rounds):
+            for name in names:
+                target = make_target(name, databases, lambda line: print(line, flush=True))
+                target.start()
+                try:
+                    await _drive(target.endpoint, target.pid, args, name, target.db_pid or 0)
+                finally:
+                    target.stop()
+    finally:
+        databases.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=2000)
@@ -312,6 +346,7 @@ def main() -> None:
         "--other-watches", type=int, default=56, help="streams watching other prefixes (kube-apiserver: 56)"
     )
     parser.add_argument("--threads", action="store_true", help="CPU and context switches per thread")
+    parser.add_argument("--targets", help="the suite's targets (comma-separated)")
     parser.add_argument("--url", help="a server already running (one round per --rounds on new keys)")
     parser.add_argument("--pid", type=int, default=0, help="with --url: the server's pid")
     parser.add_argument("--serve-floor", metavar="ADDRESS", help=argparse.SUPPRESS)
