@@ -120,6 +120,24 @@ def test_floor_measures_every_shape(tmp_path: Path) -> None:
         assert r["shape"] in proc.stdout
 
 
+def test_kubewire_replays_kubes_traffic_against_the_suites_targets() -> None:
+    """`python -m benchmarks.kubewire --targets`: every phase against kinepy and etcd, each phase waited for
+    until its last event arrived, with a rate and the server's CPU per object."""
+    conftest._require_etcd()
+    argv = [sys.executable, "-m", "benchmarks.kubewire", "--targets", ",".join(TARGETS)]
+    argv += ["--objects", "40", "--rounds", "1", "--other-watches", "2"]
+    proc = subprocess.run(
+        argv, cwd=conftest.REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, f"benchmarks.kubewire exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    lines = [line.split() for line in proc.stdout.splitlines() if "server CPU" in line]
+    assert [(line[0], line[1]) for line in lines] == [
+        (target, f"{phase}:") for target in TARGETS for phase in ("create", "update", "delete")
+    ], proc.stdout
+    for line in lines:
+        assert float(line[2].rstrip("/s,").replace(",", "")) > 0, line
+
+
 def test_soak_samples_and_judges_every_series(tmp_path: Path) -> None:
     """`python -m benchmarks soak`, 30 s instead of minutes: the load runs without errors against a server
     that stays up, every series is sampled and fitted. Whether something grows in 30 s is not asserted:
