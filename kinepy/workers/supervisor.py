@@ -50,7 +50,6 @@ RESTART_DELAY = 0.1  # seconds before the first restart of a worker that exited
 RESTART_DELAY_MAX = 10.0
 STABLE_SECONDS = 10.0  # a worker that ran this long before exiting restarts after RESTART_DELAY again
 STOP_TIMEOUT = 20.0  # seconds each worker has to drain after SIGTERM before SIGKILL (systemd waits 30)
-SCRAPE_TIMEOUT = 5.0
 
 
 class WorkerFailed(KinepyError):
@@ -311,41 +310,36 @@ class Supervisor:
                 )
                 return None
 
-    async def _scrape(self, worker: _Worker) -> str | None:
-        body = await self._ask(worker, control.METRICS, control.REPLY_TIMEOUT)
-        return None if body is None else body.decode()
+    def _ask_serving(self, request: bytes, within: float) -> list[bytes | None] | None:
+        """From the metrics listener's thread: every serving worker's reply to `request` (None for one
+        that gave none within `within` s); None when the event loop did not get to it, or is closed."""
+        loop = self._loop
+        if loop is None:
+            return None
+
+        async def ask() -> list[bytes | None]:
+            serving = [w for w in self._workers if w.ready]
+            return await asyncio.gather(*(self._ask(w, request, within) for w in serving))
+
+        try:
+            return asyncio.run_coroutine_threadsafe(ask(), loop).result(within + LOOP_MARGIN)
+        except (TimeoutError, RuntimeError):
+            return None
 
     def scrape_all(self) -> list[str]:
         """Every ready worker's metrics (from the metrics listener's thread)."""
-        loop = self._loop
-        if loop is None:
-            return []
-
-        async def scrape() -> list[str | None]:
-            return await asyncio.gather(*(self._scrape(w) for w in self._workers))
-
-        try:
-            answers = asyncio.run_coroutine_threadsafe(scrape(), loop).result(SCRAPE_TIMEOUT + 1)
-        except (TimeoutError, RuntimeError):
-            return []
-        return [text for text in answers if text is not None]
+        replies = self._ask_serving(control.METRICS, control.REPLY_TIMEOUT) or []
+        return [body.decode() for body in replies if body is not None]
 
     def probe(self, read: bool) -> Probe:
         """The health probe of the server as a whole (from the metrics listener's thread): every serving
         worker's, the alarms of all, the first read error; a worker that does not answer in time fails
         the read."""
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             return Probe((), NO_WORKER)
         request = control.HEALTH + (b" 1" if read else b" 0")
-
-        async def ask() -> list[bytes | None]:
-            serving = [w for w in self._workers if w.ready]
-            return await asyncio.gather(*(self._ask(w, request, READ_TIMEOUT + LOOP_MARGIN) for w in serving))
-
-        try:
-            replies = asyncio.run_coroutine_threadsafe(ask(), loop).result(READ_TIMEOUT + 2 * LOOP_MARGIN)
-        except (TimeoutError, RuntimeError):  # the loop did not get to it, or is closed
+        replies = self._ask_serving(request, READ_TIMEOUT + LOOP_MARGIN)
+        if replies is None:
             return Probe((), TIMED_OUT)
         if not replies:
             return Probe((), NO_WORKER)
