@@ -119,23 +119,20 @@ class StoreProber:
 def answer(method: str, path: str, query: str, prober: Prober) -> Answer | None:
     """etcd's answer to `method path?query`; None for a path that is not a health endpoint."""
     root, slash, check = path[1:].partition("/")
-    if path == "/health":
-        run = _health
-    elif root in ("livez", "readyz") and (not slash or check in _checks(root)):
-        run = _checks_answer
-    else:
+    health = path == "/health"
+    if not health and not (root in ("livez", "readyz") and (not slash or check in _checks(root))):
         return None
     if method != "GET":
         return _error("405 Method Not Allowed", "Method Not Allowed", [("Allow", "GET")])
     params = parse_qs(query, keep_blank_values=True)
-    return run(root, check, params, prober)
+    return _health(params, prober) if health else _checks_answer(root, check, params, prober)
 
 
 def _checks(root: str) -> Sequence[str]:
     return LIVEZ_CHECKS if root == "livez" else READYZ_CHECKS
 
 
-def _health(root: str, check: str, params: dict[str, list[str]], prober: Prober) -> Answer:
+def _health(params: dict[str, list[str]], prober: Prober) -> Answer:
     """/health: the alarms, then (if none counts) the read; `serializable=true` asks for a member-local
     read, which in kinepy is the same read."""
     excluded = {name for name in params.get("exclude", []) if name}
