@@ -42,15 +42,19 @@ def etcd_errors(method: F) -> F:
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: EtcdError | BackendError, what: str) -> None:
-    """End the call (unary or stream) with etcd's code and text for `exc`, raised by `what` (grpc's
-    `abort` raises: nothing after it runs)."""
-    if isinstance(exc, EtcdError):
-        await context.abort(status_code(exc.code), exc.message)
-    if not isinstance(exc, BackendUnavailable):
+    """End the call (unary or stream) with etcd's code and text for `exc` (`client_message`), raised by
+    `what` (grpc's `abort` raises: nothing after it runs)."""
+    if isinstance(exc, BackendError) and not isinstance(exc, BackendUnavailable):
         log.error("%s failed in the datastore: %s", what, exc)
+    await context.abort(_code(exc), client_message(exc))
+
+
+def _code(exc: EtcdError | BackendError) -> grpc.StatusCode:
+    if isinstance(exc, EtcdError):
+        return status_code(exc.code)
     if isinstance(exc, BackendNoSpace):  # a call outside the writer (Defragment's VACUUM): etcd's error
-        await context.abort(status_code(NoSpaceError.code), NoSpaceError.message)
-    await context.abort(grpc.StatusCode.UNAVAILABLE, client_message(exc))
+        return status_code(NoSpaceError.code)
+    return grpc.StatusCode.UNAVAILABLE
 
 
 T = TypeVar("T", bound=type)
